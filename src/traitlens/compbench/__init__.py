@@ -1,0 +1,1 @@
+"""CompBench: comparative-reasoning evaluation of multimodal models, and building such benchmarks."""

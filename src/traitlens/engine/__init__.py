@@ -1,0 +1,1 @@
+"""The training engine: configs, methods, checkpoints, training, evaluation, distributed runs."""

@@ -1,0 +1,1 @@
+"""Explanations: a batched CAM engine, Finer-CAM, and faithfulness and trait-localisation metrics."""

@@ -1,0 +1,1 @@
+"""Models that explain themselves: Prompt-CAM and INTR (and the plain classifier heads)."""
