@@ -1,0 +1,160 @@
+"""Self-contained HTML pages: every image is embedded, so a page opens offline and can be mailed.
+
+A page is a list of :class:`Section`; a section is a list of blocks (text, tables, figures,
+galleries). Everything shown is escaped; nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+ImageLike = Union[str, Path, np.ndarray, "PIL.Image.Image", "matplotlib.figure.Figure"]  # noqa: F821
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2327;background:#fafafa}
+header{background:#23403a;color:#fff;padding:18px 32px}
+header h1{margin:0;font-size:1.6em} header p{margin:4px 0 0;opacity:.8}
+nav{padding:8px 32px;background:#e8efe9;font-size:.95em} nav a{margin-right:16px;color:#23403a}
+main{padding:8px 32px 40px;max-width:1400px}
+section{background:#fff;border:1px solid #dde3de;border-radius:8px;padding:12px 24px 20px;margin:20px 0}
+h2{color:#23403a;border-bottom:2px solid #e8efe9;padding-bottom:4px}
+table{border-collapse:collapse;margin:10px 0;font-size:.92em}
+th,td{border:1px solid #ccd5cf;padding:4px 10px;text-align:right}
+th{background:#eef3ef} td:first-child,th:first-child{text-align:left}
+caption{caption-side:bottom;font-size:.85em;color:#555;padding-top:4px;text-align:left}
+figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}
+figure img{max-width:100%;border:1px solid #ccd5cf;image-rendering:pixelated}
+figcaption{font-size:.82em;color:#444;max-width:420px}
+.gallery{display:grid;gap:10px}
+.gallery figure{margin:0} .gallery img{width:100%}
+.note{color:#555;font-size:.9em}
+"""
+
+
+def png_data_uri(image: ImageLike, scale: int = 1) -> str:
+    """Encode a PNG path, an H×W×3 / H×W uint8 array, a PIL image or a matplotlib figure as a data URI."""
+    data = _png_bytes(image, scale)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _png_bytes(image: ImageLike, scale: int = 1) -> bytes:
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if scale == 1 and path.suffix.lower() == ".png":
+            return path.read_bytes()
+        image = Image.open(path).convert("RGB")
+    if hasattr(image, "savefig"):  # a matplotlib Figure
+        buf = io.BytesIO()
+        image.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(image)
+        return buf.getvalue()
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype != np.uint8:
+            array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+        image = Image.fromarray(array)
+    if scale != 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _fmt(value: Any, floatfmt: str) -> str:
+    if isinstance(value, (float, np.floating)):
+        return format(float(value), floatfmt)
+    return html.escape(str(value))
+
+
+@dataclass
+class Section:
+    """One titled part of a page, built block by block."""
+
+    title: str
+    intro: str = ""
+    blocks: List[str] = field(default_factory=list)
+
+    def text(self, paragraph: str, note: bool = False) -> "Section":
+        cls = ' class="note"' if note else ""
+        self.blocks.append(f"<p{cls}>{html.escape(paragraph)}</p>")
+        return self
+
+    def table(self, rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = None,
+              caption: str = "", floatfmt: str = ".3f") -> "Section":
+        """A table of ``rows`` (dicts); ``columns`` picks and orders the keys (default: first row's)."""
+        rows = list(rows)
+        if not rows:
+            self.blocks.append(f'<p class="note">(no rows{": " + html.escape(caption) if caption else ""})</p>')
+            return self
+        columns = list(columns or rows[0].keys())
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{_fmt(row.get(c, ''), floatfmt)}</td>" for c in columns) + "</tr>"
+            for row in rows
+        )
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self.blocks.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        return self
+
+    def figure(self, image: ImageLike, caption: str = "", width: Optional[int] = None, scale: int = 1) -> "Section":
+        """A matplotlib figure, an image array or a PNG path, embedded."""
+        style = f' style="width:{int(width)}px"' if width else ""
+        cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
+        self.blocks.append(f'<figure><img src="{png_data_uri(image, scale)}"{style} alt="{html.escape(caption)}">{cap}</figure>')
+        return self
+
+    def gallery(self, items: Iterable[Tuple[ImageLike, str]], columns: int = 6, scale: int = 1) -> "Section":
+        """A grid of (image, caption) pairs."""
+        cells = [
+            f'<figure><img src="{png_data_uri(img, scale)}" alt="{html.escape(cap)}">'
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+            for img, cap in items
+        ]
+        self.blocks.append(
+            f'<div class="gallery" style="grid-template-columns:repeat({int(columns)},1fr)">{"".join(cells)}</div>'
+        )
+        return self
+
+    def html(self, raw: str) -> "Section":
+        """Raw HTML, for callers that build their own markup (escape what you put in it)."""
+        self.blocks.append(raw)
+        return self
+
+    def render(self, anchor: str) -> str:
+        intro = f"<p>{html.escape(self.intro)}</p>" if self.intro else ""
+        return f'<section id="{anchor}"><h2>{html.escape(self.title)}</h2>{intro}{"".join(self.blocks)}</section>'
+
+
+def write_page(title: str, sections: Sequence[Section], path: Union[str, Path], subtitle: str = "") -> Path:
+    """Write a self-contained HTML page with a table of contents; returns its path."""
+    from traitlens import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    anchors = [f"s{i}" for i in range(len(sections))]
+    nav = "".join(f'<a href="#{a}">{html.escape(s.title)}</a>' for a, s in zip(anchors, sections))
+    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    sub = html.escape(subtitle or f"traitlens {__version__} · {stamp}")
+    body = "".join(s.render(a) for a, s in zip(anchors, sections))
+    page = (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{_CSS}</style></head>'
+        f"<body><header><h1>{html.escape(title)}</h1><p>{sub}</p></header>"
+        f"<nav>{nav}</nav><main>{body}</main></body></html>\n"
+    )
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path

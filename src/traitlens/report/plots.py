@@ -1,0 +1,72 @@
+"""Plots drawn with matplotlib's object API (no global state, safe on headless machines)."""
+
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def confusion_matrix_plot(confusion: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix",
+                          normalise: bool = True):
+    """A C×C confusion matrix (rows: true class, columns: predicted) as a heat map Figure."""
+    cm = np.asarray(confusion, dtype=float)
+    if normalise:
+        cm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
+    n = len(class_names)
+    size = min(3 + 0.35 * n, 14)
+    fig = _figure(size + 1, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1 if normalise else None)
+    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), labels=class_names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    return fig
+
+
+def bar_plot(values: Mapping[str, Mapping[str, float]], title: str = "", ylabel: str = "",
+             errors: Optional[Mapping[str, Mapping[str, float]]] = None):
+    """Grouped bars: ``values[group][series]`` (e.g. metric → method → score), optional error bars."""
+    groups = list(values)
+    series = list(dict.fromkeys(k for g in groups for k in values[g]))
+    width = 0.8 / max(len(series), 1)
+    fig = _figure(max(4, 1.2 * len(groups) * max(1, len(series)) * 0.5 + 2), 3.2)
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    for i, name in enumerate(series):
+        ys = [values[g].get(name, np.nan) for g in groups]
+        err = [errors[g].get(name, 0.0) for g in groups] if errors else None
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, ys, width, yerr=err, label=name, capsize=2)
+    ax.set_xticks(x, labels=groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def line_plot(xs: Sequence[float], curves: Mapping[str, Sequence[float]], xlabel: str = "", ylabel: str = "",
+              title: str = "", marks: Optional[Mapping[str, tuple]] = None):
+    """Lines ``curves[name]`` over ``xs``; ``marks[label] = (x, y)`` adds labelled points."""
+    fig = _figure(4.5, 3.5)
+    ax = fig.add_subplot()
+    for name, ys in curves.items():
+        ax.plot(xs, ys, label=name)
+    for label, (mx, my) in (marks or {}).items():
+        ax.plot([mx], [my], "o")
+        ax.annotate(label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    return fig
