@@ -1,0 +1,33 @@
+"""``traitlens demo``: the main job on the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from traitlens.cli.common import add_common
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="run every method on the embedded synthetic collection and write an HTML report",
+                       description="Make (or reuse) the synthetic collection and the tiny pretrained backbones, "
+                                   "train the demo classifiers, run each method's section and write OUT/index.html.")
+    add_common(p, json_out=False)
+    p.add_argument("--sections", default="all",
+                   help="comma-separated sections to run (explain,models,segment,calibrate,compbench) or 'all'")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="cache folder for the demo's runs (default: $TRAITLENS_CACHE/demo or ~/.cache/traitlens/demo)")
+    p.set_defaults(func=_demo)
+
+
+def _demo(args) -> int:
+    from traitlens.demo import run_demo
+    from traitlens.engine.distributed import resolve_device
+
+    sections = None if args.sections == "all" else [s.strip() for s in args.sections.split(",") if s.strip()]
+    result = run_demo(args.out, device=resolve_device(args.device), seed=args.seed, sections=sections,
+                      cache=args.cache)
+    print(f"demo finished in {result['seconds']:.0f}s")
+    if result["failed"]:
+        print(f"sections that failed: {', '.join(result['failed'])} (see the report)")
+    print(Path(result["index"]).resolve())
+    return 1 if result["failed"] else 0

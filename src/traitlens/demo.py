@@ -1,0 +1,202 @@
+"""``traitlens demo``: the main job on the embedded default, ending in one HTML report.
+
+The demo makes (or reuses from the cache) the synthetic specimen collection and the tiny pretrained
+backbones, trains the demo's classifiers, then runs one section per method. Each method area adds a
+``demo_section(ctx)`` in ``traitlens/<area>/demo_section.py``; a section that fails is shown as failed
+in the report and makes the command exit non-zero, but never stops the other sections.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from traitlens.cache import cache_dir, recipe_key
+from traitlens.progress import log
+from traitlens.report import Section, write_page
+
+# The embedded default: small enough for a 2-core CPU, fine-grained enough to need the traits.
+DEMO_COLLECTION = dict(species=12, per_species=60, size=64, seed=0)
+DEMO_TRAINING = dict(epochs=12, batch_size=64, lr=1e-3, optimizer="adamw", weight_decay=0.05,
+                     warmup_epochs=1, backbone_lr_scale=0.5)
+
+# Method sections in report order: (name, module). Missing modules are skipped.
+SECTIONS = [
+    ("explain", "traitlens.explain.demo_section"),
+    ("models", "traitlens.models.demo_section"),
+    ("segment", "traitlens.segment.demo_section"),
+    ("calibrate", "traitlens.calibrate.demo_section"),
+    ("compbench", "traitlens.compbench.demo_section"),
+]
+
+# One colour per part id (0 = background), for mask overlays.
+PART_COLOURS = np.array([
+    [0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115], [0, 114, 178], [213, 94, 0],
+    [204, 121, 167], [240, 228, 66], [255, 255, 255], [153, 50, 204], [120, 120, 120],
+    [255, 99, 71], [64, 224, 208], [139, 69, 19], [127, 255, 0], [255, 20, 147],
+], dtype=np.uint8)
+
+
+def colour_parts(labels: np.ndarray) -> np.ndarray:
+    """H×W part ids → H×W×3 colours (ids beyond the palette wrap around)."""
+    return PART_COLOURS[np.asarray(labels) % len(PART_COLOURS)]
+
+
+@dataclass
+class DemoContext:
+    """What every demo section gets: see docs/ARCHITECTURE.md, "Reports and the demo"."""
+
+    out: Path
+    cache: Path
+    data: Path
+    traits: object
+    device: str = "cpu"
+    seed: int = 0
+    checkpoints: Dict[str, Path] = field(default_factory=dict)
+
+    def log(self, message: str) -> None:
+        log(message)
+
+    def for_area(self, area: str) -> "DemoContext":
+        sub = cache_dir(*self.cache.relative_to(cache_dir()).parts, area) if _within(self.cache, cache_dir()) \
+            else self.cache / area
+        sub.mkdir(parents=True, exist_ok=True)
+        return DemoContext(self.out, sub, self.data, self.traits, self.device, self.seed, dict(self.checkpoints))
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def prepare(device: str = "cpu", seed: int = 0, cache: Optional[Path] = None) -> DemoContext:
+    """Make or reuse the collection, the embedded backbones and the demo classifiers."""
+    from traitlens.backbones.embedded import embedded_backbone
+    from traitlens.data.synthetic import SynthConfig, generate_collection
+    from traitlens.data.traits import load_traits
+
+    root = Path(cache) if cache else cache_dir("demo")
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = SynthConfig(**DEMO_COLLECTION)
+    data = generate_collection(cache_dir("datasets") / f"synth-{recipe_key(DEMO_COLLECTION)}", cfg)
+    traits = load_traits(data)
+    checkpoints: Dict[str, Path] = {}
+    for kind in ("vit", "cnn"):
+        checkpoints[f"backbone-{kind}"] = embedded_backbone(kind)
+        checkpoints[kind] = train_demo_classifier(kind, data, checkpoints[f"backbone-{kind}"], root, device, seed)
+    return DemoContext(out=Path("."), cache=root, data=data, traits=traits, device=device, seed=seed,
+                       checkpoints=checkpoints)
+
+
+def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, device: str, seed: int) -> Path:
+    """Fine-tune the embedded backbone on the demo collection (cached by recipe)."""
+    from traitlens.engine.config import TrainConfig
+    from traitlens.engine.train import fit
+
+    recipe = dict(DEMO_TRAINING, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
+    run_dir = root / "runs" / f"classifier-{kind}-{recipe_key(recipe)}"
+    if (run_dir / "model.safetensors").exists() and (run_dir / "model.json").exists():
+        return run_dir
+    log(f"training the demo's {kind} classifier ({DEMO_TRAINING['epochs']} epochs)")
+    config = TrainConfig(data=str(data), out=str(run_dir), method="finetune", backbone=f"tiny-{kind}",
+                         weights=str(backbone), seed=seed, device=device, **DEMO_TRAINING)
+    fit(config)
+    return run_dir
+
+
+def foundation_section(ctx: DemoContext) -> Section:
+    """The collection (specimens, part masks, taxonomy) and the classifiers' accuracy."""
+    from PIL import Image
+
+    from traitlens.engine.evaluate import evaluate_checkpoint
+    from traitlens.report import confusion_matrix_plot
+
+    traits = ctx.traits
+    s = Section(
+        "The synthetic specimen collection",
+        intro=(
+            f"{len(traits.class_names)} species in {len(traits.genera)} genera. Sibling species differ in one or two "
+            "small traits; species of different genera in several. Every image comes with its part-label map, "
+            "so every explanation and segmentation below is scored against ground truth."
+        ),
+    )
+    items = []
+    for name in traits.class_names:
+        folder = ctx.data / "test" / name
+        first = sorted(folder.glob("*.png"))[0]
+        mask = np.asarray(Image.open(ctx.data / "masks" / "test" / name / first.name))
+        items.append((np.asarray(Image.open(first).convert("RGB")), name))
+        items.append((colour_parts(mask), "parts"))
+    s.gallery(items, columns=8, scale=2)
+    s.table([{"id": pid, "part": pname, "colour": "rgb" + str(tuple(int(c) for c in colour_parts(np.array(pid))))}
+             for pid, pname in traits.part_names.items()], caption="Part ids of the label maps")
+    s.table(traits.taxonomy_rows(), caption="Species, genera and trait values (traits.json)")
+    for kind in ("vit", "cnn"):
+        result = _cached_json(ctx.cache / f"eval-{kind}.json", lambda: evaluate_checkpoint(
+            ctx.checkpoints[kind], ctx.data, split="test", device=ctx.device))
+        s.text(f"Tiny {kind.upper()} fine-tuned from the embedded backbone: top-1 {result['top1']:.3f}, "
+               f"top-5 {result['top5']:.3f} on {result['n']} test images.")
+        s.figure(confusion_matrix_plot(np.array(result["confusion"]), traits.class_names,
+                                       title=f"Tiny {kind.upper()}: test confusion"), width=520)
+    return s
+
+
+def _cached_json(path: Path, compute: Callable[[], dict]) -> dict:
+    import json
+
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    keep = {k: v for k, v in result.items() if k in ("top1", "top5", "n", "confusion", "per_class")}
+    keep = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in keep.items()}
+    path.write_text(json.dumps(keep))
+    return keep
+
+
+def run_demo(out: Path, device: str = "cpu", seed: int = 0, sections: Optional[List[str]] = None,
+             cache: Optional[Path] = None) -> Dict[str, object]:
+    """Run the demo and write ``out/index.html``. Returns the page path and the failed sections."""
+    start = time.time()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = prepare(device=device, seed=seed, cache=cache)
+    ctx.out = out
+    page: List[Section] = [foundation_section(ctx)]
+    failed: List[str] = []
+    for name, module_name in SECTIONS:
+        if sections and name not in sections:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        t0 = time.time()
+        log(f"demo section: {name}")
+        try:
+            page.append(module.demo_section(ctx.for_area(name)))
+            log(f"demo section {name} took {time.time() - t0:.0f}s")
+        except Exception as exc:  # noqa: BLE001 - one failed section must not hide the others
+            failed.append(name)
+            broken = Section(f"{name}: this section failed")
+            broken.text(f"{type(exc).__name__}: {exc}")
+            broken.html(f"<pre>{_escape(traceback.format_exc())}</pre>")
+            page.append(broken)
+    index = write_page("traitlens demo", page, out / "index.html")
+    return {"index": index, "failed": failed, "seconds": time.time() - start}
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
