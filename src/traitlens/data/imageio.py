@@ -1,0 +1,277 @@
+"""Robust image and label-map loading, and a recorder for files a bulk run had to skip.
+
+``load_image`` turns whatever a collection holds (EXIF-rotated phone JPEGs, grayscale scans, palette GIFs,
+RGBA PNGs, CMYK JPEGs, 16-bit TIFF/PNG) into an upright 8-bit RGB ``PIL.Image``, decoding each file once.
+``load_mask`` keeps label ids exactly. Anything unreadable raises :class:`BadImageError` naming the path;
+bulk commands catch it, record it in :class:`SkippedFiles` and go on.
+
+Decompression-bomb limit: PIL refuses images above ``Image.MAX_IMAGE_PIXELS`` (about 89 M pixels) to protect
+against malicious files. Herbarium sheets and slide scans legitimately exceed that, so this module raises PIL's
+limit to :data:`MAX_PIXELS` (16384 × 16384 = 268 M pixels, about 0.8 GB as RGB) and refuses anything larger
+with a clear error. Change ``traitlens.data.imageio.MAX_PIXELS`` to move the cap.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from traitlens.errors import BadImageError
+
+PathLike = Union[str, Path]
+
+#: Largest image (in pixels) that is decoded; larger files raise :class:`BadImageError`.
+MAX_PIXELS = 16384 * 16384
+#: Colour that transparent pixels are composited on: mid grey, close to every backbone's mean colour.
+BACKGROUND = (128, 128, 128)
+
+# Deliberate: PIL's own limit becomes ours, so its bomb error only fires for files above 2 × our cap, and our
+# own check (below) gives the user a clear message first.
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _open(path: Path) -> Image.Image:
+    """Open lazily (header only) with every failure mapped to BadImageError, and enforce MAX_PIXELS."""
+    if not path.exists():
+        raise BadImageError(path, "no such file")
+    if path.is_dir():
+        raise BadImageError(path, "is a folder, not an image file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise BadImageError(path, f"image too large ({exc})") from None
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not a recognised image format") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadImageError(path, f"cannot open ({exc})") from None
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        im.close()
+        raise BadImageError(path, f"image too large ({w}x{h} = {w * h} pixels > MAX_PIXELS = {MAX_PIXELS}; "
+                                  f"raise traitlens.data.imageio.MAX_PIXELS to read it)")
+    if w == 0 or h == 0:
+        im.close()
+        raise BadImageError(path, "image has zero size")
+    return im
+
+
+def _decode(im: Image.Image, path: Path) -> None:
+    try:
+        im.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        # A truncated file shows up here ("image file is truncated"); PIL's LOAD_TRUNCATED_IMAGES stays off
+        # so half-grey images never pass silently into training.
+        raise BadImageError(path, f"corrupt or truncated image data ({exc})") from None
+
+
+def _sixteen_bit_to_8(arr: np.ndarray) -> np.ndarray:
+    """Scale an integer array to 8 bits: 16-bit data by 255/65535, anything outside [0, 65535] by min-max."""
+    arr = arr.astype(np.int64)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo >= 0 and hi <= 65535:
+        return ((arr * 255 + 32767) // 65535).astype(np.uint8)
+    span = max(hi - lo, 1)
+    return ((arr - lo) * 255 // span).astype(np.uint8)
+
+
+def _float_to_8(arr: np.ndarray) -> np.ndarray:
+    arr = np.nan_to_num(arr.astype(np.float64))
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo >= 0.0 and hi <= 1.0:
+        return np.round(arr * 255).astype(np.uint8)
+    if lo >= 0.0 and hi <= 255.0:
+        return np.round(arr).astype(np.uint8)
+    return np.round((arr - lo) * 255 / max(hi - lo, 1e-12)).astype(np.uint8)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode → 8-bit RGB: 16-bit/32-bit/float scaled (never clipped), alpha composited on BACKGROUND."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in _SIXTEEN_BIT or mode == "I":
+        return Image.fromarray(_sixteen_bit_to_8(np.asarray(im)), "L").convert("RGB")
+    if mode == "F":
+        return Image.fromarray(_float_to_8(np.asarray(im)), "L").convert("RGB")
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    elif mode in _ALPHA_MODES:
+        im = im.convert("RGBA")
+    if im.mode == "RGBA":
+        background = Image.new("RGBA", im.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, im).convert("RGB")
+    # L, 1, P (opaque), CMYK, YCbCr, LAB, HSV: PIL's own conversions are correct for these.
+    return im.convert("RGB")
+
+
+def _shrink(im: Image.Image, max_size: int) -> Image.Image:
+    """Longest side ≤ max_size: integer ``reduce`` (box filter, cheap) first, then one exact resize."""
+    w, h = im.size
+    longest = max(w, h)
+    if longest <= max_size:
+        return im
+    factor = longest // max_size
+    if factor >= 2:
+        im = im.reduce(factor)
+        w, h = im.size
+        longest = max(w, h)
+    if longest > max_size:
+        scale = max_size / longest
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    return im
+
+
+def load_image(path: PathLike, max_size: Optional[int] = None) -> Image.Image:
+    """Read ``path`` as an upright 8-bit RGB image (EXIF orientation applied), decoding the file once.
+
+    ``max_size`` bounds the longest side: JPEGs are decoded directly at a reduced scale (``Image.draft``,
+    1/2 … 1/8 in the DCT), other formats are reduced right after decoding. Raises :class:`BadImageError`
+    for a missing, unreadable, corrupt, truncated or too large file.
+    """
+    path = Path(path)
+    im = _open(path)
+    keep_open = False
+    try:
+        if max_size is not None:
+            if max_size < 1:
+                raise ValueError(f"max_size must be ≥ 1, got {max_size}")
+            if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK"):
+                # draft picks the largest DCT scale whose result is still ≥ the requested size.
+                im.draft(im.mode, (max_size, max_size))
+        _decode(im, path)
+        out = _upright(im, path)
+        out = to_rgb(out)
+        if max_size is not None:
+            out = _shrink(out, max_size)
+        if out is im:
+            # Nothing needed converting: hand back the decoded image itself (no copy of a large image). PIL has
+            # already closed a single-frame file after decoding; a multi-frame file is copied so it can close.
+            if getattr(im, "n_frames", 1) > 1:
+                out = im.copy()
+            else:
+                keep_open = True
+        return out
+    finally:
+        if not keep_open:
+            im.close()
+
+
+def _upright(im: Image.Image, path: Path) -> Image.Image:
+    """Apply the EXIF orientation tag; the image itself when there is none (no copy)."""
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # a malformed EXIF block must not make a readable image unreadable
+        return im
+    if orientation in (None, 1):
+        return im
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception as exc:
+        warnings.warn(f"{path}: ignoring unreadable EXIF orientation ({exc})", stacklevel=3)
+        return im
+
+
+def load_mask(path: PathLike) -> np.ndarray:
+    """Read a label map (part ids, 0 = background) keeping ids exactly: H×W uint8 (L, P, 1) or int32 (16-bit, I).
+
+    Palette PNGs give their palette indices, never the palette colours. An RGB(A) file is accepted only when it
+    is grey (R = G = B); a coloured mask raises :class:`BadImageError`, since colours are not label ids.
+    """
+    path = Path(path)
+    im = _open(path)
+    try:
+        _decode(im, path)
+        view = _upright(im, path)  # a mask carrying an orientation tag means the same as an image would
+        mode = view.mode
+        if mode in ("L", "P"):
+            return np.array(view, dtype=np.uint8)
+        if mode == "1":
+            return np.array(view, dtype=np.uint8)
+        if mode in ("LA", "PA"):
+            return np.array(view.getchannel(0), dtype=np.uint8)
+        if mode in _SIXTEEN_BIT or mode == "I":
+            return np.array(view).astype(np.int32)
+        if mode == "F":
+            arr = np.asarray(view)
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise BadImageError(path, "float mask with non-integer values; save label ids as integers")
+            return arr.astype(np.int32)
+        if mode in ("RGB", "RGBA"):
+            arr = np.asarray(view)
+            if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+                return np.array(arr[..., 0], dtype=np.uint8)
+            raise BadImageError(path, "mask is a colour RGB image; save label ids as a single-channel "
+                                      "(L, P or 16-bit) PNG")
+        raise BadImageError(path, f"unsupported mask mode {mode!r}; save label ids as an L, P or 16-bit PNG")
+    finally:
+        im.close()
+
+
+class SkippedFiles:
+    """Files a bulk command skipped: ``add(path, reason)``, ``count``, ``summary()``, ``write(path)`` (JSONL)."""
+
+    def __init__(self) -> None:
+        self._items: List[Tuple[str, str]] = []
+
+    def add(self, path: PathLike, reason: str) -> None:
+        self._items.append((str(path), str(reason)))
+
+    def add_error(self, error: BadImageError) -> None:
+        self.add(error.path, error.reason)
+
+    def extend(self, items) -> None:
+        """Add ``(path, reason)`` pairs, e.g. a collated batch's ``batch["skipped"]``."""
+        for path, reason in items:
+            self.add(path, reason)
+
+    @property
+    def count(self) -> int:
+        return len(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def summary(self, log_path: Optional[PathLike] = None) -> str:
+        """One line for the run's log, e.g. ``skipped 2 unreadable files (first: a.jpg: truncated)``."""
+        if not self._items:
+            return "skipped 0 files"
+        noun = "file" if len(self._items) == 1 else "files"
+        first_path, first_reason = self._items[0]
+        where = f"; listed in {log_path}" if log_path is not None else ""
+        return f"skipped {len(self._items)} unreadable {noun} (first: {first_path}: {first_reason}){where}"
+
+    def write(self, path: PathLike) -> Path:
+        """Write one JSON object per skipped file (``{"path": ..., "reason": ...}``) to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as fh:
+            for p, reason in self._items:
+                fh.write(json.dumps({"path": p, "reason": reason}) + "\n")
+        return path
+
+    @classmethod
+    def read(cls, path: PathLike) -> "SkippedFiles":
+        """Read back a file written by :meth:`write`."""
+        out = cls()
+        for line in Path(path).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                out.add(row["path"], row["reason"])
+        return out

@@ -1,0 +1,190 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from traitlens.data import imageio
+from traitlens.data.imageio import SkippedFiles, load_image, load_mask
+from traitlens.errors import BadImageError, UserError
+
+
+def _save_exif_rotated(path, orientation):
+    # Stored landscape 40×20, left half red, right half blue.
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :20] = (255, 0, 0)
+    arr[:, 20:] = (0, 0, 255)
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(path, quality=95, exif=exif)
+
+
+def test_exif_rotated_jpeg_comes_out_upright(tmp_path):
+    path = tmp_path / "rot.jpg"
+    _save_exif_rotated(path, 6)  # 6: rotate 90° clockwise to display
+    im = load_image(path)
+    assert im.mode == "RGB"
+    assert im.size == (20, 40)  # portrait once upright
+    arr = np.asarray(im).astype(int)
+    # Rotating clockwise puts the stored left (red) half on top.
+    assert arr[5, 10, 0] > 200 and arr[5, 10, 2] < 60
+    assert arr[35, 10, 2] > 200 and arr[35, 10, 0] < 60
+
+
+def test_no_orientation_tag_is_untouched(tmp_path):
+    path = tmp_path / "plain.png"
+    arr = np.random.default_rng(0).integers(0, 255, (7, 9, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    np.testing.assert_array_equal(np.asarray(load_image(path)), arr)
+
+
+def test_grayscale_and_palette_become_rgb(tmp_path):
+    grey = np.arange(60, dtype=np.uint8).reshape(6, 10) * 4
+    Image.fromarray(grey, "L").save(tmp_path / "g.png")
+    out = np.asarray(load_image(tmp_path / "g.png"))
+    assert out.shape == (6, 10, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[..., c], grey)
+
+    pal = Image.new("P", (4, 2))
+    pal.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    pal.putdata([0, 1, 0, 1, 1, 1, 0, 0])
+    pal.save(tmp_path / "p.png")
+    out = np.asarray(load_image(tmp_path / "p.png"))
+    assert tuple(out[0, 0]) == (10, 20, 30) and tuple(out[0, 1]) == (200, 100, 50)
+
+
+def test_palette_with_transparency_composited_on_grey(tmp_path):
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    pal.putdata([0, 1])
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pt.png", transparency=0)
+    out = np.asarray(load_image(tmp_path / "pt.png"))
+    assert tuple(out[0, 0]) == imageio.BACKGROUND
+    assert tuple(out[0, 1]) == (0, 255, 0)
+
+
+def test_rgba_alpha_composited(tmp_path):
+    arr = np.zeros((1, 3, 4), np.uint8)
+    arr[0, 0] = (255, 255, 255, 255)   # opaque white
+    arr[0, 1] = (255, 255, 255, 0)     # fully transparent
+    arr[0, 2] = (0, 0, 0, 128)         # half black over grey
+    Image.fromarray(arr, "RGBA").save(tmp_path / "a.png")
+    out = np.asarray(load_image(tmp_path / "a.png")).astype(int)
+    assert tuple(out[0, 0]) == (255, 255, 255)
+    assert tuple(out[0, 1]) == imageio.BACKGROUND
+    assert all(abs(v - 64) <= 1 for v in out[0, 2])
+
+
+def test_la_and_cmyk(tmp_path):
+    la = Image.merge("LA", [Image.new("L", (2, 2), 200), Image.new("L", (2, 2), 255)])
+    la.save(tmp_path / "la.png")
+    assert tuple(np.asarray(load_image(tmp_path / "la.png"))[0, 0]) == (200, 200, 200)
+    Image.new("CMYK", (3, 3), (0, 255, 255, 0)).save(tmp_path / "c.jpg", quality=100)
+    px = np.asarray(load_image(tmp_path / "c.jpg")).astype(int)[1, 1]
+    assert px[0] > 220 and px[1] < 40 and px[2] < 40  # pure red
+
+
+def test_sixteen_bit_scaled_not_clipped(tmp_path):
+    arr = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "16.png")
+    out = np.asarray(load_image(tmp_path / "16.png"))
+    np.testing.assert_array_equal(out[0, :, 0], [0, 1, 128, 255])
+    # A 32-bit "I" image holding 16-bit data is scaled the same way.
+    Image.fromarray(arr.astype(np.int32), "I").save(tmp_path / "i.tif")
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "i.tif"))[0, :, 1], [0, 1, 128, 255])
+
+
+def test_max_size_reduces_jpeg_during_decode(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)).save(tmp_path / "big.jpg")
+    im = load_image(tmp_path / "big.jpg", max_size=100)
+    assert max(im.size) == 100 and im.size == (100, 75)
+    Image.fromarray(rng.integers(0, 255, (300, 500, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    assert load_image(tmp_path / "big.png", max_size=64).size == (64, 38)
+    assert load_image(tmp_path / "big.png", max_size=1000).size == (500, 300)
+
+
+def test_max_size_uses_draft_for_jpeg(tmp_path, monkeypatch):
+    Image.new("RGB", (800, 800), (10, 20, 30)).save(tmp_path / "d.jpg")
+    from PIL import JpegImagePlugin
+    calls = []
+    real = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        out = real(self, mode, size)
+        calls.append(self.size)  # size right after drafting, before decoding
+        return out
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    load_image(tmp_path / "d.jpg", max_size=100)
+    assert calls and calls[0] == (100, 100)  # decoded at 1/8 scale, not at 800×800
+
+
+def test_truncated_and_non_image_raise_bad_image_naming_path(tmp_path):
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "notes.png").write_text("this is not an image")
+    for name in ("cut.jpg", "notes.png", "missing.jpg"):
+        with pytest.raises(BadImageError) as info:
+            load_image(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value)
+        assert isinstance(info.value, UserError)
+        assert "\n" not in str(info.value)
+
+
+def test_pixel_cap(tmp_path, monkeypatch):
+    Image.new("RGB", (20, 20)).save(tmp_path / "x.png")
+    monkeypatch.setattr(imageio, "MAX_PIXELS", 100)
+    with pytest.raises(BadImageError, match="too large"):
+        load_image(tmp_path / "x.png")
+    # PIL's own limit was raised deliberately, but kept finite.
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS >= 16384 * 16384
+
+
+def test_load_mask_keeps_ids(tmp_path):
+    ids = np.array([[0, 1, 2], [7, 255, 3]], np.uint8)
+    Image.fromarray(ids, "L").save(tmp_path / "l.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "l.png"), ids)
+
+    p = Image.fromarray(ids, "P")
+    p.putpalette(list(np.random.default_rng(0).integers(0, 255, 768)))
+    p.save(tmp_path / "p.png")
+    out = load_mask(tmp_path / "p.png")
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, ids)  # palette indices, not colours
+
+    big = np.array([[0, 300], [1000, 65535]], np.uint16)
+    Image.fromarray(big).save(tmp_path / "16.png")
+    out = load_mask(tmp_path / "16.png")
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, big.astype(np.int32))
+
+    grey = np.repeat(ids[..., None], 3, axis=2)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "grey.png"), ids)
+
+    colour = grey.copy()
+    colour[0, 0] = (255, 0, 0)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(BadImageError, match="colour"):
+        load_mask(tmp_path / "colour.png")
+
+
+def test_skipped_files_records_and_writes(tmp_path):
+    skipped = SkippedFiles()
+    assert skipped.count == 0 and not skipped
+    skipped.add(tmp_path / "a.jpg", "truncated")
+    skipped.extend([("b.png", "not an image")])
+    skipped.add_error(BadImageError("c.tif", "no such file"))
+    assert skipped.count == 3 and len(skipped) == 3
+    line = skipped.summary(log_path="run/skipped.jsonl")
+    assert line.startswith("skipped 3 unreadable files") and "a.jpg" in line and "\n" not in line
+    out = skipped.write(tmp_path / "run" / "skipped.jsonl")
+    rows = [json.loads(s) for s in out.read_text().splitlines()]
+    assert rows[1] == {"path": "b.png", "reason": "not an image"}
+    assert list(SkippedFiles.read(out)) == list(skipped)
