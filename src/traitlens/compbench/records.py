@@ -1,0 +1,293 @@
+"""Reading CompBench records: every published schema into one :class:`PairRecord`.
+
+The benchmark's annotation files come in several shapes:
+
+* ``{image_1, image_2, question, answer}``: answer ``Left``/``Right`` (``Same`` for counting);
+  CompCars has no ``question`` (it is the same for every pair);
+* ``{image_1, image_2, question, options, answer}``: the newer multiple-choice schema;
+* SoccerNet: ``{left, right, action, answer}``;
+* MagicBrush: ``{path_input, path_output, Modified_option, Answeer}`` (sic), options as one
+  comma-separated string;
+* Q-Bench2: one pre-merged ``image`` with ``option`` (a list).
+
+Files are a JSON list, JSON lines, or a JSON object of lists (SoccerNet groups by match). Empty ``{}``
+records are skipped and counted; Windows separators in paths are accepted; images are resolved
+against a root folder, and the ones that are missing are listed up front instead of failing mid-run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from traitlens.compbench.tasks import SPLIT_SOURCES, TASKS, TaskSpec, custom_task, get_task, lookup
+from traitlens.errors import UserError
+
+BINARY_TRUTHS = {"left": "Left", "right": "Right", "same": "Same", "first": "Left", "second": "Right"}
+
+
+@dataclass
+class PairRecord:
+    """One question about a pair of images, whatever schema it came from.
+
+    ``answer`` is ``Left``/``Right``/``Same`` for binary tasks, the correct option for choice tasks.
+    ``image_1``/``image_2`` (or ``image`` for a pre-merged pair) are the paths as stored, with ``/``
+    separators; :func:`resolve_image` finds them on disk. ``raw`` is the record as read (stored
+    replies such as ``gpt_answer`` live there).
+    """
+
+    id: str
+    task: str
+    dimension: str
+    question: str
+    answer: str
+    image_1: Optional[str] = None
+    image_2: Optional[str] = None
+    image: Optional[str] = None
+    options: Optional[List[str]] = None
+    action: Optional[str] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return "choice" if self.options is not None else "binary"
+
+    @property
+    def images(self) -> List[str]:
+        """The stored image paths: two for a pair, one for a pre-merged pair."""
+        return [self.image] if self.image else [p for p in (self.image_1, self.image_2) if p]
+
+    def to_json(self) -> Dict[str, Any]:
+        """The record in the benchmark's newer schema plus traitlens' ``id``/``task``/``dimension``."""
+        d = {k: v for k, v in asdict(self).items() if k != "raw" and v is not None}
+        return d
+
+
+@dataclass
+class LoadReport:
+    """What loading skipped: empty ``{}`` records and records whose answer could not be read."""
+
+    files: List[str] = field(default_factory=list)
+    records: int = 0
+    empty: int = 0
+    bad_answer: int = 0
+
+    def add(self, other: "LoadReport") -> None:
+        self.files += other.files
+        self.records += other.records
+        self.empty += other.empty
+        self.bad_answer += other.bad_answer
+
+    def summary(self) -> str:
+        return (f"{self.records} records from {len(self.files)} file(s); skipped {self.empty} empty "
+                f"record(s) and {self.bad_answer} with an unreadable answer")
+
+
+def normalize_path(path: str) -> str:
+    """A stored path with Windows separators turned into ``/``."""
+    return str(path).replace("\\", "/")
+
+
+def read_json_records(path: Path) -> List[Any]:
+    """The raw records of a ``.json`` (a list, or an object of lists) or ``.jsonl`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"benchmark file {path} does not exist; pass an existing .json or .jsonl file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or remove the file") from exc
+    if isinstance(data, dict):
+        if all(isinstance(v, list) for v in data.values()):  # grouped, e.g. SoccerNet results by match
+            return [r for v in data.values() for r in v]
+        return [data]
+    if not isinstance(data, list):
+        raise UserError(f"{path} holds a JSON {type(data).__name__}; expected a list of records")
+    return data
+
+
+def _answer_of(raw: Dict[str, Any]) -> Any:
+    for key in ("answer", "Answer", "Answeer"):
+        if key in raw:
+            return raw[key]
+    return None
+
+
+def _options_of(raw: Dict[str, Any]) -> Optional[List[str]]:
+    for key in ("options", "option", "Modified_option", "GPT_option"):
+        if key in raw and raw[key] is not None:
+            value = raw[key]
+            if isinstance(value, str):
+                return [o.strip() for o in value.split(",") if o.strip()]
+            return [str(o).strip() for o in value]
+    return None
+
+
+def record_id(task: str, raw: Dict[str, Any]) -> str:
+    """A stable id from the record's content (so resuming does not depend on file order)."""
+    if raw.get("id") is not None:
+        return str(raw["id"])
+    keys = ("image_1", "image_2", "left", "right", "path_input", "path_output", "image", "question", "action")
+    content = [task] + [normalize_path(raw[k]) if k in raw and isinstance(raw[k], str) else str(raw.get(k))
+                        for k in keys] + [str(_answer_of(raw))]
+    return hashlib.sha1("\x1f".join(content).encode()).hexdigest()[:16]
+
+
+def task_for(name: str, raw: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """The registry task a file/folder/record name stands for (``st``/``vaw`` split by record ``type``)."""
+    key = name.strip().lower().replace("-", "_")
+    for cand in (key, key.split("_")[0]):
+        if cand in SPLIT_SOURCES:
+            attribute_task, state_task = SPLIT_SOURCES[cand]
+            if raw is not None and str(raw.get("type", "")).lower() == "state":
+                return state_task
+            return attribute_task
+        found = lookup(cand)
+        if found:
+            return found
+    return None
+
+
+def parse_record(raw: Dict[str, Any], spec: TaskSpec) -> Optional[PairRecord]:
+    """Turn one raw record into a :class:`PairRecord` (None when its answer is unreadable)."""
+    truth = _answer_of(raw)
+    options = _options_of(raw) if spec.kind == "choice" else None
+    if spec.kind == "binary":
+        canon = BINARY_TRUTHS.get(str(truth).strip().lower()) if truth is not None else None
+        if canon is None:
+            return None
+        truth = canon
+    else:
+        if truth is None or options is None:
+            return None
+        truth = str(truth)
+    image = image_1 = image_2 = None
+    if "image" in raw and "image_1" not in raw:
+        image = normalize_path(raw["image"])
+    elif "path_input" in raw:
+        image_1, image_2 = normalize_path(raw["path_input"]), normalize_path(raw["path_output"])
+    elif "left" in raw and "image_1" not in raw:
+        image_1, image_2 = normalize_path(raw["left"]), normalize_path(raw["right"])
+    else:
+        if "image_1" not in raw or "image_2" not in raw:
+            return None
+        image_1, image_2 = normalize_path(raw["image_1"]), normalize_path(raw["image_2"])
+    question = raw.get("question") or spec.fixed_question or ""
+    if not question and spec.kind == "choice" and not spec.merged:
+        question = "What is the most obvious difference between the two images? Choose from the following options."
+    return PairRecord(id=record_id(spec.name, raw), task=spec.name, dimension=spec.dimension,
+                      question=str(question), answer=truth, image_1=image_1, image_2=image_2, image=image,
+                      options=options, action=raw.get("action"), raw=raw)
+
+
+def spec_for(task: str, raw: Optional[Dict[str, Any]] = None) -> TaskSpec:
+    """The spec of a registered task, or a custom one when the record names its own dimension."""
+    found = task_for(task, raw)
+    if found is not None:
+        return TASKS[found]
+    if raw is not None and raw.get("dimension"):
+        return custom_task(task, dimension=str(raw["dimension"]), same_allowed=bool(raw.get("same_allowed")),
+                           wording=str(raw.get("wording", "left_right")),
+                           kind="choice" if raw.get("options") is not None else "binary")
+    return get_task(task)  # raises a UserError naming the known tasks
+
+
+def load_records(path: Path, task: Optional[str] = None) -> Tuple[List[PairRecord], LoadReport]:
+    """Load one benchmark file. ``task`` defaults to the record's ``task`` field, else the file's name,
+    else its folder's name (``results/cub/0_1000_gpt.json`` is a ``cub`` file)."""
+    path = Path(path)
+    report = LoadReport(files=[str(path)])
+    seen: Dict[str, int] = {}
+    out: List[PairRecord] = []
+    for raw in read_json_records(path):
+        if not isinstance(raw, dict) or not raw:
+            report.empty += 1
+            continue
+        name = task or raw.get("task") or _task_from_path(path)
+        if name is None:
+            raise UserError(f"cannot tell which CompBench task {path} holds; name the file after the task "
+                            f"(e.g. cub.json) or pass the task explicitly")
+        spec = spec_for(str(name), raw)
+        rec = parse_record(raw, spec)
+        if rec is None:
+            report.bad_answer += 1
+            continue
+        # the same pair asked twice (it happens in the published files) keeps two distinct ids
+        n = seen.get(rec.id, 0)
+        seen[rec.id] = n + 1
+        if n:
+            rec.id = f"{rec.id}-{n}"
+        out.append(rec)
+    report.records = len(out)
+    return out, report
+
+
+def _task_from_path(path: Path) -> Optional[str]:
+    for name in (path.stem, path.parent.name):
+        if task_for(name):
+            return name
+    return None
+
+
+def find_benchmark_files(data: Path) -> List[Path]:
+    """The ``.json``/``.jsonl`` benchmark files in ``data`` (a file, or a folder searched two levels)."""
+    data = Path(data)
+    if data.is_file():
+        return [data]
+    if not data.is_dir():
+        raise UserError(f"benchmark folder {data} does not exist; pass --data DIR holding the .json/.jsonl files")
+    files = sorted(p for pattern in ("*.json", "*.jsonl", "*/*.json", "*/*.jsonl") for p in data.glob(pattern)
+                   if p.is_file() and not p.name.startswith("."))
+    files = [p for p in files if p.name not in ("summary.json", "missing_images.json", "benchmark_info.json")]
+    if not files:
+        raise UserError(f"no .json or .jsonl benchmark files in {data}; pass the folder holding them")
+    return files
+
+
+def load_benchmark(data: Path, tasks: Optional[Sequence[str]] = None) -> Tuple[List[PairRecord], LoadReport]:
+    """Load every benchmark file under ``data``, keeping only ``tasks`` (registry names) when given."""
+    records: List[PairRecord] = []
+    report = LoadReport()
+    for f in find_benchmark_files(Path(data)):
+        recs, rep = load_records(f)
+        report.add(rep)
+        records += recs
+    if tasks is not None:
+        wanted = set(tasks)
+        records = [r for r in records if r.task in wanted]
+    report.records = len(records)
+    return records, report
+
+
+def resolve_image(root: Path, stored: str) -> Optional[Path]:
+    """The file a stored image path names under ``root``, or None when it is not there.
+
+    Stored paths are relative to the benchmark's dataset folder (``cub_200_2011/att_cls_images/...``);
+    when ``root`` already is that folder, the leading components are dropped one at a time.
+    """
+    stored = normalize_path(stored)
+    p = Path(stored)
+    if p.is_absolute():
+        return p if p.is_file() else None
+    parts = p.parts
+    for i in range(len(parts)):
+        cand = Path(root).joinpath(*parts[i:])
+        if cand.is_file():
+            return cand
+    return None
+
+
+def find_missing_images(records: Iterable[PairRecord], root: Path) -> Dict[str, List[str]]:
+    """``{record id: [stored paths not found under root]}`` for every record with a missing image."""
+    missing: Dict[str, List[str]] = {}
+    for r in records:
+        gone = [p for p in r.images if resolve_image(root, p) is None]
+        if gone:
+            missing[r.id] = gone
+    return missing
