@@ -1,1 +1,15 @@
-"""Explanations: a batched CAM engine, Finer-CAM, and faithfulness and trait-localisation metrics."""
+"""Explanations: a batched CAM engine, Finer-CAM, and faithfulness and trait-localisation metrics.
+
+>>> from traitlens.explain import explain
+>>> e = explain(model, images, method="gradcam", finer=True, alpha=[0, 0.5, 1])   # maps: 3×B×H×W
+"""
+
+from traitlens.explain.cams import GRADIENT_METHODS
+from traitlens.explain.engine import METHODS, Explanation, LayerSpec, explain, hooked, resolve_layer
+from traitlens.explain.targets import (REFERENCE_MODES, finer_coefficients, finer_target, reference_weights,
+                                       select_references)
+
+__all__ = [
+    "explain", "Explanation", "LayerSpec", "METHODS", "GRADIENT_METHODS", "REFERENCE_MODES", "hooked",
+    "resolve_layer", "finer_target", "finer_coefficients", "select_references", "reference_weights",
+]

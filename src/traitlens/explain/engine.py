@@ -1,0 +1,305 @@
+"""The CAM engine: one forward, one batched backward to the target layer, maps for every α.
+
+The forward hook replaces the target layer's output by a detached leaf that requires grad, and the
+model's parameters stop requiring grad for the call, so the autograd graph starts at the target layer:
+nothing before it is recorded and the backward never reaches a parameter. The gradients of the ``k + 1``
+logits a Finer target involves are taken in one ``autograd.grad(..., is_grads_batched=True)`` call and
+combined with :func:`~traitlens.explain.targets.finer_coefficients`, so an α sweep or several reference
+classes cost one map. Everything stays a batched tensor on the model's device from hook to upsampled map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from traitlens.errors import UserError
+from traitlens.explain.cams import GRADIENT_METHODS, canonical_method
+from traitlens.explain.targets import (finer_coefficients, finer_target, resolve_classes,
+                                       select_references)
+
+METHODS = tuple(GRADIENT_METHODS) + ("scorecam",)
+
+
+@dataclass
+class LayerSpec:
+    """Where to explain: the module whose output is hooked and how that output becomes B×C×h×w.
+
+    ``to_map(activation, height, width)`` turns the hooked output (B×C×h×w, or B×N×D tokens) of an
+    input of height×width pixels into a B×C×h×w map, dropping every prefix token.
+    """
+
+    module: nn.Module
+    to_map: Callable[[torch.Tensor, int, int], torch.Tensor]
+    name: str = ""
+
+
+@dataclass
+class Explanation:
+    """The result of :func:`explain` (tensors on the model's device).
+
+    maps: B×H×W in [0, 1] per image (A×B×H×W when ``alpha`` is a list of A values);
+    raw_maps: the maps at feature resolution after the ReLU and before any normalisation (B×h×w or
+    A×B×h×w); logits: B×K; target: B; references: B×k (``-1``: no reference in that slot, and B×0 when
+    not a Finer explanation); alpha: the float or the list given; scores: the explained score per image
+    (B, or A×B).
+    """
+
+    maps: torch.Tensor
+    raw_maps: torch.Tensor
+    logits: torch.Tensor
+    target: torch.Tensor
+    references: torch.Tensor
+    alpha: Union[float, List[float]]
+    scores: torch.Tensor
+    method: str = "gradcam"
+    finer: bool = True
+    layer: str = ""
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """Softmax of the logits, B×K."""
+        return torch.softmax(self.logits.float(), dim=-1)
+
+    def cpu(self) -> "Explanation":
+        moved = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
+        return Explanation(**moved)
+
+
+class Capture:
+    """What the hook saw during one forward: the target layer's output (a leaf when gradients are needed)."""
+
+    def __init__(self, need_grad: bool):
+        self.need_grad = need_grad
+        self.enabled = True
+        self.activation: Optional[torch.Tensor] = None
+
+    def hook(self, module, inputs, output):
+        if not self.enabled:
+            return None
+        if not torch.is_tensor(output):
+            raise UserError(f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
+                            "choose a layer that outputs a feature map or tokens")
+        if not self.need_grad:
+            self.activation = output.detach()
+            return None
+        leaf = output.detach().requires_grad_(True)
+        self.activation = leaf
+        # A copy, so an in-place op after the layer cannot touch the leaf.
+        return leaf.clone()
+
+
+@contextlib.contextmanager
+def hooked(model: nn.Module, layer: nn.Module, need_grad: bool = True) -> Iterator[Capture]:
+    """Hook ``layer`` for the duration of the block; the model is in eval mode and its parameters do not
+    require grad inside it. The hook, the parameters' flags and the training mode are restored on exit,
+    whatever happens inside."""
+    capture = Capture(need_grad)
+    params = [p for p in model.parameters() if p.requires_grad]
+    was_training = model.training
+    handle = layer.register_forward_hook(capture.hook)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        model.eval()
+        yield capture
+    finally:
+        handle.remove()
+        for p in params:
+            p.requires_grad_(True)
+        model.train(was_training)
+        capture.activation = None
+
+
+def resolve_layer(model: nn.Module, target_layer=None) -> LayerSpec:
+    """The explanation layer: the backbone layout's default (CNN last stage, ViT last block's norm1),
+    a dotted module path, a module, or a ready :class:`LayerSpec`."""
+    if isinstance(target_layer, LayerSpec):
+        return target_layer
+    lay = _layout(model)
+    if target_layer is None:
+        if lay is None:
+            raise UserError(f"cannot choose a target layer for {type(model).__name__} automatically; "
+                            "pass target_layer='<module path>'")
+        target_layer = lay.explain_layer
+    if isinstance(target_layer, str):
+        try:
+            module = model.get_submodule(target_layer)
+        except AttributeError as err:
+            raise UserError(f"model {type(model).__name__} has no layer '{target_layer}'") from err
+        name = target_layer
+    elif isinstance(target_layer, nn.Module):
+        module = target_layer
+        name = next((n for n, m in model.named_modules() if m is module), type(module).__name__)
+    else:
+        raise UserError(f"target_layer must be a module path or a module, not {type(target_layer).__name__}")
+
+    def to_map(act: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        if act.dim() == 4:
+            return act
+        if act.dim() == 3 and lay is not None:
+            return lay.tokens_to_map(act, height, width)
+        raise UserError(f"layer '{name}' outputs shape {tuple(act.shape)}; expected B×C×h×w or ViT tokens")
+
+    return LayerSpec(module, to_map, name)
+
+
+def _layout(model: nn.Module):
+    try:
+        from traitlens.backbones import layout
+    except ImportError:  # the backbones package is optional for models that bring a LayerSpec
+        return None
+    try:
+        return layout(model)
+    except UserError:
+        return None
+
+
+def _classifier_weight(model: nn.Module) -> Optional[torch.Tensor]:
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        return head.weight
+    w = getattr(head, "weight", None)
+    return w if torch.is_tensor(w) and w.dim() == 2 else None
+
+
+def _siblings(traits, num_classes: int, class_names) -> Optional[List[List[int]]]:
+    if traits is None:
+        return None
+    if class_names is None:
+        class_names = traits.class_names
+    names = list(class_names)
+    model_index = {}
+    for i, n in enumerate(names):
+        model_index[traits.index(n)] = i
+    out: List[List[int]] = []
+    for n in names:
+        out.append([model_index[s] for s in traits.siblings(n) if s in model_index])
+    if len(out) != num_classes:
+        raise UserError(f"the class tree names {len(out)} classes but the model has {num_classes}")
+    return out
+
+
+def normalise(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Min-max normalise each map over its last two dimensions to [0, 1] (constant maps → 0)."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1, keepdim=True)
+    hi = (flat - lo).amax(-1, keepdim=True)
+    return ((flat - lo) / (hi + eps)).view_as(maps)
+
+
+def upsample(raw: torch.Tensor, size) -> torch.Tensor:
+    """...×h×w raw maps → ...×H×W, normalised before and after bilinear resizing (as grad-cam does)."""
+    lead = raw.shape[:-2]
+    x = normalise(raw).reshape(-1, 1, *raw.shape[-2:])
+    x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return normalise(x.reshape(*lead, *size))
+
+
+def logit_gradients(logits: torch.Tensor, leaf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """∂z_{index[b, j]} / ∂leaf for every j at once: B×J indices → J×B×(leaf shape[1:])."""
+    j = index.shape[1]
+    onehots = torch.zeros(j, *logits.shape, dtype=logits.dtype, device=logits.device)
+    onehots.scatter_(2, index.T[:, :, None], 1.0)
+    if j == 1:
+        return torch.autograd.grad(logits, leaf, onehots[0])[0][None]
+    try:
+        return torch.autograd.grad(logits, leaf, onehots, is_grads_batched=True, retain_graph=False)[0]
+    except RuntimeError:
+        # Some ops have no batching rule for vmap; one backward per logit is still exact.
+        return torch.stack([torch.autograd.grad(logits, leaf, onehots[i], retain_graph=i < j - 1)[0]
+                            for i in range(j)])
+
+
+def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "gradcam", finer: bool = True,
+            alpha: Union[float, Sequence[float]] = 1.0, target=None, references="logit-distance",
+            target_layer=None, *, k: int = 3, weights: str = "softmax", detach_weights: bool = False,
+            class_names: Optional[Sequence[str]] = None, traits=None, score_batch_size: int = 64,
+            score_channels: Optional[int] = None) -> Explanation:
+    """Explain ``model``'s decision on ``images`` (B×3×H×W, normalised) with a CAM, by default Finer-CAM.
+
+    method: ``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``scorecam``, or any
+    ``pytorch_grad_cam`` CAM class (through :mod:`traitlens.explain.adapter`). finer: explain the
+    difference to the reference classes (False: the target logit alone). alpha: comparison strength
+    ≥ 0, or a list (maps A×B×H×W, one forward and backward for all). target: None (predicted class),
+    a class id or name, or one per image. references: see
+    :func:`~traitlens.explain.targets.select_references`; k reference classes (default 3). weights:
+    ``softmax`` over the reference logits or ``uniform``; detach_weights: do not differentiate
+    through them. traits: a TraitTable for ``references="taxonomy"``. score_batch_size and
+    score_channels (keep only the top-variance channels) tune Score-CAM.
+    """
+    if not torch.is_tensor(images) or images.dim() != 4:
+        raise UserError("images must be a B×3×H×W tensor")
+    if not isinstance(method, str) or method.startswith("pgc:"):
+        from traitlens.explain.adapter import explain_with_package
+        return explain_with_package(model, images, method, finer=finer, alpha=alpha, target=target,
+                                    references=references, target_layer=target_layer, k=k, weights=weights,
+                                    detach_weights=detach_weights, class_names=class_names, traits=traits)
+    method = canonical_method(method)
+    if method not in METHODS:
+        raise UserError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    sweep = isinstance(alpha, (list, tuple)) or (torch.is_tensor(alpha) and alpha.dim() > 0)
+    alphas = [float(a) for a in (alpha if sweep else [alpha])]
+    if not alphas or any(a < 0 for a in alphas):
+        raise UserError(f"alpha must be ≥ 0, got {alphas}")
+    spec = resolve_layer(model, target_layer)
+    device = _device(model)
+    images = images.to(device)
+    height, width = images.shape[-2:]
+    score_based = method == "scorecam"
+
+    with hooked(model, spec.module, need_grad=not score_based) as cap:
+        with torch.enable_grad() if not score_based else torch.no_grad():
+            logits = model(images)
+        if cap.activation is None:
+            raise UserError(f"target layer '{spec.name}' was not called in the model's forward")
+        if logits.dim() != 2:
+            raise UserError(f"the model must return B×K logits, got shape {tuple(logits.shape)}")
+        leaf = cap.activation
+        num_classes = logits.shape[1]
+        tgt = (logits.detach().argmax(1) if target is None
+               else resolve_classes(target, num_classes, images.shape[0], class_names, device))
+        if finer:
+            refs = select_references(logits.detach(), tgt, references, k=k,
+                                     classifier_weight=_classifier_weight(model) if references == "weight-cosine"
+                                     else None,
+                                     siblings=_siblings(traits, num_classes, class_names)
+                                     if references == "taxonomy" else None,
+                                     class_names=class_names)
+        else:
+            refs = torch.empty(images.shape[0], 0, dtype=torch.long, device=device)
+        coeff = finer_coefficients(logits, tgt, refs, alphas, weights, detach_weights)  # A×B×J
+        scores = torch.stack([finer_target(logits.detach(), tgt, refs, a, weights) for a in alphas])
+
+        acts = spec.to_map(leaf.detach(), height, width)  # B×C×h×w
+        if score_based:
+            from traitlens.explain.scorecam import scorecam
+            cap.enabled = False
+            raw = scorecam(model, images, acts, tgt, refs, alphas, weights=weights,
+                           batch_size=score_batch_size, top_channels=score_channels)
+        else:
+            index = torch.cat([tgt[:, None], refs.clamp(min=0)], dim=1)  # B×J
+            grads = logit_gradients(logits, leaf, index)  # J×B×...
+            j = grads.shape[0]
+            grads = spec.to_map(grads.flatten(0, 1), height, width).unflatten(0, (j, -1))  # J×B×C×h×w
+            combined = torch.einsum("abj,jbchw->abchw", coeff.to(grads.dtype), grads)
+            raw = GRADIENT_METHODS[method](acts, combined)  # A×B×h×w
+        raw = raw.clamp(min=0).detach()
+
+    maps = upsample(raw, (height, width))
+    if not sweep:
+        maps, raw, scores = maps[0], raw[0], scores[0]
+    return Explanation(maps=maps, raw_maps=raw, logits=logits.detach(), target=tgt, references=refs,
+                       alpha=alphas if sweep else alphas[0], scores=scores, method=method, finer=finer,
+                       layer=spec.name)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
