@@ -39,7 +39,6 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -693,7 +692,6 @@ def generate_collection(out_dir: Union[str, Path], cfg: Optional[SynthConfig] = 
         d.mkdir(parents=True, exist_ok=True)
     salt = _salt(cfg)
     traits = [table.traits_of(i) for i in range(table.num_species)]
-    start = time.perf_counter()
     try:
         it: Iterable = files
         if progress:
@@ -705,11 +703,10 @@ def generate_collection(out_dir: Union[str, Path], cfg: Optional[SynthConfig] = 
             _save_png(image, img_path)
             _save_png(labels, mask_path)
         table.to_json(tmp / "traits.json")
-        seconds = time.perf_counter() - start
         counts = {split: n * table.num_species for split, n in cfg.split_counts().items()}
         meta = {"traitlens_version": __version__, "render_version": RENDER_VERSION, "config": cfg_dict,
                 "num_species": table.num_species, "num_genera": len(table.genera), "images": counts,
-                "class_names": table.class_names, "generation_seconds": round(seconds, 3)}
+                "class_names": table.class_names}
         # collection.json last: its presence marks a complete collection
         (tmp / "collection.json").write_text(json.dumps(meta, indent=1) + "\n")
         if out.exists():
