@@ -1,0 +1,265 @@
+"""Running a benchmark: ask an answerer every record, keep every answer the moment it comes.
+
+``out_dir/results.jsonl`` gets one line per answered record, appended, flushed and synced as the
+answers arrive, so Ctrl-C or a crash loses nothing already answered; with ``resume=True`` records
+whose id is already there are skipped. At the end the runner writes ``summary.json`` (task, dimension
+and macro accuracy), ``summary.txt``, ``accuracy.png`` and ``failures.html`` (failure cases with both
+images, the question, the truth and the reply).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from traitlens.compbench.answerers.base import Answerer, AnswererError, Query
+from traitlens.compbench.records import PairRecord, find_missing_images, resolve_image, spec_for
+from traitlens.compbench.scoring import Scored, Summary, score_record, summarize
+from traitlens.compbench.tasks import TaskSpec, with_wording
+from traitlens.errors import BadImageError, UserError
+from traitlens.progress import bar, log
+
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class RunResult:
+    """What a run produced: the files, the summary, and what was skipped or failed."""
+
+    out_dir: Path
+    summary: Summary
+    answered_now: int
+    already_answered: int
+    missing_images: Dict[str, List[str]] = field(default_factory=dict)
+    failed: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def results_path(self) -> Path:
+        return self.out_dir / RESULTS
+
+
+def read_results(path: Path) -> List[Dict[str, Any]]:
+    """The answered lines of a ``results.jsonl`` (a line cut short by a crash is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "id" in row:
+            out.append(row)
+    return out
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a partial last line (a crash mid-write) so the next append starts on a fresh line."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    with open(path, "r+b") as fh:
+        fh.truncate(cut)
+
+
+def _query(record: PairRecord, spec: TaskSpec, root: Path) -> Query:
+    prompt = spec.prompt(record.question, options=record.options, action=record.action)
+    images = [resolve_image(root, p) for p in record.images]
+    return Query(record=record, spec=spec, prompt=prompt, images=images)  # type: ignore[arg-type]
+
+
+def _row(query: Query, scored: Scored) -> Dict[str, Any]:
+    r = query.record
+    row = {"id": r.id, "task": r.task, "dimension": r.dimension, "question": r.question, "prompt": query.prompt,
+           "truth": r.answer, "reply": scored.reply, "parsed": scored.parsed, "status": scored.status,
+           "correct": scored.correct, "images": r.images}
+    if r.options is not None:
+        row["options"] = r.options
+    return row
+
+
+def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume: bool = True,
+        image_root: Optional[Path] = None, wording: Optional[str] = None, failure_examples: int = 24) -> RunResult:
+    """Ask ``answerer`` every record (``concurrency`` at a time) and write results as they come.
+
+    ``image_root`` is the folder stored image paths are resolved against; records with a missing
+    image are listed in ``missing_images.json`` and skipped. ``wording`` (``left_right``,
+    ``first_second``, ``frame``) overrides how binary prompts name the two images.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(image_root) if image_root is not None else Path(".")
+    results_path = out_dir / RESULTS
+    specs: Dict[str, TaskSpec] = {}
+    for r in records:
+        if r.task not in specs:
+            spec = spec_for(r.task, r.raw)
+            specs[r.task] = with_wording(spec, wording) if wording and spec.kind == "binary" else spec
+
+    missing = find_missing_images(records, root)
+    (out_dir / "missing_images.json").write_text(json.dumps(missing, indent=1) + "\n")
+    if missing:
+        log(f"compbench: {len(missing)} of {len(records)} records have missing images under {root} "
+            f"(listed in {out_dir / 'missing_images.json'}); they are skipped")
+        if len(missing) == len(records):
+            example = next(iter(missing.values()))[0]
+            raise UserError(f"none of the {len(records)} records' images were found under {root} (e.g. {example}); "
+                            f"pass --images DIR, the folder the stored image paths are relative to")
+
+    if resume:
+        _repair_tail(results_path)
+        done = {row["id"] for row in read_results(results_path)}
+    else:
+        results_path.write_text("")
+        done = set()
+    todo = [r for r in records if r.id not in done and r.id not in missing]
+    already = sum(1 for r in records if r.id in done)
+    if already:
+        log(f"compbench: resuming, {already} records already answered, {len(todo)} to go")
+
+    failed: Dict[str, str] = {}
+    answered = 0
+    workers = max(1, int(getattr(answerer, "concurrency", 1)))
+    progress = bar(len(todo), desc=f"compbench {getattr(answerer, 'name', 'model')}", unit="pair")
+    pending: Dict[Future, Query] = {}
+    it = iter(todo)
+    executor = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with open(results_path, "a", encoding="utf-8") as fh:
+            def submit_next() -> bool:
+                rec = next(it, None)
+                if rec is None:
+                    return False
+                q = _query(rec, specs[rec.task], root)
+                pending[executor.submit(answerer.answer, q)] = q
+                return True
+
+            # keep at most 2x workers queued, so an interrupt leaves little work in flight
+            for _ in range(2 * workers):
+                if not submit_next():
+                    break
+            while pending:
+                finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    q = pending.pop(fut)
+                    try:
+                        reply = fut.result()
+                    except (AnswererError, BadImageError) as exc:
+                        failed[q.record.id] = str(exc)
+                        progress.update(1)
+                        submit_next()
+                        continue
+                    scored = score_record(q.record, reply, q.spec)
+                    fh.write(json.dumps(_row(q, scored), ensure_ascii=False) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    answered += 1
+                    progress.update(1)
+                    submit_next()
+    finally:
+        # on Ctrl-C, drop what has not started; answers already written stay written
+        executor.shutdown(wait=False, cancel_futures=True)
+        progress.close()
+
+    if failed:
+        with open(out_dir / "errors.jsonl", "w", encoding="utf-8") as fh:
+            for rid, msg in failed.items():
+                fh.write(json.dumps({"id": rid, "error": msg}) + "\n")
+        log(f"compbench: {len(failed)} records got no answer (see {out_dir / 'errors.jsonl'}); "
+            f"rerun with --resume to retry them")
+
+    wanted = {r.id: r for r in records}
+    rows = [row for row in read_results(results_path) if row["id"] in wanted]
+    summary = summarize_rows(rows)
+    write_summary(summary, out_dir, model=getattr(answerer, "name", "model"))
+    write_failures(rows, wanted, root, out_dir / "failures.html", summary, limit=failure_examples,
+                   model=getattr(answerer, "name", "model"))
+    return RunResult(out_dir=out_dir, summary=summary, answered_now=answered, already_answered=already,
+                     missing_images=missing, failed=failed)
+
+
+def summarize_rows(rows: Iterable[Dict[str, Any]]) -> Summary:
+    """A :class:`Summary` from ``results.jsonl`` rows (as written by :func:`run`)."""
+    return summarize(Scored(id=r["id"], task=r["task"], dimension=r["dimension"], truth=r["truth"],
+                            reply=r.get("reply"), parsed=r.get("parsed"), status=r["status"]) for r in rows)
+
+
+def write_summary(summary: Summary, out_dir: Path, model: str = "model") -> None:
+    """``summary.json``, ``summary.txt`` and the bar plot ``accuracy.png``."""
+    out_dir = Path(out_dir)
+    payload = summary.to_json()
+    payload["model"] = model
+    (out_dir / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out_dir / "summary.txt").write_text(summary.format_table() + "\n")
+    if not summary.tasks:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from traitlens.report import bar_plot
+
+    fig = bar_plot({t: {model: s.accuracy} for t, s in summary.tasks.items()},
+                   title=f"CompBench accuracy per task ({model})", ylabel="accuracy")
+    fig.axes[0].set_ylim(0, 1)
+    for label in fig.axes[0].get_xticklabels():
+        label.set_rotation(30)
+        label.set_ha("right")
+    fig.savefig(out_dir / "accuracy.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _thumb(root: Path, stored: str, size: int = 192):
+    import numpy as np
+
+    from traitlens.data.imageio import load_image
+
+    path = resolve_image(root, stored)
+    if path is None:
+        return np.full((size, size, 3), 200, dtype=np.uint8)
+    return np.asarray(load_image(path, max_size=size))
+
+
+def write_failures(rows: List[Dict[str, Any]], records: Dict[str, PairRecord], root: Path, path: Path,
+                   summary: Summary, limit: int = 24, model: str = "model") -> Path:
+    """An HTML page: the summary tables, the bar plot and up to ``limit`` failure cases side by side."""
+    from traitlens.report import Section, write_page
+
+    head = Section("Summary", intro=f"Model {model}: accuracy per task and per dimension; unparseable and "
+                                    f"invalid replies count as wrong.")
+    head.table(summary.task_rows(), caption="tasks")
+    head.table(summary.dimension_rows() + [{"dimension": "macro (tasks)", "accuracy": summary.macro}],
+               columns=["dimension", "n", "accuracy", "unparseable", "invalid"], caption="dimensions")
+    plot = path.parent / "accuracy.png"
+    if plot.is_file():
+        head.figure(plot, caption="accuracy per task")
+    fails = [r for r in rows if r["status"] != "correct"]
+    # spread the examples over tasks, in a stable order
+    by_task: Dict[str, List[Dict[str, Any]]] = {}
+    for r in sorted(fails, key=lambda r: (r["task"], r["id"])):
+        by_task.setdefault(r["task"], []).append(r)
+    chosen: List[Dict[str, Any]] = []
+    while len(chosen) < limit and any(by_task.values()):
+        for t in list(by_task):
+            if by_task[t] and len(chosen) < limit:
+                chosen.append(by_task[t].pop(0))
+    cases = Section("Failure cases", intro=f"{len(fails)} of {len(rows)} answered records are wrong; "
+                                           f"{len(chosen)} shown.")
+    for r in chosen:
+        imgs = r.get("images") or []
+        names = ["first image", "second image"] if len(imgs) == 2 else ["merged pair"]
+        cases.gallery([(_thumb(root, p), n) for p, n in zip(imgs, names)], columns=2)
+        cases.table([{"task": r["task"], "question": r["question"], "truth": r["truth"],
+                      "reply": str(r.get("reply")), "status": r["status"]}])
+    return write_page(f"CompBench: {model}", [head, cases], path)
