@@ -169,3 +169,16 @@ def test_collate_shapes_and_all_bad_batch():
     assert out["skipped"] == [("b", "x")]
     empty = collate([{"error": "x", "path": "b", "index": 1}])
     assert empty["path"] == [] and empty["skipped"] == [("b", "x")] and "image" not in empty
+
+
+def test_max_size_reduces_images_and_their_masks(tmp_path):
+    _write_collection(tmp_path, size=96, per_class=1)
+    ds = ImageFolderDataset(tmp_path, split="train", max_size=32)
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and item["mask"].shape == (32, 32)
+    full = ImageFolderDataset(tmp_path, split="train")[0]
+    np.testing.assert_array_equal(item["mask"].numpy(), full["mask"].numpy()[1::3, 1::3])
+    # A mask of another shape is still an error, reported like a bad image.
+    Image.fromarray(np.zeros((50, 96), np.uint8)).save(tmp_path / "masks" / "train" / "alpha" / "alpha_0.png")
+    bad = ds[0]
+    assert "error" in bad and "96x50" in bad["error"]

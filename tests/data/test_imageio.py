@@ -188,3 +188,11 @@ def test_skipped_files_records_and_writes(tmp_path):
     rows = [json.loads(s) for s in out.read_text().splitlines()]
     assert rows[1] == {"path": "b.png", "reason": "not an image"}
     assert list(SkippedFiles.read(out)) == list(skipped)
+
+
+def test_rgb_and_grey_with_transparent_colour(tmp_path):
+    arr = np.zeros((1, 2, 3), np.uint8)
+    arr[0, 1] = (10, 200, 30)
+    Image.fromarray(arr).save(tmp_path / "t.png", transparency=(0, 0, 0))
+    out = np.asarray(load_image(tmp_path / "t.png"))
+    assert tuple(out[0, 0]) == imageio.BACKGROUND and tuple(out[0, 1]) == (10, 200, 30)

@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from traitlens.data.imageio import load_image, load_mask
-from traitlens.data.transforms import is_joint, run_transform, sample_generator
+from traitlens.data.transforms import Geometry, is_joint, resize_mask, run_transform, sample_generator
 from traitlens.errors import BadImageError, UserError
 
 PathLike = Union[str, Path]
@@ -86,11 +87,14 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     Items: ``{"image": 3×H×W float, "label": int, "index": int, "path": str, "mask": H×W long}`` (mask only
     with masks), or ``{"error": reason, "path", "index"}`` for an unreadable file. Training augmentation is
     seeded by (``seed``, epoch, index): call :meth:`set_epoch` at the start of every epoch.
+
+    ``max_size`` caps the longest side of each decoded image (large JPEGs are decoded at a reduced scale, see
+    :func:`~traitlens.data.imageio.load_image`); masks then follow by nearest neighbour, ids unchanged.
     """
 
     def __init__(self, root: PathLike, split: Optional[str] = None, transform=None,
                  classes: Optional[Sequence[str]] = None, masks: Union[str, PathLike, None] = "auto",
-                 seed: int = 0):
+                 seed: int = 0, max_size: Optional[int] = None):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"dataset folder not found: {self.root}")
@@ -102,6 +106,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.seed = int(seed)
         self.epoch = 0
+        self.max_size = max_size
 
         mask_root = self._mask_root(masks)
         if classes is None:
@@ -178,11 +183,10 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         path, label, mask_path = self.samples[index]
         try:
-            image = load_image(path)
+            image = load_image(path, max_size=self.max_size)
             mask = load_mask(mask_path) if mask_path is not None else None
             if mask is not None and mask.shape != (image.height, image.width):
-                raise BadImageError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-                                               f"{image.width}x{image.height}")
+                mask = self._fit_mask(mask, image, mask_path)
         except BadImageError as exc:
             return {"error": exc.reason if exc.path == path else f"{exc.path}: {exc.reason}",
                     "path": path, "index": int(index)}
@@ -192,6 +196,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         if m is not None:
             item["mask"] = m
         return item
+
+    def _fit_mask(self, mask: np.ndarray, image, mask_path: str) -> np.ndarray:
+        """A full-size mask of an image that ``max_size`` reduced: nearest-resize it; anything else is an error."""
+        h, w = mask.shape
+        reduced = (self.max_size is not None and max(h, w) > self.max_size
+                   and abs(h / w - image.height / image.width) <= 0.02 * h / w)
+        if not reduced:
+            raise BadImageError(mask_path, f"mask is {w}x{h} but its image is {image.width}x{image.height}")
+        geo = Geometry(0, 0, w, h, image.height, image.width)
+        return resize_mask(torch.from_numpy(mask.astype(np.int64)), geo).numpy()
 
     # --- views ------------------------------------------------------------------------------------------
     @property

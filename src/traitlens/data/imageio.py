@@ -98,13 +98,13 @@ def _float_to_8(arr: np.ndarray) -> np.ndarray:
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode → 8-bit RGB: 16-bit/32-bit/float scaled (never clipped), alpha composited on BACKGROUND."""
     mode = im.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in im.info:
         return im
     if mode in _SIXTEEN_BIT or mode == "I":
         return Image.fromarray(_sixteen_bit_to_8(np.asarray(im)), "L").convert("RGB")
     if mode == "F":
         return Image.fromarray(_float_to_8(np.asarray(im)), "L").convert("RGB")
-    if mode == "P" and "transparency" in im.info:
+    if mode in ("P", "L", "RGB") and "transparency" in im.info:  # tRNS chunk: a transparent colour/index
         im = im.convert("RGBA")
     elif mode in _ALPHA_MODES:
         im = im.convert("RGBA")
