@@ -1,0 +1,433 @@
+"""Prompt-CAM (Chowdhury et al., CVPR 2025): class-specific prompts make a frozen ViT interpretable.
+
+The figure, as code (:meth:`PromptCAM.forward`)::
+
+    image ─ patch embedding ─ [CLS/registers, patches] + position
+          ─ for each block i:  [prompts_i (C×D), CLS/registers, patches] ─ block i ─ drop the prompts
+          ─ last block: keep its C prompt outputs ─ LayerNorm ─ shared scorer Linear(D, 1) ─ logits B×C
+
+*Deep* (the default, as the reference code): C prompts are inserted before every block and removed
+after it; only the last layer's C prompt outputs are read, so only they are class-specific.
+*Shallow*: C prompts are inserted once before block 1 and carried through all blocks.
+The backbone is frozen; the prompts (``L·C·D`` in Deep, ``C·D`` in Shallow) and the scorer
+(``D + 1``) train.
+
+Because the prompt outputs of blocks 1..L-1 are discarded in Deep mode, those blocks only compute
+the outputs of the image tokens (their keys and values still include the prompts), and the last
+block only computes the C prompt outputs: the same logits as running each block on the whole
+sequence, with less work. The last block's input (:class:`LastBlockInput`) is what the explanation
+methods start from, so reading maps or blurring heads never re-runs the backbone.
+
+Explanations:
+
+- :meth:`PromptCAM.class_attention`: the last block's post-softmax attention of prompt c to the
+  patches, per head (B×H×h×w). Any class can be asked for: looking at a Indigo Bunting "through the
+  Lazuli Bunting's prompt" shows where the model would look for the Lazuli's traits.
+- :meth:`PromptCAM.identify_traits`: greedy head blurring. Blurring head h for class c sets the
+  pre-softmax logits of row c in head h to 0 (uniform attention); the head whose blurring leaves the
+  target probability highest is blurred next, until ``top_k`` heads remain or, as in the paper, the
+  image would become misclassified. The heads left are the trait-detecting heads.
+- :class:`HierarchicalPromptCAM`: one prompt set per node of a class tree (the paper's taxonomy analysis).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from traitlens.errors import UserError
+from traitlens.models.vit_blocks import (
+    attention_probs, check_vit, finish_block, project_qkv, run_block, run_block_explicit,
+)
+
+MODES = ("deep", "shallow")
+
+
+def vpt_init_bound(patch_size: Tuple[int, int], dim: int) -> float:
+    """VPT's prompt init: uniform in ±sqrt(6 / (3·p_h·p_w + D)) (Xavier-uniform over a patch's fan-in)."""
+    return math.sqrt(6.0 / float(3 * patch_size[0] * patch_size[1] + dim))
+
+
+class PromptSet(nn.Module):
+    """C class prompts per layer and the shared scorer.
+
+    ``tokens``: L×C×D (Deep) or 1×C×D (Shallow); ``scorer``: Linear(D, 1) applied to each prompt output.
+    """
+
+    def __init__(self, num_classes: int, num_layers: int, dim: int, patch_size: Tuple[int, int],
+                 mode: str = "deep"):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"Prompt-CAM mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if num_classes < 1:
+            raise UserError(f"Prompt-CAM needs at least one class, got num_classes={num_classes}")
+        self.mode = mode
+        bound = vpt_init_bound(patch_size, dim)
+        layers = num_layers if mode == "deep" else 1
+        self.tokens = nn.Parameter(torch.empty(layers, num_classes, dim).uniform_(-bound, bound))
+        self.scorer = nn.Linear(dim, 1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.tokens.shape[1]
+
+
+@dataclass
+class LastBlockInput:
+    """The sequence entering the last block: ``tokens`` B×(C+N)×D in the order [prompts, prefix, patches].
+
+    ``num_prompts`` is C, ``num_prefix`` the CLS/register count, ``grid`` the patch grid (h, w).
+    """
+
+    tokens: torch.Tensor
+    num_prompts: int
+    num_prefix: int
+    grid: Tuple[int, int]
+
+    @property
+    def patch_start(self) -> int:
+        return self.num_prompts + self.num_prefix
+
+
+@dataclass
+class TraitHeads:
+    """What greedy head blurring found for one target class per image.
+
+    ``classes`` B; ``ranked_heads`` B×H, most important first (the reverse of the blurring order);
+    ``num_kept`` B, how many of the ranked heads were left when blurring stopped; ``target_prob``
+    B×(H+1), the target's probability after 0, 1, …, H blurs; ``still_predicted`` B×(H+1), whether
+    the target was still the top class; ``maps`` B×H×h×w, every head's (unblurred) attention map.
+    """
+
+    classes: torch.Tensor
+    ranked_heads: torch.Tensor
+    num_kept: torch.Tensor
+    target_prob: torch.Tensor
+    still_predicted: torch.Tensor
+    maps: torch.Tensor
+
+    def kept(self, i: int) -> List[int]:
+        """The trait-detecting heads of image ``i``, most important first."""
+        return self.ranked_heads[i, : int(self.num_kept[i])].tolist()
+
+    def top_maps(self, k: Optional[int] = None) -> torch.Tensor:
+        """The maps of the top ``k`` ranked heads (default: the kept heads' count per image) B×k×h×w."""
+        k = int(self.num_kept.max()) if k is None else k
+        idx = self.ranked_heads[:, :k]
+        return torch.gather(self.maps, 1, idx[:, :, None, None].expand(-1, -1, *self.maps.shape[-2:]))
+
+    def aggregate(self, k: Optional[int] = None) -> torch.Tensor:
+        """One map per image B×h×w: the mean over the top ``k`` heads (default: each image's kept heads)."""
+        if k is not None:
+            return self.top_maps(k).mean(1)
+        n = self.num_kept.clamp(min=1)
+        mask = torch.arange(self.maps.shape[1], device=n.device)[None] < n[:, None]  # B×H over ranks
+        ranked = self.top_maps(self.maps.shape[1])
+        return (ranked * mask[:, :, None, None]).sum(1) / n[:, None, None]
+
+
+class _PromptedViT(nn.Module):
+    """A frozen timm ViT that runs with prompt sets (shared by the flat and the hierarchical model)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        check_vit(backbone)
+        self.backbone = backbone
+        backbone.requires_grad_(False)
+        backbone.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: no dropout or drop-path in the backbone, ever
+        return self
+
+    # -- geometry -------------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return len(self.backbone.blocks)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.backbone.blocks[-1].attn.num_heads)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.backbone.blocks[-1].norm1.weight.shape[0]) if hasattr(
+            self.backbone.blocks[-1].norm1, "weight") else int(self.backbone.embed_dim)
+
+    @property
+    def patch_size(self) -> Tuple[int, int]:
+        p = self.backbone.patch_embed.patch_size
+        return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
+
+    def _grid(self, height: int, width: int) -> Tuple[int, int]:
+        from traitlens.backbones import layout
+
+        return layout(self.backbone).grid(height, width)
+
+    # -- the figure -----------------------------------------------------------------------------------
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images B×3×H×W → [CLS/registers, patches] + position, B×N×D."""
+        if images.dim() != 4:
+            raise UserError(f"images must be B×3×H×W, got shape {tuple(images.shape)}")
+        bb = self.backbone
+        try:
+            x = bb.patch_embed(images)
+        except AssertionError as err:  # timm's fixed-size check
+            raise UserError(f"image size {tuple(images.shape[-2:])} does not fit the backbone: {err}") from None
+        x = bb._pos_embed(x)
+        x = bb.patch_drop(x) if hasattr(bb, "patch_drop") else x
+        return bb.norm_pre(x) if hasattr(bb, "norm_pre") else x
+
+    def _encode(self, prompt_set: PromptSet, images: torch.Tensor,
+                trace: Optional[List[torch.Tensor]] = None) -> LastBlockInput:
+        """Run blocks 1..L-1 with prompts; return the sequence entering the last block.
+
+        ``trace`` (a list), when given, receives the sequence entering each block (for tests).
+        """
+        x = self._embed(images)
+        b = x.shape[0]
+        prompts = prompt_set.tokens
+        if self.training and self.prompt_dropout > 0:
+            prompts = nn.functional.dropout(prompts, self.prompt_dropout, training=True)
+        c = prompts.shape[1]
+        blocks = self.backbone.blocks
+        if prompt_set.mode == "deep":
+            for i, blk in enumerate(blocks[:-1]):
+                seq = torch.cat([prompts[i].expand(b, -1, -1), x], dim=1)
+                if trace is not None:
+                    trace.append(seq)
+                x = run_block(blk, seq, seq[:, c:])  # the prompt outputs would be dropped: skip them
+            seq = torch.cat([prompts[-1].expand(b, -1, -1), x], dim=1)
+        else:
+            seq = torch.cat([prompts[0].expand(b, -1, -1), x], dim=1)
+            for blk in blocks[:-1]:
+                if trace is not None:
+                    trace.append(seq)
+                seq = run_block(blk, seq)
+        if trace is not None:
+            trace.append(seq)
+        grid = self._grid(*images.shape[-2:])
+        return LastBlockInput(seq, c, int(self.backbone.num_prefix_tokens), grid)
+
+    def _score(self, prompt_set: PromptSet, prompt_out: torch.Tensor) -> torch.Tensor:
+        """Last-block prompt outputs …×D → logits … (final LayerNorm, then the shared scorer)."""
+        return prompt_set.scorer(self.backbone.norm(prompt_out)).squeeze(-1)
+
+    def _logits(self, prompt_set: PromptSet, state: LastBlockInput) -> torch.Tensor:
+        """B×C logits from the last block's input: only the C prompt rows are computed."""
+        seq, c = state.tokens, state.num_prompts
+        return self._score(prompt_set, run_block(self.backbone.blocks[-1], seq, seq[:, :c]))
+
+    def _rows(self, state: LastBlockInput, classes: torch.Tensor) -> torch.Tensor:
+        """The last-block input of prompt ``classes[b]`` for each image b: B×1×D."""
+        classes = self._check_classes(classes, state.tokens.shape[0], state.num_prompts, state.tokens.device)
+        idx = classes[:, None, None].expand(-1, 1, state.tokens.shape[-1])
+        return torch.gather(state.tokens, 1, idx)
+
+    def _class_attention(self, state: LastBlockInput, classes: torch.Tensor) -> torch.Tensor:
+        """Per-head post-softmax attention of prompt ``classes[b]`` to the patches: B×H×h×w."""
+        rows = self._rows(state, classes)
+        _, probs = run_block_explicit(self.backbone.blocks[-1], state.tokens, rows)  # B×H×1×T
+        h, w = state.grid
+        return probs[:, :, 0, state.patch_start:].reshape(probs.shape[0], probs.shape[1], h, w)
+
+    @staticmethod
+    def _check_classes(classes, batch: int, num_classes: int, device) -> torch.Tensor:
+        classes = torch.as_tensor(classes, dtype=torch.long, device=device).reshape(-1)
+        if classes.numel() == 1 and batch > 1:
+            classes = classes.expand(batch)
+        if classes.numel() != batch:
+            raise UserError(f"give one class per image: {classes.numel()} classes for {batch} images")
+        if ((classes < 0) | (classes >= num_classes)).any():
+            raise UserError(f"class index out of range 0..{num_classes - 1}: {classes.tolist()}")
+        return classes
+
+    def _identify_traits(self, prompt_set: PromptSet, state: LastBlockInput, classes: Optional[torch.Tensor],
+                         top_k: int, stop_on_misclassification: bool) -> TraitHeads:
+        """Greedy head blurring in the last block (see the module docstring).
+
+        Blurring row c only changes logit c, so the other logits are computed once and each greedy
+        step scores all H candidate heads of all images in one batched pass through the block's tail.
+        """
+        blk = self.backbone.blocks[-1]
+        heads = self.num_heads
+        if not 1 <= top_k <= heads:
+            raise UserError(f"top_k must be between 1 and the number of heads ({heads}), got {top_k}")
+        logits = self._logits(prompt_set, state)  # B×C
+        b, c = logits.shape
+        if classes is None:
+            classes = logits.argmax(1)
+        classes = self._check_classes(classes, b, c, logits.device)
+        others = logits.scatter(1, classes[:, None], float("-inf"))
+        other_lse, other_max = others.logsumexp(1), others.max(1).values  # B
+
+        rows = self._rows(state, classes)  # B×1×D
+        seq = state.tokens
+        h_all = blk.norm1(seq)
+        h_row = blk.norm1(rows)
+        q, k, v = project_qkv(blk, h_row, h_all)
+        probs = attention_probs(blk, q, k)  # B×H×1×T
+        sharp = probs @ v  # B×H×1×d: each head's output as trained
+        flat = v.mean(dim=2, keepdim=True)  # B×H×1×d: the output of a blurred (uniform) row
+        gh, gw = state.grid
+        maps = probs[:, :, 0, state.patch_start:].reshape(b, heads, gh, gw)
+
+        eye = torch.eye(heads, dtype=torch.bool, device=seq.device)
+        blurred = torch.zeros(b, heads, dtype=torch.bool, device=seq.device)
+        target_logit = logits.gather(1, classes[:, None])[:, 0]
+        prob_hist = [torch.sigmoid(target_logit - other_lse)]
+        ok_hist = [target_logit > other_max]
+        order = []
+        for _ in range(heads):
+            cand = blurred[:, None, :] | eye[None]  # B×H(candidates)×H
+            head_out = torch.where(cand[..., None, None], flat[:, None], sharp[:, None])  # B×H×H×1×d
+            out = finish_block(blk, rows[:, None], h_row[:, None], head_out)  # B×H×1×D
+            cand_logit = self._score(prompt_set, out)[..., 0]  # B×H
+            cand_prob = torch.sigmoid(cand_logit - other_lse[:, None])
+            cand_prob = cand_prob.masked_fill(blurred, float("-inf"))
+            pick = cand_prob.argmax(1)
+            order.append(pick)
+            blurred = blurred | eye[pick]
+            picked_logit = cand_logit.gather(1, pick[:, None])[:, 0]
+            prob_hist.append(torch.sigmoid(picked_logit - other_lse))
+            ok_hist.append(picked_logit > other_max)
+        ranked = torch.stack(order[::-1], dim=1)  # B×H, the head blurred last first
+        target_prob = torch.stack(prob_hist, 1)
+        still = torch.stack(ok_hist, 1)  # B×(H+1)
+
+        kept = torch.full((b,), top_k, dtype=torch.long, device=seq.device)
+        if stop_on_misclassification:
+            # Blurring step s (1-based) misclassifies → the H-s+1 heads left before it are all needed.
+            steps = torch.arange(1, heads + 1, device=seq.device)
+            flips = (~still[:, 1:]) & still[:, :1]  # only images that started correctly classified
+            first = torch.where(flips, steps[None], torch.full_like(steps[None], heads + 1)).min(1).values
+            kept = torch.maximum(kept, (heads - first + 1).clamp(max=heads))
+        return TraitHeads(classes, ranked, kept, target_prob, still, maps)
+
+
+class PromptCAM(_PromptedViT):
+    """Prompt-CAM on a frozen timm ViT.
+
+    >>> model = PromptCAM(backbone, num_classes=200)             # Deep, as the reference
+    >>> logits = model(images)                                   # B×C
+    >>> maps = model.class_attention(images, labels)             # B×heads×h×w
+    >>> found = model.identify_traits(images, labels, top_k=4)   # ranked trait-detecting heads
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, mode: str = "deep", prompt_dropout: float = 0.0):
+        super().__init__(backbone)
+        self.prompt_dropout = float(prompt_dropout)
+        self.mode = mode
+        self.prompts = PromptSet(num_classes, self.num_layers, self.embed_dim, self.patch_size, mode)
+
+    @property
+    def num_classes(self) -> int:
+        return self.prompts.num_classes
+
+    def encode(self, images: torch.Tensor, trace: Optional[List[torch.Tensor]] = None) -> LastBlockInput:
+        """Images B×3×H×W → the sequence entering the last block (reuse it for several explanations)."""
+        return self._encode(self.prompts, images, trace)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images B×3×H×W → logits B×C."""
+        return self.logits(self.encode(images))
+
+    def logits(self, state: LastBlockInput) -> torch.Tensor:
+        """Logits B×C from :meth:`encode`'s output."""
+        return self._logits(self.prompts, state)
+
+    def class_attention(self, images, classes) -> torch.Tensor:
+        """Per-head attention maps B×H×h×w of prompt ``classes[b]`` (any class) to the patches of image b.
+
+        ``images`` is B×3×H×W or an :meth:`encode` result; ``classes`` a LongTensor B (or one int).
+        """
+        state = images if isinstance(images, LastBlockInput) else self.encode(images)
+        return self._class_attention(state, classes)
+
+    def identify_traits(self, images, classes=None, top_k: int = 4,
+                        stop_on_misclassification: bool = True) -> TraitHeads:
+        """Greedy head blurring for ``classes`` (default: the predicted class) on each image.
+
+        To ask what would make an image look like another class, pass that class and
+        ``stop_on_misclassification=False`` (see :meth:`look_through`).
+        """
+        state = images if isinstance(images, LastBlockInput) else self.encode(images)
+        return self._identify_traits(self.prompts, state, classes, top_k, stop_on_misclassification)
+
+    def look_through(self, images, classes, top_k: int = 4) -> TraitHeads:
+        """Look at each image through another class's prompt: that class's most useful heads and maps."""
+        return self.identify_traits(images, classes, top_k=top_k, stop_on_misclassification=False)
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class HierarchicalPromptCAM(_PromptedViT):
+    """One prompt set per internal node of a class tree on one frozen ViT (the paper's taxonomy analysis).
+
+    ``tree`` maps each internal node to its children, e.g. ``{"root": ["Passerina", "Setophaga"],
+    "Passerina": ["P. amoena", "P. cyanea"], ...}``. Each node's prompt set classifies among its
+    children; a prediction walks from the root down.
+    """
+
+    def __init__(self, backbone: nn.Module, tree: Mapping[str, Sequence[str]], root: str = "root",
+                 mode: str = "deep", prompt_dropout: float = 0.0):
+        super().__init__(backbone)
+        if root not in tree:
+            raise UserError(f"class tree has no root node {root!r}")
+        self.tree: Dict[str, List[str]] = {str(k): [str(c) for c in v] for k, v in tree.items()}
+        for node, children in self.tree.items():
+            if len(children) < 1:
+                raise UserError(f"node {node!r} of the class tree has no children")
+        self.root = root
+        self.mode = mode
+        self.prompt_dropout = float(prompt_dropout)
+        self._keys = {node: f"node{i}" for i, node in enumerate(self.tree)}  # ModuleDict keys cannot hold dots
+        self.prompt_sets = nn.ModuleDict({
+            self._keys[node]: PromptSet(len(ch), self.num_layers, self.embed_dim, self.patch_size, mode)
+            for node, ch in self.tree.items()
+        })
+
+    def prompt_set(self, node: str) -> PromptSet:
+        if node not in self._keys:
+            raise UserError(f"{node!r} is not an internal node of the class tree ({', '.join(self.tree)})")
+        return self.prompt_sets[self._keys[node]]
+
+    def node_logits(self, images: torch.Tensor, node: str) -> torch.Tensor:
+        """Logits B×len(children(node)) of one node's prompt set."""
+        ps = self.prompt_set(node)
+        return self._logits(ps, self._encode(ps, images))
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Every node's logits: {node: B×children}."""
+        return {node: self.node_logits(images, node) for node in self.tree}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> List[List[str]]:
+        """The root-to-leaf path each image is classified along."""
+        paths = [[self.root] for _ in range(images.shape[0])]
+        todo = {self.root: list(range(images.shape[0]))}
+        while todo:
+            node, idx = todo.popitem()
+            pick = self.node_logits(images[idx], node).argmax(1).tolist()
+            for i, j in zip(idx, pick):
+                child = self.tree[node][j]
+                paths[i].append(child)
+                if child in self.tree:
+                    todo.setdefault(child, []).append(i)
+        return paths
+
+    def class_attention(self, images: torch.Tensor, node: str, classes) -> torch.Tensor:
+        """Per-head maps B×H×h×w of child ``classes[b]`` (index among ``node``'s children)."""
+        ps = self.prompt_set(node)
+        return self._class_attention(self._encode(ps, images), classes)
+
+    def identify_traits(self, images: torch.Tensor, node: str, classes=None, top_k: int = 4,
+                        stop_on_misclassification: bool = True) -> TraitHeads:
+        ps = self.prompt_set(node)
+        return self._identify_traits(ps, self._encode(ps, images), classes, top_k, stop_on_misclassification)
