@@ -16,6 +16,7 @@ W, H = 40, 30
 BOX = (10.0, 5.0, 20.0, 16.0)
 BEAK = (25, 9)  # a red 3×3 dot is drawn here; the other parts are invisible except "back"
 BACK = (12, 18)
+LEFT_EYE = (8.0, 6.0)
 
 
 def write_fake_cub(base):
@@ -38,6 +39,8 @@ def write_fake_cub(base):
         for part_id, name in enumerate(PARTS, 1):
             if name == "beak":
                 locs.append(f"{image_id} {part_id} {BEAK[0] + 0.5:.1f} {BEAK[1] + 0.5:.1f} 1")
+            elif name == "left eye":
+                locs.append(f"{image_id} {part_id} {LEFT_EYE[0]:.1f} {LEFT_EYE[1]:.1f} 1")
             elif name == "back":
                 locs.append(f"{image_id} {part_id} {BACK[0]:.1f} {BACK[1]:.1f} 1")
             else:
@@ -80,7 +83,8 @@ def test_parse_split_labels_and_names(cub):
     assert item["parts"].shape == (15, 3)
     assert item["parts"][1].tolist() == [BEAK[0] + 0.5, BEAK[1] + 0.5, 1.0]
     assert item["parts"][0].tolist() == [float(BACK[0]), float(BACK[1]), 1.0]
-    assert item["parts"][2:, 2].sum() == 0
+    assert item["parts"][6].tolist() == [LEFT_EYE[0], LEFT_EYE[1], 1.0]
+    assert item["parts"][2:, 2].sum() == 1
 
 
 def test_eval_transform_maps_box_and_parts(cub):
@@ -149,3 +153,23 @@ def test_attributes_tolerate_malformed_lines(cub):
     # attributes.txt inside attributes/ works as well.
     (cub.parent / "attributes.txt").rename(cub / "attributes" / "attributes.txt")
     assert load_cub_attributes(cub)[0] == names
+
+
+def test_flip_swaps_left_and_right_parts(cub):
+    # Full-image crops only, so the one random choice left is the flip.
+    t = SpecimenTransform((H, W), train=True, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    ds = CUBDataset(cub, "train", transform=t)
+    left, right = PARTS.index("left eye"), PARTS.index("right eye")
+    outcomes = set()
+    for epoch in range(10):
+        ds.set_epoch(epoch)
+        parts = ds[0]["parts"]
+        beak_x = parts[1, 0].item()
+        flipped = abs(beak_x - (W - BEAK[0] - 0.5)) < 1e-4
+        assert flipped or abs(beak_x - (BEAK[0] + 0.5)) < 1e-4
+        if flipped:
+            assert parts[left, 2] == 0 and parts[right].tolist() == [W - LEFT_EYE[0], LEFT_EYE[1], 1.0]
+        else:
+            assert parts[left].tolist() == [LEFT_EYE[0], LEFT_EYE[1], 1.0] and parts[right, 2] == 0
+        outcomes.add(flipped)
+    assert outcomes == {True, False}

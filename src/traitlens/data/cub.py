@@ -68,7 +68,8 @@ class CUBDataset(torch.utils.data.Dataset):
     ``crop="bbox"`` cuts each image to its bounding box before the transform. Items: the sample dict
     (``image``, ``label`` 0…199, ``index``, ``path``) plus ``image_id`` (CUB's id), ``bbox`` (FloatTensor 4:
     x, y, w, h) and ``parts`` (FloatTensor P×3: x, y, visible; invisible parts are (0, 0, 0)), both in the
-    transformed image's pixels. ``parts`` is left out when the copy has no ``parts/`` folder; ``bbox`` and
+    transformed image's pixels; a horizontal flip swaps the left/right parts (a mirrored bird's left eye is the
+    original's right eye). ``parts`` is left out when the copy has no ``parts/`` folder; ``bbox`` and
     ``parts`` are left out when the transform cannot report its geometry (a plain torchvision pipeline).
     """
 
@@ -113,6 +114,9 @@ class CUBDataset(torch.utils.data.Dataset):
                             f"(first id {missing_box[0]})")
         self._boxes = boxes
         self.part_names, self._parts = self._read_parts(r, max(images))
+        # A mirrored bird's left eye is the original's right eye: flips swap left/right part rows.
+        swapped = [n.replace("left", "\0").replace("right", "left").replace("\0", "right") for n in self.part_names]
+        self._flip_order = [self.part_names.index(n) if n in self.part_names else k for k, n in enumerate(swapped)]
 
     @staticmethod
     def _read_parts(r: Path, max_id: int) -> Tuple[List[str], Optional[np.ndarray]]:
@@ -176,7 +180,7 @@ class CUBDataset(torch.utils.data.Dataset):
             out = torch.zeros(len(parts), 3)
             out[visible, :2] = xy[visible]
             out[:, 2] = visible.float()
-            item["parts"] = out
+            item["parts"] = out[self._flip_order] if geo.flip else out
         return item
 
     # --- views ------------------------------------------------------------------------------------------
