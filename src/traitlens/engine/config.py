@@ -173,6 +173,12 @@ def coerce(name: str, value: Any, where: str = "config") -> Any:
         if optional:
             return None
         raise UserError(f"{where}: {name} must not be null")
+    if base in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" as text
+            number = float(value)
+            value = int(number) if base is int and number.is_integer() and "." not in value else number
+        except ValueError:
+            pass
     if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if base is int and isinstance(value, float) and value.is_integer():

@@ -40,7 +40,7 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
         return out
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
-    pred = top[:, 0]
+    pred = logits.argmax(dim=1)  # first of tied maxima, deterministically
     out["top1"] = float((pred == labels).float().mean())
     out["top5"] = float((top == labels[:, None]).any(dim=1).float().mean())
     out["loss"] = float(F.cross_entropy(logits, labels))
@@ -90,8 +90,8 @@ def predict(model: nn.Module, data, device="cpu", batch_size: int = 64, num_work
     items = progress(loader, desc=desc, unit="batch", leave=False) if show_progress else loader
     for batch in items:
         skipped.extend(batch.get("skipped") or [])
-        if batch["image"].shape[0] == 0:
-            continue
+        if "image" not in batch or batch["image"].shape[0] == 0:
+            continue  # every image of the batch was unreadable
         images = batch["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(images)

@@ -345,10 +345,11 @@ def fit(config: TrainConfig, progress: bool = True, resume: Optional[bool] = Non
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
             epoch_skipped.extend(batch.get("skipped") or [])
-            images = batch["image"].to(device, non_blocking=True)
-            labels = torch.as_tensor(batch["label"]).long().to(device, non_blocking=True)
             weight = 1.0
-            if images.shape[0] == 0:
+            if "image" in batch and batch["image"].shape[0] > 0:
+                images = batch["image"].to(device, non_blocking=True)
+                labels = torch.as_tensor(batch["label"]).long().to(device, non_blocking=True)
+            else:
                 # Every image of this micro-batch was unreadable: step with a zero loss so that all
                 # processes still take part in the gradient exchange.
                 images = torch.zeros(1, 3, *_data_config(model, config)["input_size"][1:], device=device)

@@ -1,0 +1,113 @@
+"""``traitlens train`` and ``traitlens evaluate``: thin layers over :mod:`traitlens.engine`.
+
+Under ``torchrun`` every process runs the same command; the engine splits the work and only
+rank 0 prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from traitlens.cli.common import add_common, write_json
+
+# CLI flag -> TrainConfig field, for the flags that set a config value directly.
+FLAGS = ["method", "data", "backbone", "weights", "epochs", "batch_size", "lr", "image_size", "num_workers",
+         "out", "device", "seed", "optimizer", "amp"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier (linear probe, fine-tuning, Prompt-CAM, INTR)",
+        description="Train a model on an ImageFolder tree (DATA/train, DATA/val). Values come from the "
+                    "packaged or given --config, then the flags, then --set key=value. The best epoch on the "
+                    "validation split is kept in OUT/model.safetensors + OUT/model.json. Rerunning the same "
+                    "command continues an interrupted run. Several processes: torchrun --nproc_per_node N "
+                    "-m traitlens.cli train ...",
+    )
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML config file, or a packaged preset (linear-probe, finetune, tiny-cpu)")
+    p.add_argument("--method", default=None, help="linear-probe, finetune, prompt-cam or intr")
+    p.add_argument("--data", default=None, metavar="DIR", help="ImageFolder root with train/ and val/ splits")
+    p.add_argument("--backbone", default=None, metavar="NAME", help="backbone preset or timm model name")
+    p.add_argument("--weights", default=None, metavar="FILE", help="local backbone weights (.safetensors/.pth) "
+                                                                    "or a traitlens run folder")
+    p.add_argument("--pretrained", action="store_true", default=None,
+                   help="download the backbone's pretrained weights")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="global batch size")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of the head")
+    p.add_argument("--optimizer", default=None, choices=["adamw", "sgd"])
+    p.add_argument("--amp", default=None, choices=["auto", "off", "bf16", "fp16"], help="mixed precision")
+    p.add_argument("--image-size", dest="image_size", type=int, default=None, help="default: the backbone's")
+    p.add_argument("--classes", default=None, metavar="A,B,...",
+                   help="train on these classes only, keeping every class as an output")
+    p.add_argument("--num-workers", dest="num_workers", type=int, default=None, help="data loading processes")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config key (repeatable), e.g. --set warmup_epochs=1 --set method_options.k=4")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", dest="resume", action="store_true", default=None,
+                       help="continue the interrupted run in OUT (error if there is none)")
+    group.add_argument("--restart", dest="resume", action="store_false",
+                       help="start afresh even if OUT holds an earlier run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common(p, out_required=False)
+    p.set_defaults(func=run_train, device=None, seed=None)
+
+    e = sub.add_parser(
+        "evaluate", help="score a checkpoint on a split: top-1/top-5, per-class accuracy, confusion",
+        description="Evaluate a trained checkpoint (run folder, model.safetensors or model.json) on DATA/SPLIT.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    e.add_argument("--checkpoint", required=True, metavar="PATH")
+    e.add_argument("--data", required=True, metavar="DIR")
+    e.add_argument("--split", default="test")
+    e.add_argument("--batch-size", dest="batch_size", type=int, default=64)
+    e.add_argument("--num-workers", dest="num_workers", type=int, default=0)
+    add_common(e, out=False, seed=False)
+    e.set_defaults(func=run_evaluate)
+
+
+def run_train(args) -> int:
+    from traitlens.engine import distributed
+    from traitlens.engine.config import load_config
+    from traitlens.engine.train import fit
+
+    values = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
+    if args.out is not None:
+        values["out"] = str(args.out)
+    if args.pretrained:
+        values["pretrained"] = True
+    if args.classes:
+        values["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
+    config = load_config(args.config, args.overrides, **values)
+    try:
+        result = fit(config, progress=not args.no_progress, resume=args.resume)
+        if distributed.is_main():
+            best = result["best"] or {}
+            metrics = best.get("metrics", {})
+            line = f"run {result['run_dir']}: best epoch {best.get('epoch')}"
+            if metrics.get("val_top1") is not None:
+                line += f", val top-1 {metrics['val_top1']:.4f}"
+            print(line)
+            write_json(args.json, result)
+    finally:
+        distributed.cleanup()
+    return 0
+
+
+def run_evaluate(args) -> int:
+    from traitlens.engine import distributed
+    from traitlens.engine.evaluate import evaluate_checkpoint
+
+    if distributed.env_world() > 1:
+        distributed.setup(args.device)
+    try:
+        result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,
+                                     batch_size=args.batch_size, num_workers=args.num_workers)
+        if distributed.is_main():
+            print(f"{args.split}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} on {result['n']} images"
+                  + (f" ({len(result['skipped'])} unreadable skipped)" if result.get("skipped") else ""))
+            write_json(args.json, result)
+    finally:
+        distributed.cleanup()
+    return 0
