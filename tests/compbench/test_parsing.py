@@ -144,6 +144,8 @@ def test_loader_schemas(tmp_path):
     assert by_task["cub"][0].image_1 == "img/a/1.png"
     assert by_task["soccernet"][0].action == "Corner" and by_task["soccernet"][0].answer == "Right"
     assert by_task["magicbrush"][0].options == ["hat", "dog", "cat"]
+    mb = by_task["magicbrush"][0]
+    assert "Options: None, hat, dog, cat." in TASKS["magicbrush"].prompt(mb.question, mb.options)
     assert by_task["qbench2"][0].images == ["img/a/m.png"] and by_task["qbench2"][0].kind == "choice"
     assert "newer" in by_task["compcars"][0].question
     assert by_task["spot_the_diff"][0].options == ["car", "person"]

@@ -94,7 +94,7 @@ def _frame_prompt(question: str, action: Optional[str]) -> str:
 
 def _choice_prompt(spec: TaskSpec, question: str, options: Sequence[str]) -> str:
     opts = spec.choice_options(options)
-    if question and "options" in question.lower():
+    if question and "options:" in question.lower():
         return question.strip()  # the question already lists its options (Q-Bench2)
     lead = question.strip() if question else (
         "What is the most obvious difference between the two images? Choose from the following options."

@@ -1,0 +1,129 @@
+"""Export a benchmark as lmms-eval tasks, so users of that harness can run it there.
+
+Written to OUT::
+
+    compbench.yaml              the group (every exported task)
+    compbench_<task>.yaml       one task each: local JSON lines, greedy decoding, 128 new tokens
+    compbench_<task>.jsonl      the records: prompt, answer, options, absolute image paths
+    utils.py                    doc_to_visual / doc_to_text / process_results
+
+``utils.py`` scores with :mod:`traitlens.compbench.scoring`, so a reply is judged exactly as
+``traitlens compbench run`` judges it; the environment running lmms-eval needs traitlens installed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from traitlens.compbench.records import PairRecord, resolve_image, spec_for
+from traitlens.errors import UserError
+
+_UTILS = '''"""lmms-eval hooks for CompBench tasks exported by traitlens (scoring: traitlens.compbench.scoring)."""
+
+from PIL import Image
+
+from traitlens.compbench.scoring import score_reply
+from traitlens.compbench.tasks import TASKS, custom_task
+
+
+def _spec(doc):
+    if doc["task"] in TASKS:
+        return TASKS[doc["task"]]
+    return custom_task(doc["task"], dimension=doc["dimension"], same_allowed=bool(doc.get("same_allowed")),
+                       kind=doc["kind"])
+
+
+def compbench_doc_to_visual(doc):
+    return [Image.open(p).convert("RGB") for p in doc["images"]]
+
+
+def compbench_doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    kw = lmms_eval_specific_kwargs or {}
+    return f"{kw.get('pre_prompt', '')}{doc['prompt']}{kw.get('post_prompt', '')}"
+
+
+def compbench_process_results(doc, results):
+    options = doc.get("options") if doc["kind"] == "choice" else None
+    scored = score_reply(_spec(doc), doc["answer"], results[0], options)
+    not_read = scored.status in ("unparseable", "invalid")
+    return {"accuracy": float(scored.correct), "not_understood": float(not_read)}
+'''
+
+
+def _task_yaml(name: str, data_file: Path) -> str:
+    return f"""task: {name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {json.dumps(str(data_file))}
+test_split: test
+output_type: generate_until
+doc_to_visual: !function utils.compbench_doc_to_visual
+doc_to_text: !function utils.compbench_doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 128
+  temperature: 0
+  do_sample: false
+process_results: !function utils.compbench_process_results
+metric_list:
+  - metric: accuracy
+    aggregation: mean
+    higher_is_better: true
+  - metric: not_understood
+    aggregation: mean
+    higher_is_better: false
+lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: ""
+metadata:
+  version: 1.0
+  source: traitlens compbench export-lmms-eval
+"""
+
+
+def export_lmms_eval(records: Sequence[PairRecord], out: Path, image_root: Path) -> List[Path]:
+    """Write the lmms-eval task files for ``records`` (grouped by task); returns the paths written."""
+    if not records:
+        raise UserError("no records to export; check --data and --tasks")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    by_task: Dict[str, List[PairRecord]] = {}
+    for r in records:
+        by_task.setdefault(r.task, []).append(r)
+    written: List[Path] = []
+    names = []
+    skipped = 0
+    for task, recs in by_task.items():
+        spec = spec_for(task, recs[0].raw)
+        name = f"compbench_{task}"
+        data_file = out / f"{name}.jsonl"
+        with open(data_file, "w", encoding="utf-8") as fh:
+            for r in recs:
+                images = [resolve_image(Path(image_root), p) for p in r.images]
+                if any(p is None for p in images):
+                    skipped += 1
+                    continue
+                fh.write(json.dumps({
+                    "id": r.id, "task": r.task, "dimension": r.dimension, "kind": r.kind,
+                    "same_allowed": spec.same_allowed, "question": r.question,
+                    "prompt": spec.prompt(r.question, options=r.options, action=r.action),
+                    "answer": r.answer, "options": r.options or [],
+                    "images": [str(Path(p).resolve()) for p in images],
+                }) + "\n")
+        yaml_path = out / f"{name}.yaml"
+        yaml_path.write_text(_task_yaml(name, data_file))
+        written += [yaml_path, data_file]
+        names.append(name)
+    group = out / "compbench.yaml"
+    group.write_text("group: compbench\ntask:\n" + "".join(f"  - {n}\n" for n in names))
+    utils = out / "utils.py"
+    utils.write_text(_UTILS)
+    if skipped:
+        from traitlens.progress import log
+
+        log(f"compbench export: skipped {skipped} records whose images are missing under {image_root}")
+    return [group, utils] + written
