@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from traitlens.errors import UserError
+from traitlens.models.head_blur import TraitHeads, greedy_head_blur
 from traitlens.models.vit_blocks import (
     attention_probs, check_vit, finish_block, project_qkv, run_block, run_block_explicit,
 )
@@ -91,43 +92,6 @@ class LastBlockInput:
     @property
     def patch_start(self) -> int:
         return self.num_prompts + self.num_prefix
-
-
-@dataclass
-class TraitHeads:
-    """What greedy head blurring found for one target class per image.
-
-    ``classes`` B; ``ranked_heads`` B×H, most important first (the reverse of the blurring order);
-    ``num_kept`` B, how many of the ranked heads were left when blurring stopped; ``target_prob``
-    B×(H+1), the target's probability after 0, 1, …, H blurs; ``still_predicted`` B×(H+1), whether
-    the target was still the top class; ``maps`` B×H×h×w, every head's (unblurred) attention map.
-    """
-
-    classes: torch.Tensor
-    ranked_heads: torch.Tensor
-    num_kept: torch.Tensor
-    target_prob: torch.Tensor
-    still_predicted: torch.Tensor
-    maps: torch.Tensor
-
-    def kept(self, i: int) -> List[int]:
-        """The trait-detecting heads of image ``i``, most important first."""
-        return self.ranked_heads[i, : int(self.num_kept[i])].tolist()
-
-    def top_maps(self, k: Optional[int] = None) -> torch.Tensor:
-        """The maps of the top ``k`` ranked heads (default: the kept heads' count per image) B×k×h×w."""
-        k = int(self.num_kept.max()) if k is None else k
-        idx = self.ranked_heads[:, :k]
-        return torch.gather(self.maps, 1, idx[:, :, None, None].expand(-1, -1, *self.maps.shape[-2:]))
-
-    def aggregate(self, k: Optional[int] = None) -> torch.Tensor:
-        """One map per image B×h×w: the mean over the top ``k`` heads (default: each image's kept heads)."""
-        if k is not None:
-            return self.top_maps(k).mean(1)
-        n = self.num_kept.clamp(min=1)
-        mask = torch.arange(self.maps.shape[1], device=n.device)[None] < n[:, None]  # B×H over ranks
-        ranked = self.top_maps(self.maps.shape[1])
-        return (ranked * mask[:, :, None, None]).sum(1) / n[:, None, None]
 
 
 class _PromptedViT(nn.Module):
@@ -249,65 +213,26 @@ class _PromptedViT(nn.Module):
 
     def _identify_traits(self, prompt_set: PromptSet, state: LastBlockInput, classes: Optional[torch.Tensor],
                          top_k: int, stop_on_misclassification: bool) -> TraitHeads:
-        """Greedy head blurring in the last block (see the module docstring).
-
-        Blurring row c only changes logit c, so the other logits are computed once and each greedy
-        step scores all H candidate heads of all images in one batched pass through the block's tail.
-        """
+        """Greedy head blurring on the last block (see :mod:`traitlens.models.head_blur`)."""
         blk = self.backbone.blocks[-1]
-        heads = self.num_heads
-        if not 1 <= top_k <= heads:
-            raise UserError(f"top_k must be between 1 and the number of heads ({heads}), got {top_k}")
-        logits = self._logits(prompt_set, state)  # B×C
-        b, c = logits.shape
-        if classes is None:
-            classes = logits.argmax(1)
-        classes = self._check_classes(classes, b, c, logits.device)
-        others = logits.scatter(1, classes[:, None], float("-inf"))
-        other_lse, other_max = others.logsumexp(1), others.max(1).values  # B
-
-        rows = self._rows(state, classes)  # B×1×D
-        seq = state.tokens
-        h_all = blk.norm1(seq)
+        logits = self._logits(prompt_set, state)  # B×C, unblurred
+        b = logits.shape[0]
+        classes = logits.argmax(1) if classes is None else classes
+        classes = self._check_classes(classes, b, logits.shape[1], logits.device)
+        rows = self._rows(state, classes)  # B×1×D: the target prompt entering the last block
         h_row = blk.norm1(rows)
-        q, k, v = project_qkv(blk, h_row, h_all)
+        q, k, v = project_qkv(blk, h_row, blk.norm1(state.tokens))
         probs = attention_probs(blk, q, k)  # B×H×1×T
-        sharp = probs @ v  # B×H×1×d: each head's output as trained
-        flat = v.mean(dim=2, keepdim=True)  # B×H×1×d: the output of a blurred (uniform) row
+        sharp = probs @ v  # each head's output for the target row
+        flat = v.mean(dim=2, keepdim=True)  # a blurred (uniform) row's output
         gh, gw = state.grid
-        maps = probs[:, :, 0, state.patch_start:].reshape(b, heads, gh, gw)
+        maps = probs[:, :, 0, state.patch_start:].reshape(b, -1, gh, gw)
 
-        eye = torch.eye(heads, dtype=torch.bool, device=seq.device)
-        blurred = torch.zeros(b, heads, dtype=torch.bool, device=seq.device)
-        target_logit = logits.gather(1, classes[:, None])[:, 0]
-        prob_hist = [torch.sigmoid(target_logit - other_lse)]
-        ok_hist = [target_logit > other_max]
-        order = []
-        for _ in range(heads):
-            cand = blurred[:, None, :] | eye[None]  # B×H(candidates)×H
-            head_out = torch.where(cand[..., None, None], flat[:, None], sharp[:, None])  # B×H×H×1×d
-            out = finish_block(blk, rows[:, None], h_row[:, None], head_out)  # B×H×1×D
-            cand_logit = self._score(prompt_set, out)[..., 0]  # B×H
-            cand_prob = torch.sigmoid(cand_logit - other_lse[:, None])
-            cand_prob = cand_prob.masked_fill(blurred, float("-inf"))
-            pick = cand_prob.argmax(1)
-            order.append(pick)
-            blurred = blurred | eye[pick]
-            picked_logit = cand_logit.gather(1, pick[:, None])[:, 0]
-            prob_hist.append(torch.sigmoid(picked_logit - other_lse))
-            ok_hist.append(picked_logit > other_max)
-        ranked = torch.stack(order[::-1], dim=1)  # B×H, the head blurred last first
-        target_prob = torch.stack(prob_hist, 1)
-        still = torch.stack(ok_hist, 1)  # B×(H+1)
+        def score(head_out: torch.Tensor) -> torch.Tensor:  # B×K×H×1×d → B×K
+            out = finish_block(blk, rows[:, None], h_row[:, None], head_out)
+            return self._score(prompt_set, out)[..., 0]
 
-        kept = torch.full((b,), top_k, dtype=torch.long, device=seq.device)
-        if stop_on_misclassification:
-            # Blurring step s (1-based) misclassifies → the H-s+1 heads left before it are all needed.
-            steps = torch.arange(1, heads + 1, device=seq.device)
-            flips = (~still[:, 1:]) & still[:, :1]  # only images that started correctly classified
-            first = torch.where(flips, steps[None], torch.full_like(steps[None], heads + 1)).min(1).values
-            kept = torch.maximum(kept, (heads - first + 1).clamp(max=heads))
-        return TraitHeads(classes, ranked, kept, target_prob, still, maps)
+        return greedy_head_blur(logits, classes, sharp, flat, score, maps, top_k, stop_on_misclassification)
 
 
 class PromptCAM(_PromptedViT):
