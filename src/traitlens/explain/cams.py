@@ -65,5 +65,7 @@ ALIASES = {"grad-cam": "gradcam", "gradcampp": "gradcam++", "gradcamplusplus": "
 
 def canonical_method(name: str) -> str:
     """Lower-case method name with the usual spellings folded (``Grad-CAM++`` → ``gradcam++``)."""
+    if name.strip().lower().startswith("pgc:"):  # a grad-cam package class name keeps its case
+        return "pgc:" + name.strip()[4:]
     key = name.strip().lower()
     return ALIASES.get(key, key)
