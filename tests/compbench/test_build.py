@@ -48,8 +48,8 @@ def test_build_answers_are_right_by_construction(cb_collection, tmp_path, monkey
         fits1, fits2 = _side_has(t1, r["question"]), _side_has(t2, r["question"])
         assert fits1 != fits2, r                                       # exactly one image fits
         assert r["answer"] == ("Left" if fits1 else "Right"), r
-    answers = {r["answer"] for r in records}
-    assert answers == {"Left", "Right"}                                # both sides occur
+    n_left = sum(r["answer"] == "Left" for r in records)
+    assert n_left == (len(records) + 1) // 2                          # balanced sides
 
     # the benchmark loads as-is and the oracle gets everything right
     recs, report = load_benchmark(out)

@@ -339,9 +339,13 @@ def build_benchmark(data: Path, attributes: Path, out: Path, pairs_per_attribute
             copied[i] = dest.relative_to(out).as_posix()
         return copied[i]
 
+    # half the answers Left, half Right (seeded), so always-left scores chance
+    order = list(range(len(mined)))
+    rng.shuffle(order)
+    left_answers = set(order[: (len(mined) + 1) // 2])
     records = []
     for k, m in enumerate(mined):
-        left_is_answer = rng.random() < 0.5
+        left_is_answer = k in left_answers
         first, second = (m.a, m.b) if left_is_answer else (m.b, m.a)
         records.append({
             "id": f"{task}-{k:05d}", "task": task, "dimension": "attribute",

@@ -150,7 +150,7 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
                     break
             while pending:
                 finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in finished:
+                for fut in [f for f in pending if f in finished]:  # in submission order
                     q = pending.pop(fut)
                     try:
                         reply = fut.result()
