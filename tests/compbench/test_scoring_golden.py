@@ -120,3 +120,18 @@ def test_windows_paths_are_normalised():
     records, _ = load_records(GOLDEN / "cub" / "0_1000_gpt.json")
     assert records[0].raw["image_1"].count("\\") == 2
     assert "\\" not in records[0].image_1 and records[0].image_1.endswith("11_195/Carolina_Wren_0141_186347.jpg")
+
+
+def test_score_cli(tmp_path):
+    from traitlens.cli import main
+
+    out = tmp_path / "score.json"
+    assert main(["compbench", "score", "--results", str(GOLDEN / "fer2013" / "0_720_gpt.json"), "--task", "fer2013",
+                 "--answer-key", "gpt_answer", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    correct, bad, n = _by_hand(GOLDEN / "fer2013" / "0_720_gpt.json", "gpt_answer")
+    assert got["tasks"]["fer2013"]["accuracy"] == pytest.approx(correct / n)
+    assert got["tasks"]["fer2013"]["unparseable"] == bad == 29
+    assert got["dimensions"]["emotion"]["n"] == n
+    assert main(["compbench", "score", "--results", str(GOLDEN / "fer2013" / "0_720_gpt.json"), "--task", "fer2013",
+                 "--answer-key", "claude_answer"]) == 2                    # a field no record has
