@@ -37,7 +37,7 @@ def tiny_data(tmp_path_factory) -> Path:
     return make_folder(tmp_path_factory.mktemp("tiny-data"))
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """The tests' models are tiny: one thread avoids oversubscribing shared CPUs (measured 10-40× faster)."""
     import torch

@@ -176,3 +176,13 @@ def test_bad_images_are_skipped_and_logged_and_class_subset_keeps_label_space(ti
     model, meta = load_model(tmp_path / "run")
     assert meta["num_classes"] == 4 and meta["trained_classes"] == ["alpha", "beta"]
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_bf16_autocast_and_restart_clear_the_earlier_run(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    first = fit(_config(tiny_data, out, method="linear-probe", epochs=2, amp="bf16"), progress=False)
+    assert len(first["history"]) == 2 and all(h["train_loss"] == h["train_loss"] for h in first["history"])
+    again = fit(_config(tiny_data, out, method="linear-probe", epochs=1, lr=0.05), progress=False, resume=False)
+    assert len(again["history"]) == 1
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    assert json.loads((out / "model.json").read_text())["config"]["lr"] == 0.05

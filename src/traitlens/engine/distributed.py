@@ -49,6 +49,9 @@ def env_world() -> int:
 
 def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> this rank's GPU when CUDA is available, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    device = str(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
@@ -195,7 +198,9 @@ def wrap(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     """Wrap ``model`` in DDP when running on several processes (BatchNorm synchronised on CUDA)."""
     if not ctx.distributed:
         return model
+    find_unused = bool(getattr(model, "traitlens_ddp_find_unused", False))
     if ctx.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index])
-    return torch.nn.parallel.DistributedDataParallel(model)
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index],
+                                                         find_unused_parameters=find_unused)
+    return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=find_unused)

@@ -8,16 +8,16 @@ it on a split of an ImageFolder tree, matching classes by name.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from traitlens.engine import distributed
-from traitlens.errors import UserError
 from traitlens.progress import progress
 
 
@@ -150,14 +150,12 @@ def evaluate_checkpoint(checkpoint, data, split: str = "test", device: str = "au
     Classes are matched by name: every class of the split must be one the checkpoint knows; the
     confusion matrix is over all of the checkpoint's classes, in its order.
     """
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.engine.checkpoint import config_from_meta, load_model
     from traitlens.engine.train import eval_transform, open_split
 
-    dev = distributed.resolve_device(device, int(__import__("os").environ.get("LOCAL_RANK", "0")))
+    dev = distributed.resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
     model, meta = load_model(checkpoint, device=dev)
     class_names = list(meta.get("class_names") or [])
-    from traitlens.engine.checkpoint import config_from_meta
-
     config = config_from_meta(meta)
     dataset = open_split(Path(data), split, eval_transform(model, config), config.seed, class_names)
     out = evaluate(model, dataset, dev, batch_size=batch_size, num_workers=num_workers,

@@ -3,7 +3,8 @@
 A method's function is ``build(config, num_classes, load_weights=True) -> (model, param_groups)``:
 ``model`` is an ``nn.Module`` whose forward maps images ``B×3×H×W`` to logits ``B×num_classes``,
 ``param_groups`` the optimizer groups (``{"params": [...], "lr": ...}``; a group may set its own
-``weight_decay``). ``load_weights=False`` is used when a checkpoint is being loaded: the weights
+``weight_decay``). A model with trainable parameters that some forward passes leave unused sets
+``model.traitlens_ddp_find_unused = True`` so DistributedDataParallel looks for them. ``load_weights=False`` is used when a checkpoint is being loaded: the weights
 come from the checkpoint, so nothing is read from disk or the network. The registry stamps
 ``model.traitlens_method = name`` on what ``build`` returns.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import importlib
 from typing import Callable, Dict, Iterable, List, Tuple
 
-import torch
 from torch import nn
 
 from traitlens.errors import UserError
@@ -137,7 +137,3 @@ def build_finetune(config, num_classes: int, load_weights: bool = True):
     top = [(n, p) for n, p in model.named_parameters() if id(p) in head]
     return model, (decay_groups(body, config.lr * config.backbone_lr_scale, config.weight_decay, "backbone")
                    + decay_groups(top, config.lr, config.weight_decay, "head"))
-
-
-def trainable_parameters(model: nn.Module) -> List[torch.Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]

@@ -18,6 +18,7 @@ import csv
 import json
 import math
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -241,6 +242,14 @@ def _write_skipped(run_dir: Path, skipped: List[dict]) -> None:
             fh.write(json.dumps(row) + "\n")
 
 
+def _clear_run(run_dir: Path) -> None:
+    """Remove what an earlier run in ``run_dir`` wrote, so a fresh start never mixes with it."""
+    for name in (ckpt.STATE_DIR, ckpt.STATE_DIR + ".old", ckpt.STATE_DIR + ".tmp"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in (ckpt.WEIGHTS, ckpt.SIDECAR, "log.csv", "log.jsonl", "skipped.jsonl"):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def _check_resumable(run_dir: Path, config: TrainConfig) -> None:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
@@ -318,6 +327,8 @@ def fit(config: TrainConfig, progress: bool = True, resume: Optional[bool] = Non
             log(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            _clear_run(run_dir)
         save_config(config, run_dir / "config.yaml")
     distributed.barrier()
 
