@@ -186,3 +186,12 @@ def test_bf16_autocast_and_restart_clear_the_earlier_run(tiny_data, tmp_path):
     assert len(again["history"]) == 1
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
     assert json.loads((out / "model.json").read_text())["config"]["lr"] == 0.05
+
+
+def test_loader_workers_do_not_change_the_result(tiny_data, tmp_path):
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        fit(_config(tiny_data, out, method="linear-probe", epochs=1, num_workers=workers), progress=False)
+        runs[workers] = load_file(str(out / "last" / "state.safetensors"))
+    assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0] if k.startswith("model."))

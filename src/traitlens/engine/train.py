@@ -347,7 +347,8 @@ def fit(config: TrainConfig, progress: bool = True, resume: Optional[bool] = Non
                             pin_memory=device.type == "cuda",
                             generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
         set_train_mode(model)
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        # loss sum, correct, count; kept on the device so a step never waits for the GPU
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
         epoch_skipped: List = []
         pbar = bar(steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False) \
             if show else _NoBar()
@@ -379,12 +380,16 @@ def fit(config: TrainConfig, progress: bool = True, resume: Optional[bool] = Non
             step += 1
             if weight:
                 n = labels.numel()
-                correct = (logits.detach().argmax(1) == labels).sum().item()
-                totals += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
-                pbar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{totals[1] / max(1, totals[2]):.3f}")
+                correct = (logits.detach().argmax(1) == labels).sum()
+                totals += torch.stack([loss.detach().double() * n, correct.double(),
+                                       torch.tensor(float(n), dtype=torch.float64, device=device)])
+                if show and (step % 10 == 0 or step % steps_per_epoch == 0):
+                    t = totals.tolist()
+                    pbar.set_postfix(loss=f"{t[0] / max(1, t[2]):.3f}", acc=f"{t[1] / max(1, t[2]):.3f}")
             pbar.update(1)
         pbar.close()
         distributed.all_reduce_sum(totals)
+        totals = totals.cpu()
         seen = {(s["split"], s["path"]) for s in skipped}
         for part in distributed.gather_objects(epoch_skipped):
             for p, r in part:
