@@ -1,0 +1,87 @@
+"""`traitlens explain` and `traitlens evaluate-explanations` end to end on a tiny collection and checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from traitlens.cli import main
+from traitlens.data.synthetic import SynthConfig, generate_collection
+from traitlens.engine.checkpoint import save_checkpoint
+from traitlens.engine.config import TrainConfig
+from traitlens.engine.methods import build_model
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    return generate_collection(tmp_path_factory.mktemp("synth") / "c", SynthConfig(species=6, per_species=5, size=32,
+                                                                                  seed=0), progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(collection, tmp_path_factory):
+    from traitlens.data.traits import load_traits
+
+    torch.manual_seed(0)
+    config = TrainConfig(data=str(collection), out="x", method="finetune", backbone="tiny-cnn", image_size=32,
+                         epochs=1, seed=0)
+    model, _ = build_model(config, 6)
+    with torch.no_grad():
+        model.get_classifier().weight.mul_(20)
+    run = tmp_path_factory.mktemp("run")
+    return save_checkpoint(run, model.eval(), {"config": config, "class_names": load_traits(collection).class_names})
+
+
+def test_explain_writes_overlays_results_maps_and_gallery_and_resumes(collection, checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    images = collection / "test"
+    argv = ["explain", "--checkpoint", str(checkpoint), "--images", str(images), "--method", "finer-gradcam",
+            "--alpha", "0.5,1", "--out", str(out), "--save-maps", "--batch-size", "4", "--json", str(tmp_path / "s.json")]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    n = len(list(images.rglob("*.png")))
+    assert len(rows) == n and len({r["id"] for r in rows}) == n
+    r = rows[0]
+    assert r["alpha"] == [0.0, 0.5, 1.0] and len(r["references"]) == 3 and len(r["scores"]) == 3
+    assert r["scores"][0] == pytest.approx(r["scores"][0])  # finite
+    assert (out / r["overlay"]).exists()
+    maps = np.load(out / "maps.npz")
+    assert set(maps.files) == {row["id"] for row in rows} and maps[r["id"]].shape == (3, 4, 4)
+    html = (out / "index.html").read_text()
+    assert "data:image/png;base64" in html and r["prediction"] in html
+    # resumable: a second run explains nothing new
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "explained 0 images" in capsys.readouterr().out
+    assert len((out / "results.jsonl").read_text().splitlines()) == n
+
+
+def test_explain_compares_with_named_classes_and_rejects_unknown(collection, checkpoint, tmp_path):
+    from traitlens.data.traits import load_traits
+
+    names = load_traits(collection).class_names
+    out = tmp_path / "cmp"
+    img = next((collection / "test" / names[0]).glob("*.png"))
+    assert main(["explain", "--checkpoint", str(checkpoint), "--images", str(img), "--compare", names[1],
+                 "--target", names[0], "--out", str(out)]) == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert row["target"] == names[0] and [x["class"] for x in row["references"]] == [names[1]]
+    assert main(["explain", "--checkpoint", str(checkpoint), "--images", str(img), "--compare", "nope",
+                 "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_evaluate_explanations_writes_table_and_plot(collection, checkpoint, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate-explanations", "--checkpoint", str(checkpoint), "--data", str(collection),
+                 "--methods", "gradcam,finer-gradcam", "--steps", "4", "--out", str(out),
+                 "--json", str(tmp_path / "t.json")]) == 0
+    table = json.loads((tmp_path / "t.json").read_text())
+    assert [r["method"] for r in table["table"]] == ["gradcam", "finer-gradcam"]
+    assert set(table["metrics"]) == {"drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy",
+                                     "diagnostic_energy"}
+    assert table["summary"]["gradcam"]["drop"]["n"] == 6  # one test image per species
+    assert 1 <= table["summary"]["gradcam"]["energy"]["n"] <= 6  # NaN for an all-zero map
+    assert (out / "metrics.png").stat().st_size > 1000 and (out / "table.md").exists()
