@@ -294,6 +294,7 @@ def fit(config: TrainConfig, progress: bool = True, resume: Optional[bool] = Non
         raise UserError(f"nothing to resume in {run_dir}: no last/state.json (start without --resume)")
     if resume is None:
         resume = state_dir is not None
+    resume = bool(distributed.broadcast_object(resume))  # rank 0 decides, before it clears anything
     if resume:
         _check_resumable(run_dir, config)
 
