@@ -226,3 +226,71 @@ def load_detr(model: INTR, path, noise: float = 0.1, seed: int = 0) -> Dict[str,
         raise UserError(f"DETR checkpoint {path}: no transformer tensor matches this INTR")
     model.load_state_dict(fit, strict=False)
     return {"path": str(path), "loaded": len(fit), "dropped": dropped, "unknown": unknown, "missing": missing}
+
+
+# -- training through the engine ------------------------------------------------------------------------
+
+OPTIONS = {"d_model": 256, "num_heads": 8, "num_encoder_layers": 6, "num_decoder_layers": 6,
+           "dim_feedforward": 2048, "dropout": 0.1, "detr": None, "query_noise": 0.1, "freeze_batchnorm": False}
+
+# The reference recipe: AdamW, lr 5e-5, backbone 1e-5, weight decay 1e-6, gradient clip 0.1, step LR,
+# from a DETR-R50 checkpoint (DETR's frozen BatchNorm). Set method_options.detr to the local file.
+TRAINING_PRESETS = {
+    "detr-r50": dict(method="intr", backbone="resnet50", optimizer="adamw", lr=5e-5, backbone_lr_scale=0.2,
+                     weight_decay=1e-6, grad_clip=0.1, scheduler="step", step_size=100, gamma=0.1, epochs=140,
+                     batch_size=16, image_size=224, warmup_epochs=0,
+                     method_options={"freeze_batchnorm": True}),
+    # CPU scale: a tiny transformer on the tiny backbones (the demo's and the tests' setting).
+    "tiny": dict(method="intr", optimizer="adamw", lr=1e-3, backbone_lr_scale=0.1, weight_decay=1e-4,
+                 grad_clip=0.1, scheduler="cosine", warmup_epochs=1,
+                 method_options={"d_model": 64, "num_heads": 4, "num_encoder_layers": 1, "num_decoder_layers": 2,
+                                 "dim_feedforward": 128, "dropout": 0.0}),
+}
+
+
+def method_options(config) -> dict:
+    """``config.method_options`` checked against INTR's options, with defaults filled in."""
+    opts = dict(config.method_options or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise UserError(f"intr: unknown method option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+    return {**OPTIONS, **opts}
+
+
+def build_for_training(config, num_classes: int, load_weights: bool = True):
+    """The engine's ``intr`` method: (INTR on ``config.backbone``, optimizer groups).
+
+    ``config.method_options``: the transformer sizes (``d_model``, ``num_heads``,
+    ``num_encoder_layers``, ``num_decoder_layers``, ``dim_feedforward``, ``dropout``), ``detr``
+    (a local DETR checkpoint to start from), ``query_noise`` (on tiled query copies),
+    ``freeze_batchnorm`` (DETR's frozen BatchNorm in a CNN backbone). The backbone trains at
+    ``lr × backbone_lr_scale``, everything else at ``lr``.
+    """
+    from timm.layers import freeze_batch_norm_2d
+
+    from traitlens import backbones
+
+    opts = method_options(config)
+    backbone = backbones.create(
+        config.backbone, num_classes=0,
+        weights=config.weights if load_weights else None,
+        pretrained=bool(config.pretrained and load_weights),
+        **dict(config.backbone_options or {}),
+    )
+    if opts["freeze_batchnorm"]:
+        spec = getattr(backbone, "traitlens_spec", None)
+        backbone = freeze_batch_norm_2d(backbone)
+        if spec is not None:
+            backbone.traitlens_spec = spec
+    sizes = {k: opts[k] for k in ("d_model", "num_heads", "num_encoder_layers", "num_decoder_layers",
+                                  "dim_feedforward", "dropout")}
+    model = INTR(backbone, num_classes, **sizes)
+    if load_weights and opts["detr"]:
+        model.traitlens_detr = load_detr(model, opts["detr"], noise=float(opts["query_noise"]), seed=config.seed)
+    body = [p for p in model.backbone.parameters() if p.requires_grad]
+    body_ids = {id(p) for p in body}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in body_ids]
+    groups = [{"params": body, "lr": config.lr * config.backbone_lr_scale, "weight_decay": config.weight_decay,
+               "name": "backbone"},
+              {"params": rest, "lr": config.lr, "weight_decay": config.weight_decay, "name": "transformer"}]
+    return model, groups

@@ -356,3 +356,62 @@ class HierarchicalPromptCAM(_PromptedViT):
                         stop_on_misclassification: bool = True) -> TraitHeads:
         ps = self.prompt_set(node)
         return self._identify_traits(ps, self._encode(ps, images), classes, top_k, stop_on_misclassification)
+
+
+# -- training through the engine ------------------------------------------------------------------------
+
+INCEPTION_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+OPTIONS = {"mode": "deep", "prompt_dropout": 0.0, "normalization": "backbone"}
+
+# The reference recipe (SGD, momentum 0.9, weight decay 1e-3, batch 16, cosine with warm-up, 224 px,
+# Inception mean/std). Learning rates per backbone: DINO 5e-3 (1e-2 on some datasets), DINOv2 1e-3
+# (5e-3 on some datasets). Use with ``load_config(**TRAINING_PRESETS[name], data=..., out=...)``.
+_REFERENCE = dict(method="prompt-cam", optimizer="sgd", momentum=0.9, weight_decay=1e-3, batch_size=16,
+                  scheduler="cosine", warmup_epochs=10, epochs=100, image_size=224, augment=True,
+                  method_options={"mode": "deep", "normalization": "inception"})
+TRAINING_PRESETS = {
+    "dino": {**_REFERENCE, "backbone": "dino-vitb16", "lr": 5e-3},
+    "dinov2": {**_REFERENCE, "backbone": "dinov2-vitb14", "lr": 1e-3},
+    "dinov2-reg": {**_REFERENCE, "backbone": "dinov2-vitb14-reg", "lr": 1e-3},
+    "clip": {**_REFERENCE, "backbone": "clip-vitb16", "lr": 1e-3},
+    "bioclip": {**_REFERENCE, "backbone": "bioclip-vitb16", "lr": 1e-3},
+}
+
+
+def method_options(config) -> dict:
+    """``config.method_options`` checked against Prompt-CAM's options, with defaults filled in."""
+    opts = dict(config.method_options or {})
+    unknown = sorted(set(opts) - set(OPTIONS))
+    if unknown:
+        raise UserError(f"prompt-cam: unknown method option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
+    opts = {**OPTIONS, **opts}
+    if opts["normalization"] not in ("backbone", "inception"):
+        raise UserError(f"prompt-cam: normalization must be backbone or inception, not {opts['normalization']!r}")
+    return opts
+
+
+def build_for_training(config, num_classes: int, load_weights: bool = True):
+    """The engine's ``prompt-cam`` method: (PromptCAM on ``config.backbone``, optimizer groups).
+
+    ``config.method_options``: ``mode`` (deep|shallow), ``prompt_dropout``, ``normalization``
+    (backbone|inception: the reference normalises with mean = std = 0.5). Only the prompts and the
+    scorer train, at ``config.lr`` with ``config.weight_decay``.
+    """
+    from traitlens import backbones
+
+    opts = method_options(config)
+    backbone = backbones.create(
+        config.backbone, num_classes=0,
+        weights=config.weights if load_weights else None,
+        pretrained=bool(config.pretrained and load_weights),
+        **dict(config.backbone_options or {}),
+    )
+    if opts["normalization"] == "inception":
+        mean, std = INCEPTION_MEAN_STD
+        backbone.pretrained_cfg = {**dict(getattr(backbone, "pretrained_cfg", {}) or {}), "mean": mean, "std": std}
+    model = PromptCAM(backbone, num_classes, mode=opts["mode"], prompt_dropout=float(opts["prompt_dropout"]))
+    groups = [{"params": [model.prompts.tokens], "lr": config.lr, "weight_decay": config.weight_decay,
+               "name": "prompts"},
+              {"params": list(model.prompts.scorer.parameters()), "lr": config.lr,
+               "weight_decay": config.weight_decay, "name": "scorer"}]
+    return model, groups
