@@ -1,0 +1,110 @@
+"""Registration of a support specimen onto a query specimen (similarity transform).
+
+Specimen collections are photographed in roughly the same pose, up to rotation, scale and position.
+Estimating that similarity transform first lets label propagation compare each query location with
+the *corresponding* support location (a local window) instead of every location of the support,
+which is both more accurate for small traits and much cheaper.
+
+The transform is found by a batched search: rotations × scales, translation from the centroids of
+the foreground, scored by the agreement between the warped support labels and a coarse first-pass
+prediction on the query; then a local refinement of translation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def _centroid(fg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Centroid (x, y) in normalised [-1, 1] coordinates of a soft foreground map H×W, and its mass."""
+    h, w = fg.shape
+    ys = torch.linspace(-1, 1, h, device=fg.device)
+    xs = torch.linspace(-1, 1, w, device=fg.device)
+    mass = fg.sum().clamp_min(1e-6)
+    return torch.stack([(fg.sum(0) * xs).sum() / mass, (fg.sum(1) * ys).sum() / mass]), mass
+
+
+def similarity_theta(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """N×2×3 affine matrices for ``grid_sample`` mapping query coordinates to support coordinates.
+
+    A query point ``q`` samples the support at ``centre + R(angle) (q - shift) / scale``, i.e. the support
+    specimen is rotated by ``-angle``, scaled by ``scale`` and centred on ``shift``.
+    """
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) / scale[:, None, None]
+    trans = centre[None, :, None] - rot @ shift[:, :, None] if shift.dim() == 2 else centre[None, :, None] - rot @ shift[None, :, None].expand(len(angle), 2, 1)
+    return torch.cat([rot, trans], dim=2)
+
+
+def warp(maps: torch.Tensor, theta: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Warp ``N×C×h×w`` (or ``C×h×w`` broadcast to N) with N×2×3 ``theta`` to ``N×C×size``; outside = 0."""
+    if maps.dim() == 3:
+        maps = maps[None].expand(theta.shape[0], *maps.shape)
+    grid = F.affine_grid(theta, (theta.shape[0], maps.shape[1], *size), align_corners=False)
+    return F.grid_sample(maps, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int = 72,
+             scales: Tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25), refine: int = 2,
+             support_feats: Optional[torch.Tensor] = None, query_feats: Optional[torch.Tensor] = None,
+             tau: float = 0.1, shifts: int = 2) -> torch.Tensor:
+    """The 2×3 ``theta`` that best maps the support's soft labels onto the query's coarse prediction.
+
+    ``support_soft``, ``query_soft``: ``(K+1)×h×w`` label probabilities on the same grid (channel 0 =
+    background). With ``support_feats``/``query_feats`` (``D×h×w`` unit-norm, same grid) a hypothesis
+    is also scored photometrically: how well the warped support's foreground matches the query's
+    features. Scores every rotation × scale × shift hypothesis at once (``shifts`` grid steps around
+    the foreground centroids), then refines on a finer grid around the best one.
+    """
+    feats = None if support_feats is None else (support_feats, query_feats, tau)
+    s_fg, q_fg = 1 - support_soft[0], 1 - query_soft[0]
+    s_c, s_mass = _centroid(s_fg)
+    q_c, q_mass = _centroid(q_fg)
+    size = tuple(query_soft.shape[-2:])
+    base_scale = float((q_mass / s_mass).sqrt())
+    angle = torch.arange(angles, device=support_soft.device) * (2 * math.pi / angles)
+    scale = torch.tensor(scales, device=support_soft.device) * base_scale
+    offsets = torch.arange(-shifts, shifts + 1, device=support_soft.device) * (4.0 / max(size))
+    a, s, dx, dy = torch.meshgrid(angle, scale, offsets, offsets, indexing="ij")
+    a, s = a.flatten(), s.flatten()
+    t = q_c[None] + torch.stack([dx.flatten(), dy.flatten()], 1)
+    theta = similarity_theta(a, s, t, s_c)
+    best = _score(support_soft, query_soft, theta, size, feats).argmax()
+    a0, s0, t0 = a[best], s[best], t[best]
+    # Local refinement: translation and a finer angle/scale around the best hypothesis.
+    step_t = 2.0 / max(size)
+    step_a = 2 * math.pi / angles / 2
+    for _ in range(refine):
+        da, ds, dx, dy = torch.meshgrid(
+            torch.tensor([-step_a, 0.0, step_a]), torch.tensor([0.96, 1.0, 1.04]),
+            torch.tensor([-step_t, 0.0, step_t]), torch.tensor([-step_t, 0.0, step_t]), indexing="ij")
+        ca = (a0 + da.flatten().to(a0)).contiguous()
+        cs = (s0 * ds.flatten().to(s0)).contiguous()
+        ct = t0[None] + torch.stack([dx.flatten(), dy.flatten()], 1).to(t0)
+        theta = similarity_theta(ca, cs, ct, s_c)
+        i = _score(support_soft, query_soft, theta, size, feats).argmax()
+        a0, s0, t0 = ca[i], cs[i], ct[i]
+        step_a, step_t = step_a / 2, step_t / 2
+    return similarity_theta(a0[None], s0[None], t0[None], s_c)[0]
+
+
+def _score(support_soft: torch.Tensor, query_soft: torch.Tensor, theta: torch.Tensor, size,
+           feats=None) -> torch.Tensor:
+    """Per hypothesis (N): label agreement Σ p_query · p_warped_support, plus, with features, the
+    photometric agreement of the warped support foreground, Σ fg · exp((f_q · f_s − 1) / τ)."""
+    scores = []
+    for chunk in theta.split(256):
+        warped = warp(support_soft, chunk, size)
+        warped[:, 0] += 1 - warped.sum(1)  # outside the support frame counts as background
+        score = (warped * query_soft[None]).sum(dim=(1, 2, 3))
+        if feats is not None:
+            s_feats, q_feats, tau = feats
+            wf = warp(s_feats, chunk, size)  # N×D×h×w
+            match = torch.exp(((wf * q_feats[None]).sum(1) - 1) / tau)  # N×h×w
+            score = score + ((1 - warped[:, 0]) * match).sum(dim=(1, 2))
+        scores.append(score)
+    return torch.cat(scores)

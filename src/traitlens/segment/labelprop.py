@@ -1,0 +1,192 @@
+"""Label propagation: the video-segmentation protocol of self-supervised ViTs (DINO), as a backend.
+
+Each query location takes the labels of its ``topk`` most similar memory locations, weighted by
+``exp(f_q·f_k / τ)`` (τ = 0.1, k = 5 by default). Memory = the support frame(s) plus a queue of the
+most recent predictions; an optional local window limits which memory locations a query may use.
+Soft labels are computed on the feature grid, upsampled bilinearly to each frame's own size, and
+the caller takes the argmax.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from traitlens.segment.align import register, warp
+from traitlens.segment.propagator import Propagator, one_hot
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class LabelPropagation(Propagator):
+    """Label propagation over dense features (``features``: frames B×3×H×W → B×D×h×w, unit norm).
+
+    ``work_size``: frames are resized to this (H, W) before feature extraction so any mix of sizes can
+    be batched; predictions come back at each frame's own size. ``radius``: local window (in grid
+    cells) for memory frames, ``None`` for global. ``memory``: how many recent predictions are kept.
+    ``projection``: an optional trainable module applied to features (cycle-consistent fine-tuning).
+    ``align``: register each support onto each query first (:mod:`traitlens.segment.align`), then
+    propagate within a ``(2·local+1)²`` window of the *corresponding* support location: far more
+    precise for small traits, and cheaper. ``coarse``: pooling factor of the global first pass.
+    """
+
+    def __init__(self, features: FeatureFn, work_size: Tuple[int, int] = (64, 64), tau: float = 0.1,
+                 topk: int = 5, radius: Optional[float] = None, memory: int = 3,
+                 projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
+                 query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2):
+        self.features = features
+        self.work_size = tuple(work_size)
+        self.tau = tau
+        self.topk = topk
+        self.radius = radius
+        self.memory = memory
+        self.projection = projection
+        self.device = torch.device(device)
+        self.query_chunk = query_chunk
+        self.align = align
+        self.local = local
+        self.coarse = coarse
+        self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._recent: deque = deque(maxlen=max(memory, 0) or None)
+        self.num_labels = 0
+
+    # -- memory -------------------------------------------------------------------------------
+    def reset(self, num_labels: int) -> None:
+        self.num_labels = int(num_labels)
+        self._support = []
+        self._recent = deque(maxlen=self.memory if self.memory > 0 else 1)
+
+    def add_support(self, image: torch.Tensor, labels: torch.Tensor) -> None:
+        self._support.append(self._entry(image, one_hot(labels.to(self.device), self.num_labels)))
+
+    def add_memory(self, image: torch.Tensor, probs: torch.Tensor) -> None:
+        if self.memory > 0:
+            self._recent.append(self._entry(image, probs.to(self.device)))
+
+    def _entry(self, image: torch.Tensor, soft: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        frame = self._to_work(image).to(self.device)
+        feats = self.encode(frame[None])[0]  # D×h×w
+        soft = F.adaptive_avg_pool2d(soft[None].float(), feats.shape[-2:])[0]  # (K+1)×h×w, area-weighted
+        return feats, soft, frame
+
+    def _to_work(self, image: torch.Tensor) -> torch.Tensor:
+        if tuple(image.shape[-2:]) == self.work_size:
+            return image.float()
+        return F.interpolate(image[None].float(), size=self.work_size, mode="bilinear", align_corners=False,
+                             antialias=True)[0]
+
+    # -- features -----------------------------------------------------------------------------
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``B×3×H×W`` → unit-norm features ``B×D×h×w`` (after the optional projection)."""
+        x = F.interpolate(frames.float(), size=self.work_size, mode="bilinear", align_corners=False,
+                          antialias=True) if frames.shape[-2:] != self.work_size else frames.float()
+        feats = self.features(x)
+        if self.projection is not None:
+            feats = self.projection(feats)
+        return F.normalize(feats, dim=1)
+
+    def differentiable(self) -> bool:
+        return self.projection is not None
+
+    # -- prediction ---------------------------------------------------------------------------
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Soft label maps for several frames sharing the current memory (one batched pass)."""
+        if not self._support and not self._recent:
+            raise RuntimeError("label propagation has no memory: add a support frame first")
+        frames = torch.stack([self._to_work(im) for im in images]).to(self.device)
+        q = self.encode(frames)  # B×D×h×w
+        if self.align and self._support:
+            soft = self._aligned(frames, q)
+        else:
+            soft = self.propagate(q)  # B×(K+1)×h×w
+        return [F.interpolate(soft[i:i + 1], size=im.shape[-2:], mode="bilinear", align_corners=False)[0]
+                for i, im in enumerate(images)]
+
+    def _aligned(self, frames: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Register every support onto every query (coarse global pass), then propagate locally."""
+        c = self.coarse
+        coarse = self.propagate(self._pool(q, c), pool=c)  # B×(K+1)×h/c×w/c
+        out = torch.zeros(q.shape[0], self.num_labels, *q.shape[-2:], device=q.device)
+        for feats, soft, frame in self._support:
+            s_coarse = F.avg_pool2d(soft[None], c)[0] if c > 1 else soft
+            s_feats = self._pool(feats[None], c)[0]
+            q_feats = self._pool(q, c)
+            thetas = torch.stack([register(s_coarse, coarse[i], support_feats=s_feats, query_feats=q_feats[i],
+                                           tau=self.tau) for i in range(q.shape[0])])
+            size = tuple(q.shape[-2:])
+            warped_frames = warp(frame, thetas, self.work_size)
+            warped_soft = warp(soft, thetas, size)
+            warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
+            out += self.propagate_local(q, self.encode(warped_frames), warped_soft)
+        return out / len(self._support)
+
+    @staticmethod
+    def _pool(feats: torch.Tensor, factor: int) -> torch.Tensor:
+        return F.normalize(F.avg_pool2d(feats, factor), dim=1) if factor > 1 else feats
+
+    def propagate_local(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Each query location looks only at the ``(2·local+1)²`` aligned key locations around it.
+
+        ``query``, ``keys``: ``B×D×h×w``; ``values``: ``B×(K+1)×h×w`` → soft labels ``B×(K+1)×h×w``.
+        """
+        b, d, h, w = query.shape
+        r = self.local
+        n = (2 * r + 1) ** 2
+        k_unf = F.unfold(keys, 2 * r + 1, padding=r).view(b, d, n, h * w)
+        v_unf = F.unfold(values, 2 * r + 1, padding=r).view(b, values.shape[1], n, h * w)
+        aff = (query.flatten(2)[:, :, None] * k_unf).sum(1) / self.tau  # B×n×hw
+        kk = min(self.topk, n)
+        top, idx = aff.topk(kk, dim=1)
+        weights = torch.softmax(top, dim=1)  # B×k×hw
+        gathered = v_unf.gather(2, idx[:, None].expand(b, values.shape[1], kk, h * w))
+        soft = (weights[:, None] * gathered).sum(2).view(b, -1, h, w)
+        return soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+    def propagate(self, query: torch.Tensor, pool: int = 1) -> torch.Tensor:
+        """Query features ``B×D×h×w`` → soft labels ``B×(K+1)×h×w`` on the same grid.
+
+        ``pool``: memory features and labels are average-pooled by this factor first (coarse pass).
+        """
+        entries = [(self._pool(f[None], pool)[0], F.avg_pool2d(s[None], pool)[0] if pool > 1 else s)
+                   for f, s, _ in self._support + list(self._recent)]
+        keys = torch.cat([f.flatten(1) for f, _ in entries], dim=1)  # D×M
+        values = torch.cat([s.flatten(1) for _, s in entries], dim=1)  # (K+1)×M
+        b, d, h, w = query.shape
+        q = query.flatten(2).transpose(1, 2)  # B×hw×D
+        window = self._window_mask([f for f, _ in entries], (h, w), query.device)
+        out = []
+        for start in range(0, h * w, self.query_chunk):
+            sl = slice(start, start + self.query_chunk)
+            aff = q[:, sl] @ keys / self.tau  # B×n×M
+            if window is not None:
+                aff = aff.masked_fill(~window[sl], float("-inf"))
+            k = min(self.topk, aff.shape[-1])
+            top, idx = aff.topk(k, dim=-1)  # B×n×k
+            weights = torch.softmax(top, dim=-1)  # = exp(aff/τ) normalised over the top k
+            gathered = values.t()[idx]  # B×n×k×(K+1)
+            out.append((weights.unsqueeze(-1) * gathered).sum(dim=2))
+        soft = torch.cat(out, dim=1).transpose(1, 2).reshape(b, -1, h, w)
+        return soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
+
+    def _window_mask(self, entries, grid, device) -> Optional[torch.Tensor]:
+        """hw×M boolean: which memory locations each query location may use (supports: all)."""
+        if self.radius is None or not self._recent:
+            return None
+        h, w = grid
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
+        near = (torch.cdist(pos, pos) <= self.radius)
+        blocks = []
+        for i, f in enumerate(entries):
+            is_support = i < len(self._support)
+            if f.shape[-2:] != (h, w) or is_support:
+                blocks.append(torch.ones(h * w, f.shape[-2] * f.shape[-1], dtype=torch.bool, device=device))
+            else:
+                blocks.append(near)
+        return torch.cat(blocks, dim=1)
