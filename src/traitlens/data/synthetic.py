@@ -67,7 +67,7 @@ MIN_SIBLING_CONTRAST = 140.0
 
 # Half the image side, in specimen units, at pose scale 1: the specimen (about 2 units tall) fills
 # roughly 80% of the image height.
-VIEW_HALF = 1.15
+VIEW_HALF = 1.2
 
 GENUS_PREFIXES = ("Pseud", "Chlor", "Melan", "Xanth", "Cyan", "Leuc", "Erythr", "Poli", "Micr", "Macr",
                   "Lamp", "Orth", "Call", "Dendr", "Hyl", "Thal")
@@ -398,22 +398,22 @@ def _part_maps(X: np.ndarray, Y: np.ndarray, traits: dict, g: Dict[str, float]) 
     crest = traits["crest"]
     if crest.get("present"):
         cy = hy + g["crest_dy"]
-        if crest["shape"] == "pointed":
-            m = np.abs(X - hx) / 0.10 + np.abs(Y - (cy + 0.06)) / 0.18 <= 1.0
-        else:
-            m = (X - hx) ** 2 + (Y - (cy + 0.09)) ** 2 <= 0.115 ** 2
+        if crest["shape"] == "pointed":     # a narrow streak along the crown
+            m = np.abs(X - hx) / 0.07 + np.abs(Y - (cy + 0.03)) / 0.25 <= 1.0
+        else:                               # a broad round cap over the back of the crown
+            m = (X - hx) ** 2 + (Y - (cy + 0.10)) ** 2 <= 0.15 ** 2
         labels[m & (labels == 2)] = 7
     band = traits["tail_band"]
     if band.get("present"):
-        half = 0.085 if band["shape"] == "wide" else 0.05
+        half = 0.12 if band["shape"] == "wide" else 0.05
         labels[(np.abs(t - (0.30 + g["band_pos"])) <= half) & (labels == 5)] = 8
     eye_y = hy - 0.07
     eye_d2 = np.minimum((X - hx - 0.14) ** 2, (X - hx + 0.14) ** 2) + (Y - eye_y) ** 2
-    pupil = head & (eye_d2 <= 0.045 ** 2)
+    pupil = head & (eye_d2 <= 0.042 ** 2)
     ring = traits["eye_ring"]
     if ring.get("present"):
         if ring["shape"] == "ring":
-            m = eye_d2 <= 0.10 ** 2
+            m = eye_d2 <= 0.11 ** 2
         else:  # mask: a band across the face through both eyes
             m = np.abs(Y - (eye_y - 0.005)) <= 0.05
         labels[m & ~pupil & (labels == 2)] = 9
@@ -488,14 +488,17 @@ def _pose(rng: np.random.Generator, traits: dict, g: Dict[str, float]) -> Tuple[
     """Rotation (rad), scale and a translation that keeps the whole specimen inside the view."""
     angle = math.radians(rng.uniform(-35.0, 35.0))
     scale = rng.uniform(0.8, 1.1)
-    # The silhouette on a coarse grid, posed without translation, bounds the translation range.
-    c = np.linspace(-1.2, 1.2, 41)
+    # The silhouette on a coarse grid, rotated, bounds the scale and the translation range.
+    c = np.linspace(-1.2, 1.2, 81)
     gx, gy = np.meshgrid(c, c)
     inside = _part_maps(gx, gy, traits, g)[0] > 0
     sx, sy = gx[inside], gy[inside]
     ca, sa = math.cos(angle), math.sin(angle)
-    qx, qy = scale * (ca * sx - sa * sy), scale * (sa * sx + ca * sy)
-    margin = 0.06
+    qx, qy = ca * sx - sa * sy, sa * sx + ca * sy
+    margin = 0.12                                   # thin tips the grid misses, plus a pixel
+    reach = max(np.abs(qx).max(), np.abs(qy).max())
+    scale = min(scale, (VIEW_HALF - margin) / reach)
+    qx, qy = scale * qx, scale * qy
     shift = []
     for q in (qx, qy):
         lo, hi = -VIEW_HALF + margin - q.min(), VIEW_HALF - margin - q.max()
@@ -579,7 +582,7 @@ def render_specimen(species_traits: dict, rng: np.random.Generator, size: int = 
     if ss > 1:
         img = img.reshape(size, ss, size, ss, 3).mean(axis=(1, 3))
         labels = _downsample_labels(labels, size, ss)
-    sigma = rng.uniform(0.5, 1.0)
+    sigma = rng.uniform(0.7, 1.3)
     if blur:
         img = _blur(img, sigma * size / 64)
     img = img + np.float32(noise) * rng.standard_normal(size=img.shape, dtype=np.float32)
@@ -688,7 +691,8 @@ def generate_collection(out_dir: Union[str, Path], cfg: Optional[SynthConfig] = 
         shutil.rmtree(tmp)
     table = make_taxonomy(cfg)
     files = _expected_files(tmp, table, cfg)
-    for d in {p.parent for _, _, img, mask in files for p in (img, mask)}:
+    # every split folder exists, even an empty one, so readers find the layout they expect
+    for d in {p.parent for _, _, img, mask in files for p in (img, mask)} | {tmp / sp for sp in SPLITS}:
         d.mkdir(parents=True, exist_ok=True)
     salt = _salt(cfg)
     traits = [table.traits_of(i) for i in range(table.num_species)]
