@@ -6,33 +6,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from traitlens.cli import main
-from traitlens.data.synthetic import SynthConfig, generate_collection
-from traitlens.engine.checkpoint import save_checkpoint
-from traitlens.engine.config import TrainConfig
-from traitlens.engine.methods import build_model
-
-
-@pytest.fixture(scope="module")
-def collection(tmp_path_factory):
-    return generate_collection(tmp_path_factory.mktemp("synth") / "c", SynthConfig(species=6, per_species=5, size=32,
-                                                                                  seed=0), progress=False)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(collection, tmp_path_factory):
-    from traitlens.data.traits import load_traits
-
-    torch.manual_seed(0)
-    config = TrainConfig(data=str(collection), out="x", method="finetune", backbone="tiny-cnn", image_size=32,
-                         epochs=1, seed=0)
-    model, _ = build_model(config, 6)
-    with torch.no_grad():
-        model.get_classifier().weight.mul_(20)
-    run = tmp_path_factory.mktemp("run")
-    return save_checkpoint(run, model.eval(), {"config": config, "class_names": load_traits(collection).class_names})
 
 
 def test_explain_writes_overlays_results_maps_and_gallery_and_resumes(collection, checkpoint, tmp_path, capsys):

@@ -203,18 +203,27 @@ def upsample(raw: torch.Tensor, size) -> torch.Tensor:
 
 
 def logit_gradients(logits: torch.Tensor, leaf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """∂z_{index[b, j]} / ∂leaf for every j at once: B×J indices → J×B×(leaf shape[1:])."""
+    """∂z_{index[b, j]} / ∂leaf for every j: B×J indices → J×B×(leaf shape[1:]).
+
+    Column 0 (the target) gets its own plain backward, so the base CAM (α = 0) is bit-identical to a
+    call with ``finer=False``; the other columns share one ``is_grads_batched`` backward.
+    """
     j = index.shape[1]
     onehots = torch.zeros(j, *logits.shape, dtype=logits.dtype, device=logits.device)
     onehots.scatter_(2, index.T[:, :, None], 1.0)
+    first = torch.autograd.grad(logits, leaf, onehots[0], retain_graph=j > 1)[0][None]
     if j == 1:
-        return torch.autograd.grad(logits, leaf, onehots[0])[0][None]
-    try:
-        return torch.autograd.grad(logits, leaf, onehots, is_grads_batched=True, retain_graph=False)[0]
-    except RuntimeError:
-        # Some ops have no batching rule for vmap; one backward per logit is still exact.
-        return torch.stack([torch.autograd.grad(logits, leaf, onehots[i], retain_graph=i < j - 1)[0]
-                            for i in range(j)])
+        return first
+    if j == 2:
+        rest = torch.autograd.grad(logits, leaf, onehots[1])[0][None]
+    else:
+        try:
+            rest = torch.autograd.grad(logits, leaf, onehots[1:], is_grads_batched=True)[0]
+        except RuntimeError:
+            # Some ops have no batching rule for vmap; one backward per logit is still exact.
+            rest = torch.stack([torch.autograd.grad(logits, leaf, onehots[i], retain_graph=i < j - 1)[0]
+                                for i in range(1, j)])
+    return torch.cat([first, rest])
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "gradcam", finer: bool = True,
@@ -288,7 +297,11 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
             grads = logit_gradients(logits, leaf, index)  # J×B×...
             j = grads.shape[0]
             grads = spec.to_map(grads.flatten(0, 1), height, width).unflatten(0, (j, -1))  # J×B×C×h×w
-            combined = torch.einsum("abj,jbchw->abchw", coeff.to(grads.dtype), grads)
+            coeff = coeff.to(grads.dtype)
+            # The target's term alone first, so α = 0 (all other coefficients 0) is bit-identical to the base CAM.
+            combined = coeff[:, :, 0, None, None, None] * grads[0]
+            if j > 1:
+                combined = combined + torch.einsum("abj,jbchw->abchw", coeff[:, :, 1:], grads[1:])
             raw = GRADIENT_METHODS[method](acts, combined)  # A×B×h×w
         raw = raw.clamp(min=0).detach()
 
