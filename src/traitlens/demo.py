@@ -104,11 +104,9 @@ def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, dev
 
     recipe = dict(DEMO_TRAINING, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
     run_dir = root / "runs" / f"classifier-{kind}-{recipe_key(recipe)}"
-    if (run_dir / "model.safetensors").exists() and (run_dir / "model.json").exists():
-        return run_dir
-    log(f"training the demo's {kind} classifier ({DEMO_TRAINING['epochs']} epochs)")
     config = TrainConfig(data=str(data), out=str(run_dir), method="finetune", backbone=f"tiny-{kind}",
-                         weights=str(backbone), seed=seed, device=device, **DEMO_TRAINING)
+                         weights=str(backbone), seed=seed, device=str(device), **DEMO_TRAINING)
+    # fit() returns at once for a finished run and resumes an interrupted one.
     fit(config)
     return run_dir
 
@@ -137,12 +135,14 @@ def foundation_section(ctx: DemoContext) -> Section:
         items.append((np.asarray(Image.open(first).convert("RGB")), name))
         items.append((colour_parts(mask), "parts"))
     s.gallery(items, columns=8, scale=2)
-    s.table([{"id": pid, "part": pname, "colour": "rgb" + str(tuple(int(c) for c in colour_parts(np.array(pid))))}
-             for pid, pname in traits.part_names.items()], caption="Part ids of the label maps")
-    s.table(traits.taxonomy_rows(), caption="Species, genera and trait values (traits.json)")
+    s.table([{"id": p.id, "part": p.name, "painted on": ", ".join(traits.part_name(h) for h in p.hosts),
+              "colour in the masks": "rgb" + str(tuple(int(c) for c in PART_COLOURS[p.id % len(PART_COLOURS)]))}
+             for p in traits.parts], caption="Part ids of the label maps")
+    s.table([{"species": traits.name(i), "genus": traits.genus_of(i), **traits.attributes(i)}
+             for i in range(traits.num_species)], caption="Species, genera and trait values (traits.json)")
     for kind in ("vit", "cnn"):
-        result = _cached_json(ctx.cache / f"eval-{kind}.json", lambda: evaluate_checkpoint(
-            ctx.checkpoints[kind], ctx.data, split="test", device=ctx.device))
+        result = _cached_json(ctx.cache / f"eval-{kind}-{ctx.checkpoints[kind].name}.json", lambda: evaluate_checkpoint(
+            ctx.checkpoints[kind], ctx.data, split="test", device=str(ctx.device)))
         s.text(f"Tiny {kind.upper()} fine-tuned from the embedded backbone: top-1 {result['top1']:.3f}, "
                f"top-5 {result['top5']:.3f} on {result['n']} test images.")
         s.figure(confusion_matrix_plot(np.array(result["confusion"]), traits.class_names,

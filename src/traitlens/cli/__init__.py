@@ -51,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         # A group command without its sub-command prints its own help.
         (getattr(args, "_parser", None) or parser).print_help()
-        return 0 if args.command is None else 2
+        return 0
     try:
         code = args.func(args)
     except UserError as exc:
