@@ -75,6 +75,19 @@ def test_train_checkpoint_and_traits_cli(collection, tmp_path, method, backbone,
         for k, v in fresh.backbone.state_dict().items():
             assert torch.equal(model.backbone.state_dict()[k], v), k
 
+    # the trait scores the demo and the accuracy tests use: well-formed on a barely trained model
+    from traitlens.data.folders import ImageFolderDataset
+    from traitlens.data.traits import load_traits
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.engine.train import eval_transform
+    from traitlens.models.trait_scores import score_dataset
+
+    test_set = ImageFolderDataset(collection, "test", transform=eval_transform(model, config_from_meta(meta)))
+    scores = score_dataset(model, test_set, load_traits(collection), meta["class_names"], top_k=2)
+    assert scores["n"] == len(test_set) and 0 <= scores["top1"] <= 1
+    assert scores["trait_ratio"] > 0 and -1 <= scores["drop_top"] <= 1 and -1 <= scores["drop_random"] <= 1
+    assert [r["species"] for r in scores["per_species"]] == meta["class_names"]
+
     out = tmp_path / "traits"
     images = collection / "test"
     name = meta["class_names"][1]
