@@ -1,0 +1,37 @@
+"""The models demo section end to end on a tiny collection (1 epoch each), and its cache."""
+
+import os
+import time
+
+import pytest
+
+from traitlens.data.synthetic import SynthConfig, generate_collection
+from traitlens.data.traits import load_traits
+from traitlens.demo import DemoContext
+from traitlens.engine.config import load_config
+from traitlens.engine.train import fit
+from traitlens.models import demo_section as demo
+from traitlens.report import write_page
+
+os.environ.setdefault("TRAITLENS_QUIET", "1")
+
+
+@pytest.mark.slow
+def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
+    data = generate_collection(tmp_path / "c", SynthConfig(species=3, per_species=5, size=32, seed=0), progress=False)
+    backbone = tmp_path / "backbone"
+    fit(load_config("tiny-cpu", data=str(data), out=str(backbone), epochs=1, batch_size=8), progress=False)
+    monkeypatch.setattr(demo, "RUNS", {k: {**v, "epochs": 1, "batch_size": 8} for k, v in demo.RUNS.items()})
+    ctx = DemoContext(out=tmp_path / "report", cache=tmp_path / "cache", data=data, traits=load_traits(data),
+                      checkpoints={"backbone-vit": backbone})
+    (tmp_path / "cache").mkdir()
+    section = demo.demo_section(ctx)
+    page = write_page("demo", [section], tmp_path / "report" / "index.html")
+    html = page.read_text()
+    assert "Prompt-CAM" in html and "best head trait share" in html and html.count("<img") >= 2 * 3 * 4
+    for name in demo.RUNS:
+        assert (tmp_path / "cache" / f"{name}.json").is_file()
+    start = time.time()
+    demo.train_and_score(ctx, "prompt-cam")
+    demo.train_and_score(ctx, "intr")
+    assert time.time() - start < 1.0  # cached: no training or scoring again
