@@ -713,7 +713,10 @@ def generate_collection(out_dir: Union[str, Path], cfg: Optional[SynthConfig] = 
                 "class_names": table.class_names}
         # collection.json last: its presence marks a complete collection
         (tmp / "collection.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if out.exists():
+        if _cached(out, cfg, cfg_dict):
+            # another process finished the same collection meanwhile: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
             tmp.rename(out)

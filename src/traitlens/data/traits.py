@@ -15,6 +15,18 @@ Parts 6-9 are *trait parts*: they are painted over their host parts in the label
 pixel has label 6, never 3) and lie entirely inside their hosts' silhouettes. The beak is a part of
 its own, attached to the front of the head.
 
+Trait values of a species (``traits_of``), one entry per trait group; the two wings share the group
+``wings``. Large groups have a colour and a shape; small groups also have ``present``::
+
+    body   colour, shape plump|slender          head   colour (shape round)
+    wings  colour, shape rounded|pointed        tail   colour, shape fan|forked|wedge
+    beak   colour, shape short|long
+    wing_spot  present, colour, shape round|bar        crest     present, colour, shape pointed|rounded
+    tail_band  present, colour, shape wide|narrow      eye_ring  present, colour, shape ring|mask
+
+Colours are names from :data:`PALETTE`. An absent small part has ``present: false`` and no colour or
+shape that matters: two species that both lack a crest do not differ in it.
+
 Species are addressed everywhere by their index ``0..N-1``. Their folder names (``class_names``,
 e.g. ``"03_Pseudavis_rubra"``) start with the zero-padded index, so sorting the folder names (the
 order an ImageFolder reader uses) gives the index order. Methods that take a species accept the index,
