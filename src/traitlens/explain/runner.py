@@ -62,9 +62,11 @@ def explain_images(model: nn.Module, items: Sequence[Tuple[Path, Optional[Path]]
     out.mkdir(parents=True, exist_ok=True)
     skipped = skipped if skipped is not None else SkippedFiles()
     done = done_ids(out)
-    todo = [(Path(p), image_id(Path(p), root)) for p, root in items]
-    todo = [t for t in todo if t[1] not in done]
-    mine = distributed.shard(todo)
+    # Shard the full list first, then skip what is done: every rank gets the same share whenever it reads
+    # results.jsonl, so ranks that start at different moments never miss or repeat an image.
+    mine = [(Path(p), image_id(Path(p), root)) for p, root in distributed.shard(list(items))]
+    mine = [t for t in mine if t[1] not in done]
+    already = len(done & {image_id(Path(p), root) for p, root in items})
     # The base CAM is Finer-CAM at α = 0: one sweep gives both panels.
     sweep: List[float] = ([0.0] if finer else []) + [a for a in alphas if not (finer and a == 0.0)]
     if not finer:
@@ -110,5 +112,5 @@ def explain_images(model: nn.Module, items: Sequence[Tuple[Path, Optional[Path]]
         if skipped:
             skipped.write(out / "skipped.jsonl")
         write_gallery(out, limit=gallery)
-    return {"explained": explained, "skipped_done": len(items) - len(todo), "unreadable": skipped.count,
+    return {"explained": explained, "skipped_done": already, "unreadable": skipped.count,
             "out": str(out)}
