@@ -82,13 +82,17 @@ _LIST = [
            crop_pct=0.95, description="ResNet-18 (timm A1 recipe, ImageNet-1k)"),
     # Tiny CPU models: ~350 img/s (ViT) and ~650 img/s (CNN) forward+backward at 64 px, batch 64,
     # on 2 CPU cores. The CNN keeps stride 8 (dilated layer3/4) so its maps are 8×8 at 64 px, like the ViT's.
+    # Both pool their patch features by max, not by the CLS token or the mean: a trait a few pixels wide
+    # is diluted by averaging, and on the synthetic collection max pooling learns sibling species several
+    # times faster (tiny ViT: 40% vs 9% validation top-1 after 2 epochs on 24 species).
     Preset("tiny-vit", "vit_tiny_patch16_224", "vit", (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD, 8,
            "blocks.3.norm1",
            kwargs={"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
-                   "dynamic_img_size": True},
+                   "dynamic_img_size": True, "global_pool": "max"},
            crop_pct=1.0, description="tiny ViT for CPU: 64 px, patch 8, 128 dim, 4 blocks, 4 heads"),
     Preset("tiny-cnn", "resnet18", "cnn", (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD, 8, "layer4",
-           kwargs={"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 128), "stem_width": 16, "output_stride": 8},
+           kwargs={"layers": (1, 1, 1, 1), "channels": (16, 32, 64, 128), "stem_width": 16, "output_stride": 8,
+                   "global_pool": "max"},
            crop_pct=1.0, description="tiny ResNet for CPU: BasicBlock ×(1,1,1,1), 16-128 channels, stride 8"),
 ]
 

@@ -1,0 +1,141 @@
+"""The embedded tiny backbones: run folders, cache reuse, atomic publishing, disjoint species."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from traitlens.backbones import embedded
+from traitlens.backbones.embedded import embedded_backbone, load_embedded, recipe
+from traitlens.errors import UserError
+
+
+TINY_COLLECTION = dict(species=6, per_species=10, size=32, seed=1)
+TINY_TRAINING = dict(epochs=1, batch_size=16, lr=1e-3, backbone_lr_scale=1.0, weight_decay=0.0, warmup_epochs=0.0)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache with both kinds pretrained on a tiny recipe (the real one is exercised by the slow test)."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(embedded, "PRETRAIN_COLLECTION", TINY_COLLECTION)
+    mp.setattr(embedded, "PRETRAIN_TRAINING", {"vit": TINY_TRAINING, "cnn": TINY_TRAINING})
+    root = tmp_path_factory.mktemp("embedded")
+    runs = {kind: embedded_backbone(kind, cache_dir=root, progress=False) for kind in ("cnn", "vit")}
+    yield root, runs
+    mp.undo()
+
+
+@pytest.fixture()
+def tiny_recipe(shared_cache, tmp_path, monkeypatch):
+    """A fresh cache folder holding the shared pretraining collection (so only training runs again)."""
+    monkeypatch.setattr(embedded, "PRETRAIN_COLLECTION", TINY_COLLECTION)
+    monkeypatch.setattr(embedded, "PRETRAIN_TRAINING", {"vit": TINY_TRAINING, "cnn": TINY_TRAINING})
+    for folder in shared_cache[0].glob("pretrain-synth-*"):
+        shutil.copytree(folder, tmp_path / folder.name)
+    return tmp_path
+
+
+def test_run_folder_is_a_checkpoint_and_is_reused(shared_cache, monkeypatch):
+    monkeypatch.setattr(embedded, "PRETRAIN_COLLECTION", TINY_COLLECTION)
+    monkeypatch.setattr(embedded, "PRETRAIN_TRAINING", {"vit": TINY_TRAINING, "cnn": TINY_TRAINING})
+    tmp_path, runs = shared_cache
+    run = runs["cnn"]
+    assert run.parent == tmp_path and run.name.startswith("embedded-cnn-")
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["backbone"]["name"] == "tiny-cnn" and meta["num_classes"] == 6
+    record = json.loads((run / "embedded.json").read_text())
+    assert 0.0 <= record["test_top1"] <= 1.0 and record["recipe"] == recipe("cnn")
+    assert not (run / "last").exists()  # no optimizer state kept in the cache
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folders left
+
+    import traitlens.engine.train as train
+
+    def must_not_train(*a, **k):
+        raise AssertionError("a cached embedded backbone was pretrained again")
+
+    monkeypatch.setattr(train, "fit", must_not_train)
+    assert embedded_backbone("cnn", cache_dir=tmp_path, progress=False) == run
+
+
+def test_pretraining_species_are_disjoint_from_the_demo(shared_cache):
+    from traitlens.data.synthetic import SynthConfig, make_taxonomy
+    from traitlens.data.traits import load_traits
+
+    run = shared_cache[1]["cnn"]
+    collection = load_traits(json.loads((run / "embedded.json").read_text())["collection"])
+    demo = make_taxonomy(SynthConfig(**embedded.TARGET_COLLECTION))
+    from traitlens.demo import DEMO_COLLECTION
+
+    assert embedded.TARGET_COLLECTION == DEMO_COLLECTION  # the species avoided are the demo's
+    assert not set(collection.names) & set(demo.names)
+    assert not set(collection.genera) & set(demo.genera)
+    demo_traits = [demo.traits_of(i) for i in range(demo.num_species)]
+    assert all(collection.traits_of(i) not in demo_traits for i in range(collection.num_species))
+
+
+def test_load_embedded_has_pretrained_body_and_fresh_head(shared_cache, monkeypatch):
+    monkeypatch.setattr(embedded, "PRETRAIN_COLLECTION", TINY_COLLECTION)
+    monkeypatch.setattr(embedded, "PRETRAIN_TRAINING", {"vit": TINY_TRAINING, "cnn": TINY_TRAINING})
+    tmp_path = shared_cache[0]
+    model = load_embedded("vit", num_classes=5, cache_dir=tmp_path)
+    assert model.get_classifier().out_features == 5
+    stored = load_file(str(embedded_backbone("vit", cache_dir=tmp_path) / "model.safetensors"))
+    assert stored["head.weight"].shape[0] == 6
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in stored.items() if not k.startswith("head."))
+    assert model.traitlens_weights.dropped_head == ["head.bias", "head.weight"]
+    headless = load_embedded("vit", cache_dir=tmp_path)
+    assert headless(torch.randn(2, 3, 64, 64)).shape == (2, 128)
+
+
+def test_second_writer_keeps_the_first_copy(tmp_path, tiny_recipe, monkeypatch):
+    import traitlens.engine.train as train
+
+    real_fit = train.fit
+    winner = {}
+
+    def fit_while_another_process_publishes(config, **kw):
+        result = real_fit(config, **kw)
+        # Another process finishes first: its complete folder appears under the final name.
+        final = tmp_path / f"embedded-cnn-{embedded.recipe_key(recipe('cnn'))}"
+        final.mkdir()
+        for name in ("model.safetensors", "model.json"):
+            shutil.copy(config.out + "/" + name, final / name)
+        (final / "embedded.json").write_text('{"writer": "other"}')
+        winner["path"] = final
+        return result
+
+    monkeypatch.setattr(train, "fit", fit_while_another_process_publishes)
+    run = embedded_backbone("cnn", cache_dir=tmp_path, progress=False)
+    assert run == winner["path"]
+    assert json.loads((run / "embedded.json").read_text()) == {"writer": "other"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_force_retrains_and_replaces(tmp_path, tiny_recipe):
+    run = embedded_backbone("cnn", cache_dir=tmp_path, progress=False)
+    (run / "embedded.json").write_text('{"stale": true}')
+    again = embedded_backbone("cnn", cache_dir=tmp_path, force=True, progress=False)
+    assert again == run and "test_top1" in json.loads((run / "embedded.json").read_text())
+
+
+def test_cache_location_and_recipe_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path / "c"))
+    assert embedded.backbones_dir() == tmp_path / "c" / "backbones"
+    a = embedded.recipe_key(recipe("vit"))
+    monkeypatch.setattr(embedded, "PRETRAIN_COLLECTION", dict(embedded.PRETRAIN_COLLECTION, seed=9))
+    assert embedded.recipe_key(recipe("vit")) != a
+    with pytest.raises(UserError, match="kind must be one of vit, cnn"):
+        embedded_backbone("mlp", cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["vit", "cnn"])
+def test_real_recipe_learns_its_collection(tmp_path, kind):
+    run = embedded_backbone(kind, cache_dir=tmp_path, progress=False)
+    record = json.loads((run / "embedded.json").read_text())
+    print(kind, record["test_top1"], record["seconds"])
+    assert record["test_top1"] >= 0.85
