@@ -51,27 +51,42 @@ def warp(maps: torch.Tensor, theta: torch.Tensor, size: Tuple[int, int], mode: s
 def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int = 72,
              scales: Tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25), refine: int = 2,
              support_feats: Optional[torch.Tensor] = None, query_feats: Optional[torch.Tensor] = None,
-             tau: float = 0.1, shifts: int = 2) -> torch.Tensor:
+             tau: float = 0.1, shifts: int = 2, candidates: int = 12) -> torch.Tensor:
     """The 2×3 ``theta`` that best maps the support's soft labels onto the query's coarse prediction.
 
     ``support_soft``, ``query_soft``: ``(K+1)×h×w`` label probabilities on the same grid (channel 0 =
     background). With ``support_feats``/``query_feats`` (``D×h×w`` unit-norm, same grid) a hypothesis
     is also scored photometrically: how well the warped support's foreground matches the query's
-    features. Scores every rotation × scale × shift hypothesis at once (``shifts`` grid steps around
-    the foreground centroids), then refines on a finer grid around the best one.
+    features. Coarse to fine: every rotation × scale (centroids matched) on a half-resolution grid; the
+    ``candidates`` best, each with ``shifts`` grid steps of translation around the centroid, at full
+    resolution; then a finer grid of angle, scale and shift around the best one (``refine`` rounds).
     """
     feats = None if support_feats is None else (support_feats, query_feats, tau)
     s_fg, q_fg = 1 - support_soft[0], 1 - query_soft[0]
     s_c, s_mass = _centroid(s_fg)
     q_c, q_mass = _centroid(q_fg)
     size = tuple(query_soft.shape[-2:])
+    dev = support_soft.device
     base_scale = float((q_mass / s_mass).sqrt())
-    angle = torch.arange(angles, device=support_soft.device) * (2 * math.pi / angles)
-    scale = torch.tensor(scales, device=support_soft.device) * base_scale
-    offsets = torch.arange(-shifts, shifts + 1, device=support_soft.device) * (4.0 / max(size))
-    a, s, dx, dy = torch.meshgrid(angle, scale, offsets, offsets, indexing="ij")
-    a, s = a.flatten(), s.flatten()
-    t = q_c[None] + torch.stack([dx.flatten(), dy.flatten()], 1)
+    angle = torch.arange(angles, device=dev) * (2 * math.pi / angles)
+    scale = torch.tensor(scales, device=dev) * base_scale
+    # Stage 1: every rotation × scale with the centroids matched, scored on a half-resolution grid.
+    a, s = (x.flatten() for x in torch.meshgrid(angle, scale, indexing="ij"))
+    t = q_c[None].expand(len(a), 2)
+    small = tuple(max(4, n // 2) for n in size)
+    half = (F.adaptive_avg_pool2d(support_soft[None], small)[0], F.adaptive_avg_pool2d(query_soft[None], small)[0])
+    half_feats = None if feats is None else (
+        F.normalize(F.adaptive_avg_pool2d(support_feats[None], small)[0], dim=0),
+        F.normalize(F.adaptive_avg_pool2d(query_feats[None], small)[0], dim=0), tau)
+    coarse = _score(*half, similarity_theta(a, s, t, s_c), small, half_feats)
+    keep = coarse.topk(min(candidates, len(coarse))).indices
+    # Stage 2: the best few, each with a grid of shifts around the centroid, at full resolution.
+    offsets = torch.arange(-shifts, shifts + 1, device=dev) * (4.0 / max(size))
+    dx, dy = (x.flatten() for x in torch.meshgrid(offsets, offsets, indexing="ij"))
+    n_off = len(dx)
+    a = a[keep].repeat_interleave(n_off)
+    s = s[keep].repeat_interleave(n_off)
+    t = q_c[None] + torch.stack([dx, dy], 1).repeat(len(keep), 1)
     theta = similarity_theta(a, s, t, s_c)
     best = _score(support_soft, query_soft, theta, size, feats).argmax()
     a0, s0, t0 = a[best], s[best], t[best]

@@ -36,7 +36,8 @@ class LabelPropagation(Propagator):
     def __init__(self, features: FeatureFn, work_size: Tuple[int, int] = (64, 64), tau: float = 0.1,
                  topk: int = 5, radius: Optional[float] = None, memory: int = 3,
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
-                 query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2):
+                 query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2,
+                 iterations: int = 1, candidates: int = 12):
         self.features = features
         self.work_size = tuple(work_size)
         self.tau = tau
@@ -49,6 +50,8 @@ class LabelPropagation(Propagator):
         self.align = align
         self.local = local
         self.coarse = coarse
+        self.iterations = iterations
+        self.candidates = candidates
         self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._recent: deque = deque(maxlen=max(memory, 0) or None)
         self.num_labels = 0
@@ -117,13 +120,20 @@ class LabelPropagation(Propagator):
             s_coarse = F.avg_pool2d(soft[None], c)[0] if c > 1 else soft
             s_feats = self._pool(feats[None], c)[0]
             q_feats = self._pool(q, c)
-            thetas = torch.stack([register(s_coarse, coarse[i], support_feats=s_feats, query_feats=q_feats[i],
-                                           tau=self.tau) for i in range(q.shape[0])])
-            size = tuple(q.shape[-2:])
-            warped_frames = warp(frame, thetas, self.work_size)
-            warped_soft = warp(soft, thetas, size)
-            warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
-            out += self.propagate_local(q, self.encode(warped_frames), warped_soft)
+            target = coarse
+            for _ in range(max(1, self.iterations)):
+                # Register onto the current prediction; each round refines the one before.
+                with torch.no_grad():
+                    thetas = torch.stack([register(s_coarse, target[i].detach(), support_feats=s_feats.detach(),
+                                                   query_feats=q_feats[i].detach(), tau=self.tau,
+                                                   candidates=self.candidates) for i in range(q.shape[0])])
+                size = tuple(q.shape[-2:])
+                warped_frames = warp(frame, thetas, self.work_size)
+                warped_soft = warp(soft, thetas, size)
+                warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
+                local = self.propagate_local(q, self.encode(warped_frames), warped_soft)
+                target = F.avg_pool2d(local, c) if c > 1 else local
+            out += local
         return out / len(self._support)
 
     @staticmethod

@@ -1,0 +1,127 @@
+"""Cycle-consistent fine-tuning with one labelled image (the SST paper's cycle loss).
+
+Propagate support → query, reset the memory, propagate the query's *soft* prediction back onto the support,
+and compare the reconstruction with the support's true mask (BCE + Dice over the trait channels). Nothing
+but the support's own labels is needed. The image encoder stays frozen; what trains depends on the backend:
+
+- label propagation: a small 1×1 projection on top of the features (:class:`FeatureProjection`), on CPU;
+- SAM 2: memory attention, memory encoder and mask decoder, or only LoRA adapters on their attention
+  projections (:func:`add_lora`), through SAM 2's differentiable tracking step.
+
+Optimiser: AdamW with a cosine schedule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from traitlens.segment.propagator import Propagator, one_hot
+from traitlens.segment.tracking import Support, cycle_predict
+
+
+def cycle_loss(reconstruction: torch.Tensor, labels: torch.Tensor, dice_weight: float = 1.0) -> torch.Tensor:
+    """BCE + Dice between a soft reconstruction ``(K+1)×H×W`` and the true ``H×W`` labels (trait channels)."""
+    k = reconstruction.shape[0]
+    target = one_hot(labels.to(reconstruction.device), k)[1:]
+    probs = reconstruction[1:].clamp(1e-6, 1 - 1e-6)
+    bce = F.binary_cross_entropy(probs, target)
+    inter = (probs * target).flatten(1).sum(1)
+    dice = 1 - (2 * inter + 1) / (probs.flatten(1).sum(1) + target.flatten(1).sum(1) + 1)
+    present = target.flatten(1).sum(1) > 0  # traits absent from the support carry no Dice term
+    dice = dice[present].mean() if present.any() else dice.new_zeros(())
+    return bce + dice_weight * dice
+
+
+class FeatureProjection(torch.nn.Module):
+    """A residual 1×1 projection of ``B×D×h×w`` features, initialised to the identity."""
+
+    def __init__(self, dim: int, out_dim: Optional[int] = None):
+        super().__init__()
+        out_dim = out_dim or dim
+        self.proj = torch.nn.Conv2d(dim, out_dim, 1, bias=False)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            eye = torch.eye(out_dim, dim)
+            self.proj.weight.copy_(eye[:, :, None, None])
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.proj(feats)
+
+
+class LoRALinear(torch.nn.Module):
+    """``W x + (α/r) · B A x`` around a frozen ``nn.Linear``; B starts at zero (the model is unchanged)."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 4, alpha: float = 8.0):
+        super().__init__()
+        self.base = base
+        for p in base.parameters():
+            p.requires_grad_(False)
+        self.lora_a = torch.nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_b = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * (x @ self.lora_a.t().to(x.dtype)) @ self.lora_b.t().to(x.dtype)
+
+
+def add_lora(model: torch.nn.Module, rank: int = 4, alpha: float = 8.0,
+             targets: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+             within: Sequence[str] = ("memory_attention", "mask_decoder")) -> List[torch.nn.Parameter]:
+    """Freeze ``model`` and wrap the attention projections under ``within`` with LoRA; returns the new parameters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params: List[torch.nn.Parameter] = []
+    for name, module in list(model.named_modules()):
+        if not any(name == w or name.startswith(w + ".") for w in within):
+            continue
+        for child_name, child in list(module.named_children()):
+            if child_name in targets and isinstance(child, torch.nn.Linear):
+                lora = LoRALinear(child, rank, alpha).to(child.weight.device)
+                setattr(module, child_name, lora)
+                params += [lora.lora_a, lora.lora_b]
+    if not params:
+        raise ValueError(f"no Linear named {', '.join(targets)} under {', '.join(within)}")
+    return params
+
+
+def cycle_finetune(propagator: Propagator, params: Iterable[torch.nn.Parameter], support: Support,
+                   queries: Sequence[torch.Tensor], steps: int = 50, lr: float = 1e-3, weight_decay: float = 1e-4,
+                   num_labels: Optional[int] = None, seed: int = 0, on_step=None) -> List[float]:
+    """Train ``params`` by the cycle loss over ``queries`` (frames ``3×H×W``); returns the loss per step.
+
+    ``propagator`` must be differentiable (label propagation with a ``projection``, or
+    ``Sam2Propagator(differentiable=True)``). ``on_step(step, loss)`` is called after every step.
+    """
+    if not propagator.differentiable():
+        raise ValueError("the propagator does not keep gradients: give label propagation a projection, "
+                         "or build Sam2Propagator(differentiable=True)")
+    if not queries:
+        raise ValueError("cycle fine-tuning needs at least one unlabelled query image")
+    params = [p for p in params if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps, 1))
+    order = torch.randperm(len(queries), generator=torch.Generator().manual_seed(seed))
+    labels = support[1]
+    k = num_labels or 1 + int(labels.max())
+    losses: List[float] = []
+    for step in range(steps):
+        query = queries[int(order[step % len(queries)])]
+        _, back = cycle_predict(propagator, support, query, num_labels=k)
+        loss = cycle_loss(back, labels)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step, losses[-1])
+    return losses
+
+
+def projection_state(projection: FeatureProjection) -> Dict[str, torch.Tensor]:
+    """The projection's weights for a safetensors file (``proj.weight``: D'×D×1×1)."""
+    return {k: v.detach().cpu().contiguous() for k, v in projection.state_dict().items()}
