@@ -116,6 +116,15 @@ def test_wrapped_backbone():
     assert get_module(wrapped, lay.explain_layer) is wrapped.backbone.blocks[3].norm1
     assert data_config(wrapped)["input_size"] == (3, 64, 64)
 
+    class DataParallelLike(nn.Module):  # what DistributedDataParallel looks like from outside
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    outer = DataParallelLike(wrapped)
+    assert layout(outer).explain_layer == "module.backbone.blocks.3.norm1"
+    assert get_module(outer, layout(outer).explain_layer) is wrapped.backbone.blocks[3].norm1
+
 
 def test_errors_are_user_errors():
     with pytest.raises(UserError, match="has no layer 'blocks.99'"):

@@ -136,6 +136,30 @@ def test_open_clip_visual_tower_converts(tmp_path):
     assert headless.traitlens_weights.missing == []
 
 
+def test_bioclip_pretrained_comes_from_its_hub_repo(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    arch = dict(embed_dim=64, depth=2, num_heads=2, img_size=32)
+    torch.manual_seed(3)
+    clip = create("bioclip-vitb16", num_classes=16, **arch).eval()
+    torch.save(_to_open_clip(clip), tmp_path / "open_clip_pytorch_model.bin")
+    asked = []
+
+    def fake_download(repo, filename, **kw):
+        asked.append((repo, filename))
+        if filename.endswith(".safetensors"):
+            raise OSError("404 Client Error: Entry Not Found")
+        return str(tmp_path / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    model = create("bioclip-vitb16", num_classes=16, pretrained=True, **arch).eval()
+    assert asked == [("imageomics/bioclip", "open_clip_model.safetensors"),
+                     ("imageomics/bioclip", "open_clip_pytorch_model.bin")]
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), clip(x), atol=1e-5)
+
+
 def test_dinov2_original_keys_with_registers_convert(tmp_path):
     arch = dict(embed_dim=64, depth=2, num_heads=2, img_size=28)
     torch.manual_seed(2)

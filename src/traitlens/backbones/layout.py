@@ -76,14 +76,21 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
 
 
 def find_backbone(model: nn.Module) -> tuple[nn.Module, str]:
-    """The timm backbone inside ``model`` and its module path prefix ("" or "backbone." ...)."""
+    """The timm backbone inside ``model`` and its module path prefix ("", "backbone.", "module." ...).
+
+    Looks through ``.backbone`` (traitlens' wrapping models) and ``.module`` (DistributedDataParallel).
+    """
     prefix = ""
-    seen = 0
-    while not _is_timm_backbone(model) and seen < 4:
-        inner = getattr(model, "backbone", None)
-        if not isinstance(inner, nn.Module):
+    for _ in range(4):
+        if _is_timm_backbone(model):
             break
-        model, prefix, seen = inner, prefix + "backbone.", seen + 1
+        for attr in ("backbone", "module"):
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module):
+                model, prefix = inner, f"{prefix}{attr}."
+                break
+        else:
+            break
     return model, prefix
 
 
