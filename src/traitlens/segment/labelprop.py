@@ -37,7 +37,7 @@ class LabelPropagation(Propagator):
                  topk: int = 5, radius: Optional[float] = None, memory: int = 3,
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
                  query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2,
-                 iterations: int = 1, candidates: int = 12):
+                 iterations: int = 2, candidates: int = 40):
         self.features = features
         self.work_size = tuple(work_size)
         self.tau = tau

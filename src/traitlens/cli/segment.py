@@ -1,0 +1,271 @@
+"""``traitlens segment`` (+ ``segment finetune``) and ``traitlens retrieve``: segmentation by tracking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from traitlens.cli.common import add_common, write_json
+from traitlens.errors import UserError
+
+
+def _backend_options(p) -> None:
+    p.add_argument("--support", type=Path, action="append", default=[], metavar="IMG",
+                   help="a labelled support image (repeat with --support-mask for several)")
+    p.add_argument("--support-mask", type=Path, action="append", default=[], metavar="MASK",
+                   help="its label map PNG (0 = background, k = trait k)")
+    p.add_argument("--images", type=Path, nargs="+", default=None, help="image files and/or folders")
+    p.add_argument("--backend", default="labelprop", choices=["labelprop", "sam2"])
+    p.add_argument("--features", default="colour", choices=["colour", "backbone", "backbone+colour"],
+                   help="label propagation features (default colour: no weights needed)")
+    p.add_argument("--backbone", type=Path, default=None, help="traitlens checkpoint folder for --features backbone")
+    p.add_argument("--work-size", type=int, default=128, help="label propagation working resolution (default 128)")
+    p.add_argument("--local", type=int, default=5, help="local window radius after registration (default 5)")
+    p.add_argument("--projection", type=Path, default=None, help="projection from `segment finetune` (labelprop)")
+    p.add_argument("--checkpoint", default=None,
+                   help="SAM 2 weights: a local folder, or a hub id fetched only with --download")
+    p.add_argument("--download", action="store_true", help="allow fetching the SAM 2 checkpoint from the hub")
+    p.add_argument("--offload-video", action="store_true", help="SAM 2: keep frames on the CPU")
+    p.add_argument("--offload-state", action="store_true", help="SAM 2: keep the memory on the CPU")
+
+
+def register(sub) -> None:
+    s = sub.add_parser(
+        "segment", help="propagate one labelled specimen's trait masks to a collection (SST)",
+        description="Segment every image from labelled support image(s): label-map PNGs mirroring the input "
+                    "tree, overlays, results.jsonl, measurements.csv, summary.json and index.html; per-trait "
+                    "IoU with --gt. Streaming, resumable (done images are skipped), shardable with torchrun.")
+    add_common(s, out_required=False)
+    _backend_options(s)
+    s.add_argument("--order", default="pairwise", choices=["pairwise", "chain", "similarity"])
+    s.add_argument("--reinsert-every", type=int, default=None, help="put the support back every N frames (chain)")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--gt", type=Path, default=None, help="ground-truth label maps mirroring --images")
+    s.add_argument("--no-overlays", action="store_true")
+    s.add_argument("--gallery", type=int, default=60)
+    s.set_defaults(func=_segment)
+    inner = s.add_subparsers(dest="segment_command", metavar="COMMAND")
+    f = inner.add_parser(
+        "finetune", help="cycle-consistent fine-tuning from the support alone",
+        description="Support → query → support with a memory reset, BCE + Dice against the support's mask. "
+                    "labelprop: trains a feature projection (projection.safetensors, use with --projection). "
+                    "sam2: trains LoRA adapters (--lora) or memory/decoder weights (saved with save_pretrained).")
+    add_common(f)
+    _backend_options(f)
+    f.add_argument("--steps", type=int, default=50)
+    f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--lora", type=int, default=0, help="SAM 2: LoRA rank (0: train the non-encoder weights)")
+    f.set_defaults(func=_finetune)
+
+    r = sub.add_parser(
+        "retrieve", help="rank images by whether they carry a trait (cycle consistency)",
+        description="Score each image by the IoU of the support's trait K after support → image → support "
+                    "(a real reverse pass), rank descending: ranking.csv, ranking.jsonl, index.html.")
+    add_common(r)
+    _backend_options(r)
+    r.add_argument("--trait", type=int, required=True, help="trait id in the support mask")
+    r.add_argument("--top", type=int, default=30, help="images shown in index.html")
+    r.set_defaults(func=_retrieve)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _supports(args):
+    from traitlens.segment.runner import load_support
+
+    if not args.support:
+        raise UserError("--support IMG --support-mask MASK is required (at least one labelled image)")
+    if len(args.support) != len(args.support_mask):
+        raise UserError(f"{len(args.support)} --support but {len(args.support_mask)} --support-mask: give one mask per image")
+    return [load_support(i, m) for i, m in zip(args.support, args.support_mask)]
+
+
+def _items(args):
+    """``(relative path, file)`` pairs: folders mirrored below themselves, single files by name."""
+    from traitlens.data.folders import find_images
+
+    if not args.images:
+        raise UserError("--images DIR|FILES is required")
+    items = []
+    for p in args.images:
+        if p.is_dir():
+            items += [(f.relative_to(p).as_posix(), f) for f in find_images(p)]
+        elif p.is_file():
+            items.append((p.name, p))
+        else:
+            raise UserError(f"--images {p}: no such image or folder")
+    if not items:
+        raise UserError(f"--images {' '.join(map(str, args.images))}: no images found")
+    return items
+
+
+def _propagator(args, device, differentiable=False):
+    from traitlens.segment.backends import build_propagator
+
+    if args.work_size < 16:
+        raise UserError(f"--work-size {args.work_size}: use at least 16")
+    return build_propagator(args.backend, device=device, work_size=args.work_size, features=args.features,
+                            backbone=args.backbone, local=args.local, projection=args.projection,
+                            checkpoint=args.checkpoint, download=args.download, offload_video=args.offload_video,
+                            offload_state=args.offload_state, differentiable=differentiable)
+
+
+# ----------------------------------------------------------------------------------------- commands
+def _segment(args) -> int:
+    import torch
+
+    from traitlens.engine import distributed
+    from traitlens.segment.runner import segment_collection, summarise
+
+    if args.out is None:
+        raise UserError("--out DIR is required")
+    supports = _supports(args)
+    items = _items(args)
+    if args.gt is not None and not args.gt.is_dir():
+        raise UserError(f"--gt {args.gt}: not a folder")
+    ctx = distributed.setup(args.device)
+    torch.manual_seed(args.seed)
+    prop = _propagator(args, ctx.device)
+    mine = distributed.shard(items, ctx.rank, ctx.world)
+    counts = segment_collection(prop, supports, mine, args.out, order=args.order, batch_size=args.batch_size,
+                                reinsert_every=args.reinsert_every, gt=args.gt, rank=ctx.rank, world=ctx.world,
+                                overlays=not args.no_overlays)
+    distributed.barrier()
+    if not ctx.main:
+        distributed.cleanup()
+        return 0
+    info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
+    summary = summarise(args.out, info, gallery=args.gallery,
+                        seconds=counts["seconds"] if counts["done"] else None)
+    summary.update({k: counts[k] for k in ("done", "skipped", "resumed")})
+    distributed.cleanup()
+    miou = f", mIoU {summary['miou']:.3f}" if "miou" in summary else ""
+    print(f"segmented {counts['done']} images ({counts['resumed']} already done, {counts['skipped']} unreadable)"
+          f"{miou} → {args.out}")
+    write_json(args.json, summary)
+    return 0
+
+
+def _frames(items):
+    import numpy as np
+
+    from traitlens.data.imageio import SkippedFiles, load_image
+    from traitlens.errors import BadImageError
+    from traitlens.segment.runner import to_frame
+
+    skipped = SkippedFiles()
+    frames = []
+    for rel, path in items:
+        try:
+            frames.append((rel, to_frame(np.asarray(load_image(path)))))
+        except BadImageError as exc:
+            skipped.add_error(exc)
+    return frames, skipped
+
+
+def _finetune(args) -> int:
+    import torch
+    from safetensors.torch import save_file
+
+    from traitlens.engine.distributed import resolve_device
+    from traitlens.progress import bar, log
+    from traitlens.segment.finetune import add_lora, cycle_finetune, projection_state
+
+    supports = _supports(args)
+    if len(supports) != 1:
+        raise UserError("segment finetune takes one --support/--support-mask pair")
+    frames, skipped = _frames(_items(args))
+    if not frames:
+        raise UserError("--images: no readable images to fine-tune on")
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    prop = _propagator(args, device, differentiable=True)
+    if args.backend == "sam2":
+        from traitlens.segment.sam2 import freeze_image_encoder
+
+        if args.lora:
+            params = add_lora(prop.model, rank=args.lora)
+        else:
+            freeze_image_encoder(prop.model)
+            params = prop.trainable_parameters()
+    else:
+        params = list(prop.projection.parameters())
+    progress = bar(args.steps, desc="cycle fine-tuning", unit="step")
+    losses = cycle_finetune(prop, params, supports[0], [f for _, f in frames], steps=args.steps, lr=args.lr,
+                            seed=args.seed, on_step=lambda i, loss: (progress.update(1), progress.set_postfix(loss=f"{loss:.3f}")))
+    progress.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.backend == "sam2":
+        if args.lora:
+            state = {n: p.detach().cpu().contiguous() for n, p in prop.model.named_parameters() if "lora_" in n}
+            save_file(state, str(args.out / "lora.safetensors"))
+        else:
+            prop.model.save_pretrained(args.out / "sam2")
+    else:
+        save_file(projection_state(prop.projection), str(args.out / "projection.safetensors"))
+    result = {"backend": args.backend, "steps": args.steps, "lr": args.lr, "first_loss": losses[0],
+              "last_loss": losses[-1], "losses": losses, "images": len(frames), "skipped": skipped.count}
+    (args.out / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
+    if skipped:
+        skipped.write(args.out / "skipped.jsonl")
+        log(skipped.summary(args.out / "skipped.jsonl"))
+    print(f"cycle loss {losses[0]:.3f} → {losses[-1]:.3f} over {args.steps} steps → {args.out}")
+    write_json(args.json, result)
+    return 0
+
+
+def _retrieve(args) -> int:
+    import csv
+
+    import torch
+
+    from traitlens.engine.distributed import resolve_device
+    from traitlens.report import Section, write_page
+    from traitlens.segment.retrieval import cycle_score
+
+    supports = _supports(args)
+    if len(supports) != 1:
+        raise UserError("retrieve takes one --support/--support-mask pair")
+    support = supports[0]
+    if not bool((support[1] == args.trait).any()):
+        raise UserError(f"--trait {args.trait}: the support mask has no pixel with that id "
+                        f"(ids present: {sorted(int(i) for i in support[1].unique() if i > 0)})")
+    items = _items(args)
+    device = resolve_device(args.device)
+    torch.manual_seed(args.seed)
+    prop = _propagator(args, device)
+    from traitlens.data.imageio import SkippedFiles, load_image
+    from traitlens.errors import BadImageError
+    from traitlens.progress import progress
+    from traitlens.segment.runner import to_frame
+    import numpy as np
+
+    skipped = SkippedFiles()
+    k = 1 + int(support[1].max())
+    scored = []
+    for rel, path in progress(items, desc=f"retrieve trait {args.trait}", unit="img"):
+        try:
+            arr = np.asarray(load_image(path))
+        except BadImageError as exc:
+            skipped.add_error(exc)
+            continue
+        scored.append((rel, path, cycle_score(prop, support, to_frame(arr), args.trait, k)))
+    scored.sort(key=lambda r: -r[2])
+    args.out.mkdir(parents=True, exist_ok=True)
+    with open(args.out / "ranking.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["rank", "path", "score"])
+        for i, (rel, _, s) in enumerate(scored, 1):
+            w.writerow([i, rel, f"{s:.6f}"])
+    with open(args.out / "ranking.jsonl", "w") as fh:
+        for i, (rel, _, s) in enumerate(scored, 1):
+            fh.write(json.dumps({"rank": i, "path": rel, "score": s}) + "\n")
+    section = Section(f"Images ranked by trait {args.trait}",
+                      intro="Score: IoU of the support's trait after support → image → support.")
+    section.gallery([(p, f"{i}. {rel} · {s:.2f}") for i, (rel, p, s) in enumerate(scored[:args.top], 1)])
+    write_page("traitlens retrieve", [section], args.out / "index.html")
+    if skipped:
+        skipped.write(args.out / "skipped.jsonl")
+    print(f"ranked {len(scored)} images by trait {args.trait} ({skipped.count} unreadable) → {args.out}")
+    write_json(args.json, {"trait": args.trait, "ranking": [{"path": r, "score": s} for r, _, s in scored],
+                           "skipped": skipped.count})
+    return 0
