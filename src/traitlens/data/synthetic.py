@@ -107,7 +107,15 @@ class SynthConfig:
     avoid_species_of: Any = None
 
     def __post_init__(self) -> None:
-        self.split = tuple(float(x) for x in self.split)
+        # plain Python types, so the config compares and serialises the same however it was built
+        try:
+            for name in ("species", "per_species", "size", "seed", "genus_size"):
+                setattr(self, name, int(getattr(self, name)))
+            self.noise = float(self.noise)
+            self.blur, self.antialias = bool(self.blur), bool(self.antialias)
+            self.split = tuple(float(x) for x in self.split)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"invalid synthetic collection setting: {exc}") from None
         self.domain = str(self.domain).upper()
         self.validate()
 
