@@ -8,7 +8,8 @@ import pytest
 
 from traitlens.data.synthetic import SynthConfig, make_taxonomy
 from traitlens.data.traits import (
-    PALETTE, PARTS, SMALL_GROUPS, TRAIT_GROUPS, TraitTable, colour_distance, load_traits,
+    PALETTE, PART_DISPLAY_COLOURS, PARTS, SMALL_GROUPS, TRAIT_GROUPS, TraitTable, colour_distance,
+    colourise_parts, load_traits,
 )
 from traitlens.errors import UserError
 
@@ -181,3 +182,15 @@ def test_avoid_species_of_gives_disjoint_species(table, tmp_path):
                 differing = [g for g in TRAIT_GROUPS if (ti[g] if ti[g].get("present", True) else {})
                              != (tj[g] if tj[g].get("present", True) else {})]
                 assert len([p for g in differing for p in TRAIT_GROUPS[g]]) >= 3
+
+
+def test_colourise_parts():
+    import numpy as np
+
+    labels = np.array([[0, 1, 6], [10, 11, 255]], dtype=np.uint8)
+    rgb = colourise_parts(labels)
+    assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [0, 0, 0] and rgb[0, 2].tolist() == list(PART_DISPLAY_COLOURS[6])
+    assert rgb[1, 1].tolist() == [255, 255, 255]
+    assert len(set(PART_DISPLAY_COLOURS)) == len(PARTS)            # every part has its own colour
+    assert colourise_parts(np.zeros((4, 5, 6), dtype=np.uint8)).shape == (4, 5, 6, 3)

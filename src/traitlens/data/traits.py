@@ -124,6 +124,25 @@ PALETTE: Dict[str, Tuple[int, int, int]] = {
 PLUMAGE_COLOURS = ("brown", "tan", "grey", "slate", "olive", "rust", "cream", "black", "green", "blue")
 TRAIT_COLOURS = ("red", "orange", "yellow", "lime", "teal", "blue", "purple", "pink", "white", "black")
 
+# Fixed display colours of the part ids (background black), for mask previews in reports and galleries.
+PART_DISPLAY_COLOURS: Tuple[Tuple[int, int, int], ...] = (
+    (0, 0, 0), (166, 118, 29), (31, 120, 180), (51, 160, 44), (178, 223, 138), (106, 61, 154),
+    (227, 26, 28), (255, 127, 0), (253, 191, 111), (251, 154, 153), (255, 255, 51),
+)
+
+
+def colourise_parts(labels) -> "np.ndarray":
+    """H×W (or N×H×W) part-label map -> the same shape ×3 uint8 image in :data:`PART_DISPLAY_COLOURS`.
+
+    Ids beyond the known parts are drawn white.
+    """
+    import numpy as np
+
+    lut = np.full((256, 3), 255, dtype=np.uint8)
+    lut[:len(PART_DISPLAY_COLOURS)] = np.asarray(PART_DISPLAY_COLOURS, dtype=np.uint8)
+    return lut[np.asarray(labels, dtype=np.uint8)]
+
+
 SpeciesRef = Union[int, str]
 PartRef = Union[int, str]
 
