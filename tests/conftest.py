@@ -1,4 +1,4 @@
-"""Session-wide test settings: a private cache and no progress bars.
+"""Session-wide test settings (a private cache, no progress bars) and shared fixtures.
 
 Every test run gets its own ``TRAITLENS_CACHE`` (so tests never read or write ``~/.cache/traitlens``,
 and what one session pretrains, e.g. the embedded backbones, is made once and shared by the tests
@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
+
+import pytest
+
+from traitlens.data.synthetic import SynthConfig, generate_collection
+from traitlens.data.traits import TraitTable, load_traits
 
 
 def pytest_configure(config):
@@ -18,3 +24,25 @@ def pytest_configure(config):
         os.environ["TRAITLENS_CACHE"] = tempfile.mkdtemp(prefix="traitlens-test-cache-")
     os.environ["TRAITLENS_QUIET"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+TINY_CONFIG = dict(species=6, per_species=10, size=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_synth_config() -> SynthConfig:
+    """The SynthConfig of ``tiny_collection`` (a fresh copy each time it is asked for)."""
+    return SynthConfig(**TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tiny_collection(tmp_path_factory) -> Path:
+    """Path of a tiny synthetic collection (layout of docs/ARCHITECTURE.md); read-only."""
+    root = tmp_path_factory.mktemp("synthetic") / "tiny"
+    return generate_collection(root, SynthConfig(**TINY_CONFIG), progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_traits(tiny_collection) -> TraitTable:
+    """The TraitTable of ``tiny_collection``."""
+    return load_traits(tiny_collection)

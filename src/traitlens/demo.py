@@ -35,19 +35,6 @@ SECTIONS = [
     ("compbench", "traitlens.compbench.demo_section"),
 ]
 
-# One colour per part id (0 = background), for mask overlays.
-PART_COLOURS = np.array([
-    [0, 0, 0], [230, 159, 0], [86, 180, 233], [0, 158, 115], [0, 114, 178], [213, 94, 0],
-    [204, 121, 167], [240, 228, 66], [255, 255, 255], [153, 50, 204], [120, 120, 120],
-    [255, 99, 71], [64, 224, 208], [139, 69, 19], [127, 255, 0], [255, 20, 147],
-], dtype=np.uint8)
-
-
-def colour_parts(labels: np.ndarray) -> np.ndarray:
-    """H×W part ids → H×W×3 colours (ids beyond the palette wrap around)."""
-    return PART_COLOURS[np.asarray(labels) % len(PART_COLOURS)]
-
-
 @dataclass
 class DemoContext:
     """What every demo section gets: see docs/ARCHITECTURE.md, "Reports and the demo"."""
@@ -115,6 +102,7 @@ def foundation_section(ctx: DemoContext) -> Section:
     """The collection (specimens, part masks, taxonomy) and the classifiers' accuracy."""
     from PIL import Image
 
+    from traitlens.data.traits import colourise_parts
     from traitlens.engine.evaluate import evaluate_checkpoint
     from traitlens.report import confusion_matrix_plot
 
@@ -133,10 +121,10 @@ def foundation_section(ctx: DemoContext) -> Section:
         first = sorted(folder.glob("*.png"))[0]
         mask = np.asarray(Image.open(ctx.data / "masks" / "test" / name / first.name))
         items.append((np.asarray(Image.open(first).convert("RGB")), name))
-        items.append((colour_parts(mask), "parts"))
+        items.append((colourise_parts(mask), "parts"))
     s.gallery(items, columns=8, scale=2)
     s.table([{"id": p.id, "part": p.name, "painted on": ", ".join(traits.part_name(h) for h in p.hosts),
-              "colour in the masks": "rgb" + str(tuple(int(c) for c in PART_COLOURS[p.id % len(PART_COLOURS)]))}
+              "colour in the masks": "rgb" + str(tuple(int(c) for c in colourise_parts(np.array([[p.id]]))[0, 0]))}
              for p in traits.parts], caption="Part ids of the label maps")
     s.table([{"species": traits.name(i), "genus": traits.genus_of(i), **traits.attributes(i)}
              for i in range(traits.num_species)], caption="Species, genera and trait values (traits.json)")
