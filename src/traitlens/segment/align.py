@@ -123,3 +123,43 @@ def _score(support_soft: torch.Tensor, query_soft: torch.Tensor, theta: torch.Te
             score = score + ((1 - warped[:, 0]) * match).sum(dim=(1, 2))
         scores.append(score)
     return torch.cat(scores)
+
+
+def compose(theta: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """``theta ∘ inner`` for N×2×3 (or 2×3) affine maps: a point goes through ``inner`` first."""
+    def h(m):
+        bottom = torch.tensor([0.0, 0.0, 1.0], device=m.device, dtype=m.dtype).expand(*m.shape[:-2], 1, 3)
+        return torch.cat([m, bottom], dim=-2)
+    return (h(theta) @ h(inner))[..., :2, :]
+
+
+def refine_part(theta: torch.Tensor, support_soft: torch.Tensor, support_feats: torch.Tensor,
+                query_feats: torch.Tensor, group, tau: float = 0.1, max_angle: float = 12.0,
+                angles: int = 9, scales=(0.94, 1.0, 1.06), shifts: int = 2, margin: int = 2) -> torch.Tensor:
+    """A part's own similarity transform on top of the specimen's ``theta`` (articulation: wings, tail, head).
+
+    ``group``: the label ids that move together (a part and the traits it carries). The part is rotated,
+    scaled and shifted about its own centroid (in query coordinates); each hypothesis is scored by the
+    photometric agreement ``Σ exp((f_q · f_s − 1) / τ)`` over the part's region grown by ``margin`` cells,
+    so the part's outline against its neighbours decides. Returns the part's 2×3 ``theta``.
+    """
+    size = tuple(query_feats.shape[-2:])
+    dev = query_feats.device
+    part = warp(support_soft[list(group)].sum(0, keepdim=True), theta[None], size)[0, 0]  # h×w
+    if float(part.sum()) < 1:
+        return theta
+    region = F.max_pool2d((part > 0.25).float()[None, None], 2 * margin + 1, stride=1, padding=margin)[0, 0]
+    centre, _ = _centroid(part)
+    da = torch.linspace(-max_angle, max_angle, angles, device=dev) * math.pi / 180
+    ds = torch.tensor(scales, device=dev)
+    off = torch.arange(-shifts, shifts + 1, device=dev) * (2.0 / max(size))
+    a, s, dx, dy = (x.flatten() for x in torch.meshgrid(da, ds, off, off, indexing="ij"))
+    # inner map in query coordinates: q -> c + R(a)(q - c)/s - t, i.e. the part moved by t, turned by -a
+    inner = similarity_theta(a, s, centre[None] + torch.stack([dx, dy], 1), centre)
+    thetas = compose(theta.expand(len(a), 2, 3), inner)
+    scores = []
+    for chunk in thetas.split(128):
+        wf = warp(support_feats, chunk, size)
+        match = torch.exp(((wf * query_feats[None]).sum(1) - 1) / tau)
+        scores.append((match * region).sum(dim=(1, 2)))
+    return thetas[torch.cat(scores).argmax()]

@@ -10,12 +10,12 @@ the caller takes the argmax.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from traitlens.segment.align import register, warp
+from traitlens.segment.align import refine_part, register, warp
 from traitlens.segment.propagator import Propagator, one_hot
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
@@ -37,7 +37,7 @@ class LabelPropagation(Propagator):
                  topk: int = 5, radius: Optional[float] = None, memory: int = 3,
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
                  query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2,
-                 iterations: int = 2, candidates: int = 40):
+                 iterations: int = 2, candidates: int = 40, parts: Optional[Sequence[Sequence[int]]] = None):
         self.features = features
         self.work_size = tuple(work_size)
         self.tau = tau
@@ -52,6 +52,7 @@ class LabelPropagation(Propagator):
         self.coarse = coarse
         self.iterations = iterations
         self.candidates = candidates
+        self.parts = [tuple(int(i) for i in g) for g in parts] if parts else []
         self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._recent: deque = deque(maxlen=max(memory, 0) or None)
         self.num_labels = 0
@@ -121,40 +122,62 @@ class LabelPropagation(Propagator):
             s_feats = self._pool(feats[None], c)[0]
             q_feats = self._pool(q, c)
             target = coarse
-            for _ in range(max(1, self.iterations)):
+            for it in range(max(1, self.iterations)):
                 # Register onto the current prediction; each round refines the one before.
                 with torch.no_grad():
                     thetas = torch.stack([register(s_coarse, target[i].detach(), support_feats=s_feats.detach(),
                                                    query_feats=q_feats[i].detach(), tau=self.tau,
                                                    candidates=self.candidates) for i in range(q.shape[0])])
-                size = tuple(q.shape[-2:])
-                warped_frames = warp(frame, thetas, self.work_size)
-                warped_soft = warp(soft, thetas, size)
-                warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
-                local = self.propagate_local(q, self.encode(warped_frames), warped_soft)
+                keys, values = self._warped_support(frame, soft, thetas, q.shape[-2:])
+                if self.parts and it == max(1, self.iterations) - 1:
+                    # Articulation: each part group's own transform, as extra keys next to the whole-specimen ones.
+                    with torch.no_grad():
+                        for group in self.parts:
+                            part_thetas = torch.stack([refine_part(thetas[i], s_coarse, s_feats.detach(),
+                                                                   q_feats[i].detach(), group, tau=self.tau)
+                                                       for i in range(q.shape[0])])
+                            (k_part,), (v_part,) = self._warped_support(frame, soft, part_thetas, q.shape[-2:])
+                            region = v_part[:, list(group)].sum(1, keepdim=True)
+                            region = F.max_pool2d((region > 0.25).float(), 3, stride=1, padding=1)
+                            keys.append(k_part * region)
+                            values.append(v_part)
+                local = self.propagate_local(q, keys, values)
                 target = F.avg_pool2d(local, c) if c > 1 else local
             out += local
         return out / len(self._support)
+
+    def _warped_support(self, frame, soft, thetas, size):
+        """The support's frame features and soft labels warped onto each query: lists of one ``B×·×h×w`` each."""
+        size = tuple(size)
+        warped_frames = warp(frame, thetas, self.work_size)
+        warped_soft = warp(soft, thetas, size)
+        warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
+        return [self.encode(warped_frames)], [warped_soft]
 
     @staticmethod
     def _pool(feats: torch.Tensor, factor: int) -> torch.Tensor:
         return F.normalize(F.avg_pool2d(feats, factor), dim=1) if factor > 1 else feats
 
-    def propagate_local(self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def propagate_local(self, query: torch.Tensor, keys, values) -> torch.Tensor:
         """Each query location looks only at the ``(2·local+1)²`` aligned key locations around it.
 
-        ``query``, ``keys``: ``B×D×h×w``; ``values``: ``B×(K+1)×h×w`` → soft labels ``B×(K+1)×h×w``.
+        ``query``: ``B×D×h×w``; ``keys``/``values``: ``B×D×h×w`` / ``B×(K+1)×h×w`` aligned with the query, or
+        lists of them (several registered copies of the support: the top k is taken over all of them).
+        Returns soft labels ``B×(K+1)×h×w``.
         """
+        keys = keys if isinstance(keys, (list, tuple)) else [keys]
+        values = values if isinstance(values, (list, tuple)) else [values]
         b, d, h, w = query.shape
         r = self.local
         n = (2 * r + 1) ** 2
-        k_unf = F.unfold(keys, 2 * r + 1, padding=r).view(b, d, n, h * w)
-        v_unf = F.unfold(values, 2 * r + 1, padding=r).view(b, values.shape[1], n, h * w)
-        aff = (query.flatten(2)[:, :, None] * k_unf).sum(1) / self.tau  # B×n×hw
-        kk = min(self.topk, n)
+        c = values[0].shape[1]
+        k_unf = torch.cat([F.unfold(k, 2 * r + 1, padding=r).view(b, d, n, h * w) for k in keys], dim=2)
+        v_unf = torch.cat([F.unfold(v, 2 * r + 1, padding=r).view(b, c, n, h * w) for v in values], dim=2)
+        aff = (query.flatten(2)[:, :, None] * k_unf).sum(1) / self.tau  # B×(n·copies)×hw
+        kk = min(self.topk, aff.shape[1])
         top, idx = aff.topk(kk, dim=1)
         weights = torch.softmax(top, dim=1)  # B×k×hw
-        gathered = v_unf.gather(2, idx[:, None].expand(b, values.shape[1], kk, h * w))
+        gathered = v_unf.gather(2, idx[:, None].expand(b, c, kk, h * w))
         soft = (weights[:, None] * gathered).sum(2).view(b, -1, h, w)
         return soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
 
