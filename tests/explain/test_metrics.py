@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from traitlens.errors import UserError
 from traitlens.explain.evaluate import EvaluationResult, bar_plots, evaluate_explanations, mean_ci, parse_methods
-from traitlens.explain.metrics import (boxes_to_masks, confidence_drop, deletion_insertion, diagnostic_masks,
-                                       diagnostic_trait_energy, energy_in_mask, gaussian_blur, pointing_game,
-                                       top_fraction_mask)
+from traitlens.explain.metrics import (boxes_to_masks, confidence_drop, deletion_insertion, diagnostic_lift,
+                                       diagnostic_masks, diagnostic_trait_energy, diagnostic_vs_shared,
+                                       energy_in_mask, gaussian_blur, pointing_game, top_fraction_mask)
 
 
 class CornerModel(nn.Module):
@@ -107,6 +108,29 @@ def test_diagnostic_masks_follow_the_pair_table():
     assert energy.tolist() == [0.75, 0.25]
 
 
+def test_diagnostic_lift_and_shared_split():
+    # 1 species pair differing in part 2; a 4×4 image: background row, 8 shared (part 1) pixels, 4 diagnostic.
+    table = torch.zeros(2, 2, 3, dtype=torch.bool)
+    table[0, 1, 2] = table[1, 0, 2] = True
+    parts = torch.tensor([[[0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1], [2, 2, 2, 2]]])
+    t, r = torch.tensor([0]), torch.tensor([1])
+    flat = torch.ones(1, 4, 4)
+    assert diagnostic_lift(flat, parts, t, r, table).item() == pytest.approx(1.0)  # a flat map: no lift
+    split = diagnostic_vs_shared(flat, parts, t, r, table)
+    assert split["fraction"].item() == pytest.approx(4 / 12) and split["density_ratio"].item() == pytest.approx(1.0)
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0] = 5.0  # background energy is ignored by the split, counted by the lift
+    maps[0, 3] = 1.0
+    maps[0, 1, :2] = 1.0
+    assert diagnostic_lift(maps, parts, t, r, table).item() == pytest.approx((4 / 26) / (4 / 16))
+    split = diagnostic_vs_shared(maps, parts, t, r, table)
+    assert split["fraction"].item() == pytest.approx(4 / 6)
+    assert split["density_ratio"].item() == pytest.approx((4 / 4) / (2 / 8))
+    # a pair without a difference: NaN
+    same = diagnostic_vs_shared(maps, parts, t, t, table)
+    assert math.isnan(same["fraction"].item()) and math.isnan(same["density_ratio"].item())
+
+
 def test_mean_ci_and_method_parsing():
     s = mean_ci([1.0, 2.0, 3.0, float("nan")])
     assert s["mean"] == 2.0 and s["n"] == 3 and s["ci95"] == pytest.approx(1.96 / math.sqrt(3))
@@ -126,3 +150,23 @@ def test_evaluate_table_on_a_small_batch(gap_linear):
     rows = res.table()
     assert [r["method"] for r in rows] == ["gradcam", "finer-gradcam"] and "drop_ci95" in rows[0]
     assert bar_plots(res) is not None
+
+
+def test_evaluate_filters_correct_images_and_scales(gap_linear):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        pred = gap_linear(x).argmax(1)
+    labels = pred.clone()
+    labels[:2] = (pred[:2] + 1) % 6  # two wrong
+    batch = {"image": x, "label": labels, "path": list("abcdef")}
+    res = evaluate_explanations(gap_linear, [batch], "gradcam", metrics=["drop"], target="predicted",
+                                target_layer="features", only_correct=True)
+    assert res.paths == list("cdef") and len(res.per_image["gradcam"]["drop"]) == 4
+    parts = torch.zeros(6, 16, 16, dtype=torch.long)
+    parts[:, 4:12, 4:12] = 1
+    res2 = evaluate_explanations(gap_linear, [dict(batch, mask=parts)], "gradcam", metrics=["energy"],
+                                 target_layer="features", scale=2.0)
+    assert len(res2.paths) == 6 and all(0 <= v <= 1 for v in res2.per_image["gradcam"]["energy"])
+    with pytest.raises(UserError):
+        evaluate_explanations(gap_linear, [batch], "gradcam", metrics=["drop"], target_layer="features", scale=0)

@@ -14,18 +14,26 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from traitlens.errors import UserError
 from traitlens.explain.cams import canonical_method
 from traitlens.explain.engine import METHODS, _classifier_weight, _siblings, explain
-from traitlens.explain.metrics import (confidence_drop, deletion_insertion, diagnostic_table,
-                                       diagnostic_trait_energy, energy_in_mask, pointing_game)
+from traitlens.explain.metrics import (confidence_drop, deletion_insertion, diagnostic_lift, diagnostic_table,
+                                       diagnostic_trait_energy, diagnostic_vs_shared, energy_in_mask,
+                                       pointing_game)
 from traitlens.explain.targets import select_references
 
-METRICS = ("drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy", "diagnostic_energy")
+METRICS = ("drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy", "diagnostic_energy",
+           "diagnostic_lift", "diagnostic_fraction", "diagnostic_density")
 HIGHER_IS_BETTER = {"drop": True, "contrastive_drop": True, "deletion": False, "insertion": True,
-                    "pointing": True, "energy": True, "diagnostic_energy": True}
+                    "pointing": True, "energy": True, "diagnostic_energy": True, "diagnostic_lift": True,
+                    "diagnostic_fraction": True, "diagnostic_density": True}
+# Metrics that need part maps, and those that also need the trait table.
+PART_METRICS = ("pointing", "energy", "diagnostic_energy", "diagnostic_lift", "diagnostic_fraction",
+                "diagnostic_density")
+TRAIT_METRICS = ("diagnostic_energy", "diagnostic_lift", "diagnostic_fraction", "diagnostic_density")
 
 
 @dataclass(frozen=True)
@@ -94,21 +102,30 @@ class EvaluationResult:
 def evaluate_explanations(model: nn.Module, batches: Iterable[dict], methods, metrics: Optional[Sequence[str]] = None,
                           alpha: float = 1.0, references="logit-distance", k: int = 3, topk: float = 0.05,
                           baseline: str = "zero", steps: int = 20, target: str = "label", traits=None,
-                          class_names: Optional[Sequence[str]] = None, target_layer=None) -> EvaluationResult:
+                          class_names: Optional[Sequence[str]] = None, target_layer=None,
+                          only_correct: bool = False, scale: float = 1.0) -> EvaluationResult:
     """Explain every batch (``{"image", "label", "mask"?, "path"?}``) with each method and score it.
 
     metrics: a subset of :data:`METRICS` (default: all that the data allow: the localisation metrics
-    need ``mask`` part maps, ``diagnostic_energy`` also needs ``traits``). target: ``"label"`` or
-    ``"predicted"``. topk: the masked fraction for the confidence drops; steps: deletion/insertion.
+    need ``mask`` part maps, the diagnostic ones also need ``traits``). target: ``"label"`` or
+    ``"predicted"`` (the paper explains the prediction). topk: the masked fraction for the confidence
+    drops; steps: deletion/insertion. only_correct: score only the correctly classified images (a wrong
+    prediction makes the drops and the diagnostic parts of the "target" meaningless). With
+    ``references="taxonomy"``, images whose target class has no sibling are skipped (there is nothing to
+    distinguish it from). scale: resize the images (bilinear) and part maps (nearest) by this factor
+    before explaining, e.g. 2 gives a ViT with dynamic image size a twice finer patch grid.
     """
     specs = parse_methods(methods)
     if target not in ("label", "predicted"):
         raise UserError(f"target must be 'label' or 'predicted', got {target!r}")
+    if not scale > 0:
+        raise UserError(f"scale must be > 0, got {scale}")
     chosen = list(metrics) if metrics is not None else None
     if chosen is not None:
         bad = [m for m in chosen if m not in METRICS]
         if bad:
             raise UserError(f"unknown metric(s) {', '.join(bad)}; choose from {', '.join(METRICS)}")
+    taxonomy = isinstance(references, str) and references == "taxonomy"
     device = next(model.parameters()).device
     table = None
     result: Optional[EvaluationResult] = None
@@ -116,31 +133,51 @@ def evaluate_explanations(model: nn.Module, batches: Iterable[dict], methods, me
         if "image" not in batch:
             continue
         images = batch["image"].to(device)
+        labels = batch["label"].to(device)
+        parts = batch.get("mask")
+        parts = parts.to(device) if parts is not None else None
+        paths = list(batch.get("path", [""] * images.shape[0]))
+        if scale != 1.0:
+            size = [int(round(s * scale)) for s in images.shape[-2:]]
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            if parts is not None:
+                parts = F.interpolate(parts[:, None].float(), size=size, mode="nearest")[:, 0].long()
         with torch.no_grad():
             model.eval()
             logits = model(images).float()
-        probs = torch.softmax(logits, -1)
         num_classes = logits.shape[1]
-        tgt = batch["label"].to(device) if target == "label" else logits.argmax(1)
+        tgt = labels if target == "label" else logits.argmax(1)
         other = select_references(logits, tgt, references, k=1,
                                   classifier_weight=_classifier_weight(model) if references == "weight-cosine" else None,
-                                  siblings=_siblings(traits, num_classes, class_names) if references == "taxonomy"
-                                  else None, class_names=class_names)[:, 0]
-        parts = batch.get("mask")
+                                  siblings=_siblings(traits, num_classes, class_names) if taxonomy else None,
+                                  class_names=class_names)[:, 0]
+        keep = torch.ones_like(tgt, dtype=torch.bool)
+        if only_correct:
+            keep &= logits.argmax(1) == labels
+        if taxonomy:
+            keep &= other >= 0
+        if not bool(keep.any()):
+            continue
+        if not bool(keep.all()):
+            images, logits, tgt, other = images[keep], logits[keep], tgt[keep], other[keep]
+            parts = parts[keep] if parts is not None else None
+            paths = [p for p, kept in zip(paths, keep.tolist()) if kept]
+        probs = torch.softmax(logits, -1)
         if result is None:
-            available = [m for m in METRICS if (m not in ("pointing", "energy", "diagnostic_energy") or parts is not None)
-                         and (m != "diagnostic_energy" or traits is not None)]
+            available = [m for m in METRICS if (m not in PART_METRICS or parts is not None)
+                         and (m not in TRAIT_METRICS or traits is not None)]
             use = chosen if chosen is not None else available
             missing = [m for m in use if m not in available]
             if missing:
+                needs_traits = any(m in TRAIT_METRICS for m in missing)
                 raise UserError(f"metric(s) {', '.join(missing)} need part masks"
-                                f"{' and traits.json' if 'diagnostic_energy' in missing else ''}")
+                                f"{' and traits.json' if needs_traits else ''}")
             result = EvaluationResult([s.name for s in specs], use,
                                       {s.name: {m: [] for m in use} for s in specs})
-            if "diagnostic_energy" in use:
+            if any(m in TRAIT_METRICS for m in use):
                 table = diagnostic_table(traits, class_names)
-        result.paths.extend(batch.get("path", [""] * images.shape[0]))
-        fg = parts.to(device) > 0 if parts is not None else None
+        result.paths.extend(paths)
+        fg = parts > 0 if parts is not None else None
         for spec in specs:
             e = explain(model, images, method=spec.base, finer=spec.finer, alpha=alpha, target=tgt,
                         references=references, k=k, traits=traits, class_names=class_names,
@@ -157,11 +194,17 @@ def evaluate_explanations(model: nn.Module, batches: Iterable[dict], methods, me
             if "energy" in result.metrics:
                 values["energy"] = energy_in_mask(e.maps, fg)
             if "diagnostic_energy" in result.metrics:
-                values["diagnostic_energy"] = diagnostic_trait_energy(e.maps, parts.to(device), tgt, other, table)
+                values["diagnostic_energy"] = diagnostic_trait_energy(e.maps, parts, tgt, other, table)
+            if "diagnostic_lift" in result.metrics:
+                values["diagnostic_lift"] = diagnostic_lift(e.maps, parts, tgt, other, table)
+            if {"diagnostic_fraction", "diagnostic_density"} & set(result.metrics):
+                split = diagnostic_vs_shared(e.maps, parts, tgt, other, table)
+                values["diagnostic_fraction"], values["diagnostic_density"] = split["fraction"], split["density_ratio"]
             for m in result.metrics:
                 result.per_image[spec.name][m].extend(values[m].float().cpu().tolist())
     if result is None:
-        raise UserError("no images to evaluate")
+        raise UserError("no images to evaluate"
+                        + (" (none left after the filters)" if only_correct or taxonomy else ""))
     return result
 
 

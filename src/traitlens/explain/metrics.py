@@ -197,3 +197,43 @@ def diagnostic_trait_energy(maps: torch.Tensor, part_maps: torch.Tensor, target:
     diagnostic parts is visible.
     """
     return energy_in_mask(maps, diagnostic_masks(part_maps, target, reference, table))
+
+
+def diagnostic_lift(maps: torch.Tensor, part_maps: torch.Tensor, target: torch.Tensor, reference: torch.Tensor,
+                    table: torch.Tensor) -> torch.Tensor:
+    """Diagnostic-trait energy over the diagnostic parts' share of the image: B (1 = no better than a flat
+    map, NaN where :func:`diagnostic_trait_energy` is NaN).
+
+    The diagnostic parts cover a few percent of the pixels, so the raw energy share is small for every
+    method; the lift says how many times more energy a diagnostic pixel gets than an average pixel.
+    """
+    diag = diagnostic_masks(part_maps.to(maps.device), target, reference, table)
+    share = diag.flatten(1).float().mean(1)
+    return energy_in_mask(maps, diag) / share.clamp(min=1e-12)
+
+
+def diagnostic_vs_shared(maps: torch.Tensor, part_maps: torch.Tensor, target: torch.Tensor, reference: torch.Tensor,
+                         table: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Where a map's energy on the specimen goes: the diagnostic parts of the pair vs the parts both share.
+
+    Returns ``fraction`` (B): ``Σ map·diag / Σ map·specimen``, the diagnostic parts' share of the energy on
+    the specimen (background energy left out), and ``density_ratio`` (B): the mean map value on a diagnostic
+    pixel over the mean on a shared specimen pixel (> 1: the diagnostic parts are brighter, per pixel, than
+    the shared parts). Finer-CAM's claim is that it moves energy from the shared to the distinguishing
+    parts, i.e. both rise. NaN where the pair has no visible diagnostic or no shared pixel, or the map is
+    zero on the specimen.
+    """
+    part_maps = part_maps.to(maps.device)
+    diag = diagnostic_masks(part_maps, target, reference, table).flatten(1)
+    shared = (part_maps > 0).flatten(1) & ~diag
+    m = maps.flatten(1)
+    e_diag = (m * diag).sum(1)
+    e_shared = (m * shared).sum(1)
+    n_diag, n_shared = diag.sum(1), shared.sum(1)
+    nan = torch.full_like(e_diag, float("nan"))
+    ok = (n_diag > 0) & (n_shared > 0) & (e_diag + e_shared > 0)
+    fraction = torch.where(ok, e_diag / (e_diag + e_shared).clamp(min=1e-12), nan)
+    d_diag = e_diag / n_diag.clamp(min=1)
+    d_shared = e_shared / n_shared.clamp(min=1)
+    ratio = torch.where(ok & (d_shared > 0), d_diag / d_shared.clamp(min=1e-12), nan)
+    return {"fraction": fraction, "density_ratio": ratio}
