@@ -51,7 +51,8 @@ def warp(maps: torch.Tensor, theta: torch.Tensor, size: Tuple[int, int], mode: s
 def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int = 72,
              scales: Tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25), refine: int = 2,
              support_feats: Optional[torch.Tensor] = None, query_feats: Optional[torch.Tensor] = None,
-             tau: float = 0.1, shifts: int = 2, candidates: int = 12) -> torch.Tensor:
+             tau: float = 0.1, shifts: int = 2, candidates: int = 12,
+             stage2_half: bool = False) -> torch.Tensor:
     """The 2×3 ``theta`` that best maps the support's soft labels onto the query's coarse prediction.
 
     ``support_soft``, ``query_soft``: ``(K+1)×h×w`` label probabilities on the same grid (channel 0 =
@@ -88,7 +89,10 @@ def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int =
     s = s[keep].repeat_interleave(n_off)
     t = q_c[None] + torch.stack([dx, dy], 1).repeat(len(keep), 1)
     theta = similarity_theta(a, s, t, s_c)
-    best = _score(support_soft, query_soft, theta, size, feats).argmax()
+    if stage2_half:
+        best = _score(*half, theta, small, half_feats).argmax()
+    else:
+        best = _score(support_soft, query_soft, theta, size, feats).argmax()
     a0, s0, t0 = a[best], s[best], t[best]
     # Local refinement: translation and a finer angle/scale around the best hypothesis.
     step_t = 2.0 / max(size)

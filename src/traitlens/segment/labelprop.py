@@ -37,7 +37,8 @@ class LabelPropagation(Propagator):
                  topk: int = 5, radius: Optional[float] = None, memory: int = 3,
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
                  query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2,
-                 iterations: int = 2, candidates: int = 40, parts: Optional[Sequence[Sequence[int]]] = None):
+                 iterations: int = 2, candidates: int = 40, parts: Optional[Sequence[Sequence[int]]] = None,
+                 fast: bool = False):
         self.features = features
         self.work_size = tuple(work_size)
         self.tau = tau
@@ -52,6 +53,7 @@ class LabelPropagation(Propagator):
         self.coarse = coarse
         self.iterations = iterations
         self.candidates = candidates
+        self.fast = fast
         self.parts = [tuple(int(i) for i in g) for g in parts] if parts else []
         self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._recent: deque = deque(maxlen=max(memory, 0) or None)
@@ -127,7 +129,8 @@ class LabelPropagation(Propagator):
                 with torch.no_grad():
                     thetas = torch.stack([register(s_coarse, target[i].detach(), support_feats=s_feats.detach(),
                                                    query_feats=q_feats[i].detach(), tau=self.tau,
-                                                   candidates=self.candidates) for i in range(q.shape[0])])
+                                                   candidates=self.candidates, stage2_half=self.fast)
+                                          for i in range(q.shape[0])])
                 keys, values = self._warped_support(frame, soft, thetas, q.shape[-2:])
                 if self.parts and it == max(1, self.iterations) - 1:
                     # Articulation: each part group's own transform, as extra keys next to the whole-specimen ones.
@@ -167,13 +170,18 @@ class LabelPropagation(Propagator):
         """
         keys = keys if isinstance(keys, (list, tuple)) else [keys]
         values = values if isinstance(values, (list, tuple)) else [values]
+        # One query frame at a time: the unfolded windows are (2·local+1)² times the frame's size.
+        return torch.cat([self._local_one(query[i:i + 1], [k[i:i + 1] for k in keys], [v[i:i + 1] for v in values])
+                          for i in range(query.shape[0])])
+
+    def _local_one(self, query, keys, values):
         b, d, h, w = query.shape
         r = self.local
         n = (2 * r + 1) ** 2
         c = values[0].shape[1]
         k_unf = torch.cat([F.unfold(k, 2 * r + 1, padding=r).view(b, d, n, h * w) for k in keys], dim=2)
         v_unf = torch.cat([F.unfold(v, 2 * r + 1, padding=r).view(b, c, n, h * w) for v in values], dim=2)
-        aff = (query.flatten(2)[:, :, None] * k_unf).sum(1) / self.tau  # B×(n·copies)×hw
+        aff = torch.einsum("bdp,bdnp->bnp", query.flatten(2), k_unf) / self.tau  # B×(n·copies)×hw
         kk = min(self.topk, aff.shape[1])
         top, idx = aff.topk(kk, dim=1)
         weights = torch.softmax(top, dim=1)  # B×k×hw
