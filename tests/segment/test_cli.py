@@ -90,3 +90,25 @@ def test_finetune_then_segment_with_projection_and_retrieve(collection, tmp_path
     scores = [r["score"] for r in ranking]
     assert scores == sorted(scores, reverse=True)
     assert main(["retrieve", *_args(collection, "--out", str(rt), "--trait", "99")]) == 2
+
+
+def test_segment_with_sam2_from_a_local_checkpoint(collection, tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    import socket
+
+    import torch
+
+    from traitlens.segment.sam2 import tiny_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("network used"))
+    torch.manual_seed(0)
+    transformers.Sam2VideoModel(tiny_config(64)).save_pretrained(tmp_path / "sam2")
+    out = tmp_path / "sam2-run"
+    assert main(["segment", *_args(collection, "--out", str(out), "--backend", "sam2",
+                                   "--checkpoint", str(tmp_path / "sam2"), "--order", "chain")]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    assert Image.open(out / "labels" / "sp1" / "5.png").size == (48, 48)
+    assert main(["segment", *_args(collection, "--out", str(out), "--backend", "sam2",
+                                   "--checkpoint", "facebook/sam2.1-hiera-tiny")]) == 2

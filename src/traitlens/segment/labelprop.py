@@ -38,7 +38,7 @@ class LabelPropagation(Propagator):
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
                  query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2,
                  iterations: int = 2, candidates: int = 40, parts: Optional[Sequence[Sequence[int]]] = None,
-                 fast: bool = False):
+                 fast: bool = False, spatial_sigma: Optional[float] = 1.0):
         self.features = features
         self.work_size = tuple(work_size)
         self.tau = tau
@@ -54,6 +54,7 @@ class LabelPropagation(Propagator):
         self.iterations = iterations
         self.candidates = candidates
         self.fast = fast
+        self.spatial_sigma = spatial_sigma
         self.parts = [tuple(int(i) for i in g) for g in parts] if parts else []
         self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._recent: deque = deque(maxlen=max(memory, 0) or None)
@@ -182,6 +183,12 @@ class LabelPropagation(Propagator):
         k_unf = torch.cat([F.unfold(k, 2 * r + 1, padding=r).view(b, d, n, h * w) for k in keys], dim=2)
         v_unf = torch.cat([F.unfold(v, 2 * r + 1, padding=r).view(b, c, n, h * w) for v in values], dim=2)
         aff = torch.einsum("bdp,bdnp->bnp", query.flatten(2), k_unf) / self.tau  # B×(n·copies)×hw
+        if self.spatial_sigma:
+            # Registration prior: among equally similar keys, prefer those near the corresponding location
+            # (parts that share a colour are then split where the registered support splits them).
+            off = torch.arange(-r, r + 1, device=query.device, dtype=aff.dtype)
+            d2 = (off[:, None] ** 2 + off[None, :] ** 2).flatten()
+            aff = aff - (d2 / (2 * self.spatial_sigma ** 2)).repeat(len(keys))[None, :, None]
         kk = min(self.topk, aff.shape[1])
         top, idx = aff.topk(kk, dim=1)
         weights = torch.softmax(top, dim=1)  # B×k×hw
