@@ -34,10 +34,15 @@ from traitlens.progress import log
 EMBEDDED_VERSION = 1
 KINDS = ("vit", "cnn")
 
-# The pretraining collection: more species than the demo (more to learn from), none of the demo's.
+# The pretraining collection: more species than the demo (more to learn from), none of the demo's;
+# 100 images a species (60 train / 20 val / 20 test): with fewer, the tiny ViT overfits (36 train
+# images a species gave 72% validation top-1 at 99% train accuracy).
 PRETRAIN_COLLECTION = dict(species=18, per_species=100, size=64, seed=1)
 # The collection whose species the pretraining collection avoids: the demo's (traitlens.demo.DEMO_COLLECTION).
 TARGET_COLLECTION = dict(species=12, per_species=60, size=64, seed=0)
+# Measured on a shared 2-core CPU: ViT test top-1 0.889 (top-5 1.0), CNN 0.933 (top-5 1.0); about
+# 6 s an epoch for the ViT and 8 s for the CNN when the machine is quiet, plus ~16 s to render the
+# collection once for both.
 PRETRAIN_TRAINING = {
     "vit": dict(epochs=15, batch_size=64, lr=2e-3, backbone_lr_scale=1.0, weight_decay=0.05, warmup_epochs=1.0),
     "cnn": dict(epochs=12, batch_size=64, lr=3e-3, backbone_lr_scale=1.0, weight_decay=0.05, warmup_epochs=1.0),
