@@ -51,15 +51,25 @@ def test_explain_compares_with_named_classes_and_rejects_unknown(collection, che
 def test_evaluate_explanations_writes_table_and_plot(collection, checkpoint, tmp_path):
     out = tmp_path / "eval"
     assert main(["evaluate-explanations", "--checkpoint", str(checkpoint), "--data", str(collection),
-                 "--methods", "gradcam,finer-gradcam", "--steps", "4", "--out", str(out),
+                 "--methods", "gradcam,finer-gradcam", "--steps", "4", "--out", str(out), "--no-only-correct",
                  "--json", str(tmp_path / "t.json")]) == 0
     table = json.loads((tmp_path / "t.json").read_text())
     assert [r["method"] for r in table["table"]] == ["gradcam", "finer-gradcam"]
     assert set(table["metrics"]) == {"drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy",
-                                     "diagnostic_energy"}
-    assert table["summary"]["gradcam"]["drop"]["n"] == 6  # one test image per species
+                                     "diagnostic_energy", "diagnostic_lift", "diagnostic_fraction",
+                                     "diagnostic_density"}
+    # the defaults: explain the prediction against its siblings; at 32 px no CNN stage reaches 14×14, so the
+    # layout's layer stays
+    assert table["target"] == "predicted" and table["references"] == "taxonomy" and table["layer"] == "layer4"
+    assert table["summary"]["gradcam"]["drop"]["n"] == 6 == table["counts"]["images"]  # one test image per species
     assert 1 <= table["summary"]["gradcam"]["energy"]["n"] <= 6  # NaN for an all-zero map
     assert (out / "metrics.png").stat().st_size > 1000 and (out / "table.md").exists()
+    # by default only the correctly classified images are scored (this random model gets few right)
+    assert main(["evaluate-explanations", "--checkpoint", str(checkpoint), "--data", str(collection),
+                 "--metrics", "drop", "--out", str(tmp_path / "eval2"), "--json", str(tmp_path / "t2.json")]) in (0, 2)
+    if (tmp_path / "t2.json").exists():
+        t2 = json.loads((tmp_path / "t2.json").read_text())
+        assert t2["counts"]["scored"] == t2["counts"]["correct"] < 6
 
 
 def test_runner_shards_share_one_folder(collection, checkpoint, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -52,14 +53,26 @@ def register(sub) -> None:
     v.add_argument("--methods", default="gradcam,finer-gradcam", help="comma-separated (default gradcam,finer-gradcam)")
     v.add_argument("--metrics", default=None, help="comma-separated subset (default: all the data allow)")
     v.add_argument("--alpha", type=float, default=1.0)
-    v.add_argument("--references", default="logit-distance",
-                   choices=["logit-distance", "top-predicted", "weight-cosine", "taxonomy"])
+    v.add_argument("--references", default="auto",
+                   choices=["auto", "logit-distance", "top-predicted", "weight-cosine", "taxonomy"],
+                   help="reference classes of Finer-CAM and the 'most similar class' of the contrastive drop and "
+                        "the diagnostic parts; auto: taxonomy (siblings) when the data has a traits.json with "
+                        "genera, else logit-distance")
     v.add_argument("--k", type=int, default=3)
     v.add_argument("--topk", type=float, default=0.05, help="masked fraction for the confidence drops (default 0.05)")
     v.add_argument("--steps", type=int, default=20, help="deletion/insertion steps (default 20)")
     v.add_argument("--baseline", default="zero", choices=["zero", "blur"])
-    v.add_argument("--target", default="label", choices=["label", "predicted"])
-    v.add_argument("--layer", default=None)
+    v.add_argument("--target", default="predicted", choices=["label", "predicted"],
+                   help="explain the predicted class (default, as the Finer-CAM paper) or the true label")
+    v.add_argument("--only-correct", action=argparse.BooleanOptionalAction, default=True,
+                   help="score only correctly classified images (default; --no-only-correct scores all)")
+    v.add_argument("--layer", default="auto",
+                   help="target layer module path; auto (default): the layer recommended for scoring against small "
+                        "parts (traitlens.explain.evaluate.recommended_settings: a token-pooling ViT's last block "
+                        "output, a CNN's deepest stage with a map of at least 14x14), else the layout's default")
+    v.add_argument("--scale", default="auto",
+                   help="resize the images by this factor before explaining; auto (default): 2 for a ViT with "
+                        "dynamic image size whose patch grid is coarser than 14x14 at its input size, else 1")
     v.add_argument("--batch-size", type=int, default=32)
     v.add_argument("--limit", type=int, default=None, help="evaluate at most this many images")
     v.set_defaults(func=_evaluate)
@@ -135,7 +148,8 @@ def _evaluate(args) -> int:
 
     from traitlens.data.folders import ImageFolderDataset, collate
     from traitlens.engine import distributed
-    from traitlens.explain.evaluate import bar_plots, evaluate_explanations
+    from traitlens.explain.engine import resolve_layer
+    from traitlens.explain.evaluate import bar_plots, evaluate_explanations, recommended_settings
     from traitlens.progress import progress
 
     device = distributed.resolve_device(args.device)
@@ -150,15 +164,27 @@ def _evaluate(args) -> int:
         traits = load_traits(args.data)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
     metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
+    references = args.references
+    if references == "auto":
+        references = "taxonomy" if traits is not None and any(traits.siblings(n) for n in names) else "logit-distance"
+    first = dataset[0]
+    recommended = recommended_settings(model, first["image"].shape[-2:] if "image" in first else None)
+    layer = recommended["target_layer"] if args.layer == "auto" else args.layer
+    try:
+        scale = float(recommended["scale"] if args.scale == "auto" else args.scale)
+    except ValueError:
+        raise UserError(f"--scale must be a number or auto, got {args.scale!r}") from None
     result = evaluate_explanations(model, progress(loader, desc="evaluate explanations", unit="batch"),
-                                   args.methods, metrics=metrics, alpha=args.alpha, references=args.references,
+                                   args.methods, metrics=metrics, alpha=args.alpha, references=references,
                                    k=args.k, topk=args.topk, baseline=args.baseline, steps=args.steps,
-                                   target=args.target, traits=traits, class_names=names, target_layer=args.layer)
+                                   target=args.target, traits=traits, class_names=names, target_layer=layer,
+                                   only_correct=args.only_correct, scale=scale)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     payload = result.to_json()
     payload.update(checkpoint=str(args.checkpoint), data=str(args.data), split=args.split, alpha=args.alpha,
-                   references=args.references, topk=args.topk, steps=args.steps, target=args.target)
+                   references=references, topk=args.topk, steps=args.steps, target=args.target,
+                   only_correct=args.only_correct, layer=resolve_layer(model, layer).name, scale=scale)
     (out / "table.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = ["| method | " + " | ".join(result.metrics) + " |", "|---" * (len(result.metrics) + 1) + "|"]
     for row in result.table():
