@@ -42,7 +42,9 @@ def bench(name, batch, size, batches, device):
     from traitlens.explain import explain
 
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=200).to(device).eval()
+    # A ViT's position embedding is made for its default size; other sizes (e.g. --size 112 on a busy CPU) need it.
+    kwargs = {"img_size": size} if size != 224 and name.startswith(("vit", "deit", "eva")) else {}
+    model = timm.create_model(name, num_classes=200, **kwargs).to(device).eval()
     x = torch.randn(batch, 3, size, size, device=device)
     lay = layout(model)
     layer = model.get_submodule(lay.explain_layer)

@@ -1,102 +1,104 @@
-"""The Finer-CAM claims on ground truth: on sibling species, Finer-CAM should put more of its energy on the
-parts that tell the siblings apart than Grad-CAM does, and masking its top 5% should hurt the prediction more.
-The second holds; the first does not reproduce robustly (see the asserts).
+"""The Finer-CAM claims on ground truth, with the demo's classifiers (tiny ViT and tiny CNN fine-tuned from the
+embedded pretrained backbones on the 12-species, 64 px demo collection; trained once per test session by
+``traitlens.demo.prepare``, reused from ``$TRAITLENS_TEST_CACHE`` while developing).
 
-A tiny ResNet (the demo's ``tiny-cnn`` preset) is trained from scratch on a small synthetic collection
-(6 species in 2 genera; ~3 minutes on 2 busy cores the first time, then cached by recipe under
-``$TRAITLENS_CACHE/explain-tests``). Margins are set well inside what was measured (see the asserts).
+Protocol (as the paper): correctly classified test images, target = the predicted species, references = its
+sibling species (every demo species has two), α = 1, the 144 test images; the numbers below are what
+``evaluate_explanations`` gave exactly as called here (``pytest -s`` prints them).
+
+Findings, Grad-CAM → Finer-CAM (mean over the scored images; paired win rate in brackets):
+
+ViT, last block output at 2× input (16×16 grid, top-1 0.771, 111 images scored):
+    diagnostic energy 0.018 → 0.067, lift 1.68 → 6.53 (0.78), diagnostic share of the specimen's energy
+    0.055 → 0.155 (0.85), density over shared parts 0.93 → 3.29; top-5% relative drop 0.227 → 0.357
+    (+0.130 ± 0.048, 0.73), contrastive drop 0.067 → 0.195 (+0.128 ± 0.029, 0.84).
+ViT, the layout's default (last block norm1, 64 px, 8×8, top-1 0.715, 103 images):
+    lift 1.87 → 2.61 (0.63), relative drop 0.202 → 0.193 (−0.009 ± 0.042), contrastive +0.021 ± 0.026.
+    The norm1 gradient passes one more attention layer before the max-pooled tokens and is smeared; the
+    coarse grid does the rest. That is why the earlier finding ("not clearly more") did not see the effect.
+CNN: see the CNN test's comments.
+
+So the claim holds clearly where the map can resolve the traits and reads the features the logits read, and
+does not hold at an 8×8 norm1 map. Margins below are about half the measured effects.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import pytest
 import torch
 
-from traitlens.cache import cache_dir, recipe_key
-
-RECIPE = dict(species=6, per_species=60, size=64, seed=0, backbone="tiny-cnn", epochs=15, lr=2e-3,
-              weight_decay=0.05, batch=32, torch=torch.__version__.split("+")[0], v=1)
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def _tensor(images: np.ndarray) -> torch.Tensor:
-    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - MEAN) / STD
+CLAIM_METRICS = ["drop", "contrastive_drop", "diagnostic_energy", "diagnostic_lift", "diagnostic_fraction",
+                 "diagnostic_density"]
 
 
 @pytest.fixture(scope="module")
-def trained():
-    from safetensors.torch import load_file, save_file
+def demo():
+    from traitlens.demo import prepare
 
-    from traitlens import backbones
-    from traitlens.data.synthetic import SynthConfig, generate_arrays, make_taxonomy
+    torch.set_num_threads(1)
+    return prepare()
 
-    cfg = SynthConfig(species=RECIPE["species"], per_species=RECIPE["per_species"], size=RECIPE["size"],
-                      seed=RECIPE["seed"])
-    table = make_taxonomy(cfg)
-    torch.manual_seed(0)
-    model = backbones.create(RECIPE["backbone"], num_classes=cfg.species)
-    images, parts, species = generate_arrays(cfg, "test", table)
-    # The renderer is still evolving: key the cached model by the data it sees too.
-    data_key = hashlib.sha256(images.tobytes() + parts.tobytes()).hexdigest()[:12]
-    path = cache_dir("explain-tests") / f"claim-{recipe_key(dict(RECIPE, data=data_key))}.safetensors"
-    if path.exists():
-        model.load_state_dict(load_file(str(path)))
-    else:
-        train_images, _, train_species = generate_arrays(cfg, "train", table)
-        x, y = _tensor(train_images), torch.from_numpy(train_species)
-        opt = torch.optim.AdamW(model.parameters(), lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"])
-        g = torch.Generator().manual_seed(0)
-        for _ in range(RECIPE["epochs"]):
-            model.train()
-            perm = torch.randperm(len(x), generator=g)
-            for i in range(0, len(x), RECIPE["batch"]):
-                idx = perm[i:i + RECIPE["batch"]]
-                xb = x[idx]
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-                loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        save_file(model.state_dict(), str(path))
-    return model.eval(), table, _tensor(images), torch.from_numpy(species), torch.from_numpy(parts).long()
+
+def _batch(ctx, kind):
+    from traitlens.data.folders import ImageFolderDataset, collate
+    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.train import eval_transform
+
+    model, meta = load_model(ctx.checkpoints[kind])
+    data = ImageFolderDataset(ctx.data, split="test", transform=eval_transform(model, config_from_meta(meta)),
+                              classes=meta["class_names"], masks="auto")
+    return model.eval(), meta, collate([data[i] for i in range(len(data))])
+
+
+def _evaluate(ctx, model, meta, batch, **settings):
+    from traitlens.explain.evaluate import evaluate_explanations
+
+    res = evaluate_explanations(model, [batch], "gradcam,finer-gradcam", metrics=CLAIM_METRICS, alpha=1.0,
+                                references="taxonomy", target="predicted", only_correct=True, traits=ctx.traits,
+                                class_names=meta["class_names"], **settings)
+    out = {"n": res.counts["scored"], "acc": res.counts["correct"] / res.counts["images"]}
+    for m in CLAIM_METRICS:
+        g = np.array(res.per_image["gradcam"][m])
+        f = np.array(res.per_image["finer-gradcam"][m])
+        ok = ~(np.isnan(g) | np.isnan(f))
+        out[m] = (float(g[ok].mean()), float(f[ok].mean()), float(np.mean(f[ok] > g[ok])))
+    return out
+
+
+def _report(name, r):
+    print(f"{name}: acc {r['acc']:.3f} n {r['n']} " + " ".join(
+        f"{m} {g:.3f}->{f:.3f} (win {w:.2f})" for m, (g, f, w) in ((m, r[m]) for m in CLAIM_METRICS)))
 
 
 @pytest.mark.slow
-def test_finer_cam_focuses_on_diagnostic_parts_and_is_more_faithful(trained):
-    from traitlens.explain.evaluate import evaluate_explanations
+def test_vit_finer_cam_moves_energy_to_diagnostic_traits_and_is_more_faithful(demo):
+    from traitlens.explain.evaluate import recommended_settings
 
-    model, table, x, y, parts = trained
-    with torch.no_grad():
-        acc = float((model(x).argmax(1) == y).float().mean())
-    assert acc > 0.7  # measured 0.81 (72 test images)
-    res = evaluate_explanations(model, [{"image": x, "label": y, "mask": parts}], "gradcam,finer-gradcam",
-                                metrics=["drop", "contrastive_drop", "diagnostic_energy"], traits=table, alpha=1.0)
-    g, f = res.per_image["gradcam"], res.per_image["finer-gradcam"]
-    diag_g, diag_f = np.array(g["diagnostic_energy"]), np.array(f["diagnostic_energy"])
-    ok = ~(np.isnan(diag_g) | np.isnan(diag_f))
-    diag_ratio = diag_f[ok].mean() / diag_g[ok].mean()
-    drop_diff = np.mean(np.array(f["drop"]) - np.array(g["drop"]))
-    contrast_diff = np.mean(np.array(f["contrastive_drop"]) - np.array(g["contrastive_drop"]))
-    print(f"acc {acc:.3f} diagnostic energy grad {diag_g[ok].mean():.4f} finer {diag_f[ok].mean():.4f} "
-          f"ratio {diag_ratio:.3f}; drop diff {drop_diff:.4f}; contrastive diff {contrast_diff:.4f}")
-    # Both maps concentrate on the diagnostic parts far above their share of the pixels ...
-    from traitlens.explain.metrics import diagnostic_masks, diagnostic_table
-    from traitlens.explain.targets import select_references
+    model, meta, batch = _batch(demo, "vit")
+    settings = recommended_settings(model, batch["image"].shape[-2:])
+    assert settings == {"target_layer": "blocks.3", "scale": 2.0}
+    best = _evaluate(demo, model, meta, batch, **settings)
+    _report("vit recommended", best)
+    assert best["acc"] > 0.7 and best["n"] >= 90  # measured 0.771, 111
+    g, f, win = best["diagnostic_energy"]
+    assert f > 2 * g and win > 0.65  # measured 0.018 → 0.067, win 0.78
+    g, f, win = best["diagnostic_lift"]
+    assert g < 3 and f > 4 and win > 0.65  # measured 1.68 → 6.53
+    g, f, win = best["diagnostic_fraction"]  # energy moves from the shared parts to the distinguishing ones
+    assert f > g + 0.05 and win > 0.7  # measured 0.055 → 0.155, win 0.85
+    g, f, win = best["diagnostic_density"]
+    assert f > 2 * g and f > 2  # measured 0.93 → 3.29
+    g, f, win = best["drop"]
+    assert f > g + 0.05 and win > 0.6  # measured 0.227 → 0.357 (+0.130 ± 0.048), win 0.73
+    g, f, win = best["contrastive_drop"]
+    assert f > g + 0.06 and win > 0.7  # measured 0.067 → 0.195 (+0.128 ± 0.029), win 0.84
 
-    with torch.no_grad():
-        other = select_references(model(x), y, "logit-distance", k=1)[:, 0]
-    share = float(diagnostic_masks(parts, y, other, diagnostic_table(table)).float().mean())
-    assert diag_g[ok].mean() > 1.5 * share and diag_f[ok].mean() > 1.5 * share  # measured ≈ 2× and 2.3×
-    # ... but Finer-CAM does NOT put clearly more energy there than Grad-CAM: over four training runs of this
-    # recipe the Finer/Grad-CAM ratio was 1.26, 0.95, 1.22 and 1.13 (0.92-1.03 over α ∈ {0.5, 1, 2} and
-    # Layer-CAM on the 0.95 run). The issue's "clearly more" does not reproduce robustly; this pins the finding.
-    assert diag_ratio > 0.8
-    # Faithfulness: masking Finer-CAM's top 5% hurts more, most clearly in the contrastive drop (measured
-    # +0.15, +0.12, +0.07 over three runs; the relative drop +0.05, +0.01, +0.25).
-    assert drop_diff > -0.02
-    assert contrast_diff > 0.03
+    # The layout's default (norm1 of the last block, 8×8): the effect mostly disappears.
+    default = _evaluate(demo, model, meta, batch)
+    _report("vit default", default)
+    g, f, _ = default["drop"]
+    assert abs(f - g) < 0.08  # measured −0.009 ± 0.042
+    gain_default = default["diagnostic_lift"][1] - default["diagnostic_lift"][0]
+    gain_best = best["diagnostic_lift"][1] - best["diagnostic_lift"][0]
+    assert gain_best > 2 * gain_default  # measured +4.85 vs +0.73
