@@ -20,7 +20,7 @@ def test_projection_starts_as_identity_and_training_lowers_the_loss(scene, tmp_p
     img, lab = scene()
     queries = [scene(shift=(3, -2), seed=5)[0], scene(shift=(-2, 4), seed=6)[0]]
     prop = build_propagator("labelprop", work_size=48, local=3, differentiable=True)
-    x = torch.rand(1, 8, 5, 5)  # colour+position features: RGB, chroma, (y, x)
+    x = torch.rand(1, prop.projection.proj.weight.shape[1], 5, 5)
     assert torch.allclose(prop.projection(x), x)
     assert prop.differentiable()
     losses = cycle_finetune(prop, prop.projection.parameters(), (img, lab), queries, steps=6, lr=0.05, num_labels=4)

@@ -31,6 +31,13 @@ class LabelPropagation(Propagator):
     ``align``: register each support onto each query first (:mod:`traitlens.segment.align`), then
     propagate within a ``(2·local+1)²`` window of the *corresponding* support location: far more
     precise for small traits, and cheaper. ``coarse``: pooling factor of the global first pass.
+    ``iterations``: register again against the previous round's prediction. ``candidates``: rotation ×
+    scale hypotheses kept for the shift search. ``fast``: score that search at half resolution.
+    ``spatial_sigma``: a Gaussian prior (in grid cells) favouring keys near the corresponding location,
+    so parts that share a colour are split where the registered support splits them (None: off).
+    ``parts``: groups of label ids that move together (e.g. a wing and its spot); each gets its own small
+    similarity transform on top of the specimen's, offered as extra keys (articulation; off by default:
+    it did not help on the synthetic collection).
     """
 
     def __init__(self, features: FeatureFn, work_size: Tuple[int, int] = (64, 64), tau: float = 0.1,
@@ -38,7 +45,7 @@ class LabelPropagation(Propagator):
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
                  query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2,
                  iterations: int = 2, candidates: int = 40, parts: Optional[Sequence[Sequence[int]]] = None,
-                 fast: bool = False, spatial_sigma: Optional[float] = 1.0):
+                 fast: bool = False, spatial_sigma: Optional[float] = 3.0):
         self.features = features
         self.work_size = tuple(work_size)
         self.tau = tau
