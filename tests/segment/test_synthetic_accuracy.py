@@ -1,8 +1,9 @@
 """Measured accuracy on the synthetic collection (one support per species, part maps as ground truth).
 
 Numbers (64 px, 12 species × 4 test specimens, support = each species' first train image), measured with
-``LabelPropagation(ColourPositionFeatures(), work_size=(64, 64), align=True, local=3)``:
-trait mIoU 0.752 vs 0.095 for copying the support's mask; per part 0.49 (beak) … 0.94 (body).
+``LabelPropagation(ColourPositionFeatures(), work_size=(64, 64), align=True, local=3)`` (defaults: colour
+context 1, registration prior σ = 3 cells): trait mIoU 0.817 vs 0.095 for copying the support's mask; per
+part 0.63 (beak), 0.70 (tail), 0.76 (body), 0.83-0.92 for the others.
 The issue's targets (mIoU ≥ 0.85, every part ≥ 0.8) are NOT met; these tests pin what is reached.
 """
 
@@ -67,7 +68,7 @@ def test_collection_miou_beats_copying_the_mask(synth64):
             cm_copy += confusion(support[1], truth, K)
     per = iou_from_confusion(cm)
     miou, miou_copy = mean_iou(per), mean_iou(iou_from_confusion(cm_copy))
-    # measured 0.752 and 0.095
-    assert miou >= 0.72
-    assert miou >= miou_copy + 0.6
-    assert float(per[1:].min()) >= 0.43  # the beak, the smallest part (measured 0.49)
+    # measured 0.817 and 0.095
+    assert miou >= 0.78
+    assert miou >= miou_copy + 0.65
+    assert float(per[1:].min()) >= 0.57  # the beak, the smallest part (measured 0.63)
