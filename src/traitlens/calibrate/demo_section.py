@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from traitlens.calibrate.experiment import ExperimentConfig, run_experiment, summary_rows
 
-# The experiment's defaults (the demo's collection, embedded tiny CNN): about a minute on 2 CPU cores once the
+# The experiment's defaults (the demo's collection, embedded tiny ViT): about a minute on 2 CPU cores once the
 # embedded backbone is cached; cached under ctx.cache after the first run.
 DEMO_EXPERIMENT: dict = {}
 
