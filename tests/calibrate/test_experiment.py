@@ -12,6 +12,12 @@ for seeds 0, 1, 2 (in %, seed 0 / 1 / 2):
     oracle:      γ 2.88/2.59/2.61, u/y 59.7/62.5/48.6, s/y 75.0/68.1/84.7, y/y 67.4/65.3/66.7
     AUSUC:       pre-trained .348/.403/.353, fine-tuned .554/.540/.574
 
+The same with ``backbone="embedded-cnn"`` (not asserted; why the ViT is the default):
+
+    pre-trained: B y/y 52.1/46.5/45.8, u/y 56.9/56.9/31.9;  fine-tuned: s/y 86.1/91.7/81.9, u/y 0.0/0.0/0.0
+    NCM u/u:     pre-trained 79.2/75.0/87.5, fine-tuned 81.9/68.1/79.2
+    ALG:         γ 6.97/7.87/6.36 (oracle 5.95/8.13/6.79), u/y 47.2/34.7/40.3, s/y 76.4/76.4/75.0
+
 The test runs seed 0; every margin below holds for all three seeds with room for the small numeric drift of an
 embedded backbone pretrained afresh in the test session (1 test image = 1.4 points of u/y or s/y).
 """
