@@ -16,10 +16,12 @@ ViT, the layout's default (last block norm1, 64 px, 8×8, top-1 0.715, 103 image
     lift 1.87 → 2.61 (0.63), relative drop 0.202 → 0.193 (−0.009 ± 0.042), contrastive +0.021 ± 0.026.
     The norm1 gradient passes one more attention layer before the max-pooled tokens and is smeared; the
     coarse grid does the rest. That is why the earlier finding ("not clearly more") did not see the effect.
-CNN: see the CNN test's comments.
+CNN, layer4 (8×8, top-1 0.750, 108 images): energy moves from the shared to the diagnostic parts (share
+    0.076 → 0.109, win 0.70) and the contrastive drop rises (+0.066), but the raw diagnostic energy barely
+    moves and the top-5% relative drop is LOWER (0.463 → 0.396); other layers and a 2× input did not help.
 
-So the claim holds clearly where the map can resolve the traits and reads the features the logits read, and
-does not hold at an 8×8 norm1 map. Margins below are about half the measured effects.
+So the claim holds clearly for the ViT where the map resolves the traits and reads the features the logits
+read (not at an 8×8 norm1 map), and only partly for the CNN. Margins are about half the measured effects.
 """
 
 from __future__ import annotations
@@ -102,3 +104,33 @@ def test_vit_finer_cam_moves_energy_to_diagnostic_traits_and_is_more_faithful(de
     gain_default = default["diagnostic_lift"][1] - default["diagnostic_lift"][0]
     gain_best = best["diagnostic_lift"][1] - best["diagnostic_lift"][0]
     assert gain_best > 2 * gain_default  # measured +4.85 vs +0.73
+
+
+@pytest.mark.slow
+def test_cnn_finer_cam_shifts_energy_but_not_the_relative_drop(demo):
+    """Tiny CNN, layout default (layer4, 8×8; top-1 0.750, 108 images scored), Grad-CAM → Finer-CAM:
+    diagnostic share of the specimen's energy 0.076 → 0.109 (win 0.70), density over shared parts 1.33 → 2.20
+    (win 0.70), contrastive drop 0.249 → 0.315 (+0.066 ± 0.036, win 0.60) — but raw diagnostic energy only
+    0.033 → 0.038 (win 0.43) and the top-5% relative drop 0.463 → 0.396 (−0.067 ± 0.045): the paper's headline
+    does not reproduce on this CNN. Also measured, not better: layer1 (16×16): relative drop −0.116, fraction
+    +0.022; layer2: relative drop −0.109; 2× input: accuracy 0.583. Layer-CAM at layer1 localises best (lift
+    6.7 → 8.1 with Finer, win 0.71) but its relative drop is also lower (−0.035).
+    """
+    from traitlens.explain.evaluate import recommended_settings
+
+    model, meta, batch = _batch(demo, "cnn")
+    assert recommended_settings(model, batch["image"].shape[-2:]) == {"target_layer": None, "scale": 1.0}
+    r = _evaluate(demo, model, meta, batch)
+    _report("cnn default", r)
+    assert r["acc"] > 0.65 and r["n"] >= 90  # measured 0.750, 108
+    g, f, win = r["diagnostic_fraction"]
+    assert f > g + 0.015 and win > 0.6  # measured 0.076 → 0.109, win 0.70
+    g, f, win = r["diagnostic_density"]
+    assert f > 1.3 * g  # measured 1.33 → 2.20
+    g, f, win = r["contrastive_drop"]
+    assert f > g + 0.02  # measured +0.066 ± 0.036
+    # The findings that do not reproduce, pinned: no clear gain in raw diagnostic energy, a lower relative drop.
+    g, f, win = r["diagnostic_energy"]
+    assert f < 1.6 * g  # measured 0.033 → 0.038
+    g, f, win = r["drop"]
+    assert f < g + 0.03  # measured 0.463 → 0.396

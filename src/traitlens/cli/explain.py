@@ -69,7 +69,7 @@ def register(sub) -> None:
     v.add_argument("--layer", default="auto",
                    help="target layer module path; auto (default): the layer recommended for scoring against small "
                         "parts (traitlens.explain.evaluate.recommended_settings: a token-pooling ViT's last block "
-                        "output, a CNN's deepest stage with a map of at least 14x14), else the layout's default")
+                        "output), else the layout's default")
     v.add_argument("--scale", default="auto",
                    help="resize the images by this factor before explaining; auto (default): 2 for a ViT with "
                         "dynamic image size whose patch grid is coarser than 14x14 at its input size, else 1")
