@@ -23,14 +23,16 @@ def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
     fit(load_config("tiny-cpu", data=str(data), out=str(backbone), epochs=1, batch_size=8), progress=False)
     monkeypatch.setattr(demo, "RUNS", {k: {**v, "epochs": 1, "batch_size": 8} for k, v in demo.RUNS.items()})
     ctx = DemoContext(out=tmp_path / "report", cache=tmp_path / "cache", data=data, traits=load_traits(data),
-                      checkpoints={"backbone-vit": backbone})
+                      checkpoints={"backbone-vit": backbone, "vit": backbone})
     (tmp_path / "cache").mkdir()
     section = demo.demo_section(ctx)
     page = write_page("demo", [section], tmp_path / "report" / "index.html")
     html = page.read_text()
     assert "Prompt-CAM" in html and "best head trait share" in html and html.count("<img") >= 2 * 3 * 4
+    assert "Finer-CAM" in html and "INTR best head" in html and "deletion AUC" in html
     for name in demo.RUNS:
-        assert (tmp_path / "cache" / f"{name}.json").is_file()
+        assert list((tmp_path / "cache").glob(f"{name}-*.json"))
+    assert list((tmp_path / "cache").glob("compare-*.json"))
     start = time.time()
     demo.train_and_score(ctx, "prompt-cam")
     demo.train_and_score(ctx, "intr")

@@ -8,7 +8,12 @@ For a Prompt-CAM or INTR model on a dataset with part masks (the synthetic colle
   share those parts would get from uniform attention (their area share). 1 = no preference;
 - ``drop_top`` / ``drop_random``: the relative drop of the true-class probability when the top
   ``fraction`` of the image, ranked by the kept heads' mean map, is blanked, and when a random
-  region of the same size (random patch-level scores) is.
+  region of the same size (random patch-level scores) is. The relative drop is bounded above by 1
+  but not below (an image the model barely believes in can gain many times its probability), so
+  the means are taken over the correctly classified images, and ``drop_top_median``,
+  ``drop_random_median`` and ``top_beats_random`` (the share of those images whose top-region removal
+  hurts more than the random one) are reported next to them; ``drop_top_all`` / ``drop_random_all``
+  are the plain means over every image.
 """
 
 from __future__ import annotations
@@ -88,6 +93,14 @@ def score_dataset(model, dataset, traits, class_names: Sequence[str], batch_size
         per_species.append({"species": name, "images": int(sel.sum()), "top_head": int(counts.argmax()),
                             "top_head_share": float(counts.max() / max(1, int(sel.sum()))),
                             "trait_ratio": float(cat["trait_ratio"][sel].nanmean())})
+    ok = cat["correct"] > 0
+    top, rand = cat["drop_top"][ok], cat["drop_random"][ok]
+    nan = float("nan")
     return {"top1": float(cat["correct"].mean()), "trait_ratio": float(cat["trait_ratio"].nanmean()),
-            "drop_top": float(cat["drop_top"].mean()), "drop_random": float(cat["drop_random"].mean()),
-            "n": int(labels.numel()), "per_species": per_species}
+            "drop_top": float(top.mean()) if ok.any() else nan,
+            "drop_random": float(rand.mean()) if ok.any() else nan,
+            "drop_top_median": float(top.median()) if ok.any() else nan,
+            "drop_random_median": float(rand.median()) if ok.any() else nan,
+            "top_beats_random": float((top > rand).float().mean()) if ok.any() else nan,
+            "drop_top_all": float(cat["drop_top"].mean()), "drop_random_all": float(cat["drop_random"].mean()),
+            "n": int(labels.numel()), "n_correct": int(ok.sum()), "per_species": per_species}
