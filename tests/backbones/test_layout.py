@@ -83,7 +83,9 @@ def test_explain_layer_of_every_preset_is_a_real_module(name):
     module = get_module(model, lay.explain_layer)
     assert isinstance(module, nn.Module)
     if lay.family == "vit":
-        assert isinstance(module, nn.LayerNorm)
+        # CLS-token ViTs: the last block's first norm; ViTs pooling their patch tokens: the block itself.
+        pools = getattr(model, "global_pool", "token") not in ("token", "map", "")
+        assert isinstance(module, nn.LayerNorm) != pools
         assert lay.patch_size == (PRESETS[name].patch_size,) * 2
     else:
         assert lay.patch_size[0] == PRESETS[name].patch_size
@@ -97,6 +99,7 @@ def test_plain_timm_models_without_spec():
     assert (lay.num_prefix_tokens, lay.explain_layer, lay.embed_dim) == (1, "blocks.11.norm1", 384)
     no_cls = timm.create_model("vit_small_patch16_224", num_classes=0, class_token=False, global_pool="avg")
     assert layout(no_cls).num_prefix_tokens == 0
+    assert layout(no_cls).explain_layer == "blocks.11"
     conv = timm.create_model("convnext_atto", num_classes=0)
     lay = layout(conv)
     assert lay.family == "cnn" and lay.patch_size == (32, 32)

@@ -117,7 +117,13 @@ def layout(model: nn.Module) -> TokenLayout:
         pe = net.patch_embed
         n_blocks = len(net.blocks)
         last = net.blocks[n_blocks - 1]
-        layer = f"blocks.{n_blocks - 1}.norm1" if hasattr(last, "norm1") else f"blocks.{n_blocks - 1}"
+        # A CLS-token ViT's patch tokens reach the logits only through the last block's attention, so
+        # its explanation layer is that block's first norm; a ViT that pools its patch tokens
+        # (global_pool avg/max) reads the last block's output directly, and explaining that output is
+        # sharper (tests/explain/test_synthetic_claim.py measures it).
+        pools_patches = getattr(net, "global_pool", "token") not in ("token", "map", "", None)
+        layer = f"blocks.{n_blocks - 1}.norm1" if hasattr(last, "norm1") and not pools_patches \
+            else f"blocks.{n_blocks - 1}"
         return TokenLayout(
             family="vit",
             num_prefix_tokens=int(net.num_prefix_tokens),

@@ -86,7 +86,7 @@ _LIST = [
     # is diluted by averaging, and on the synthetic collection max pooling learns sibling species several
     # times faster (tiny ViT: 40% vs 9% validation top-1 after 2 epochs on 24 species).
     Preset("tiny-vit", "vit_tiny_patch16_224", "vit", (3, 64, 64), IMAGENET_MEAN, IMAGENET_STD, 8,
-           "blocks.3.norm1",
+           "blocks.3",
            kwargs={"img_size": 64, "patch_size": 8, "embed_dim": 128, "depth": 4, "num_heads": 4,
                    "dynamic_img_size": True, "global_pool": "max"},
            crop_pct=1.0, description="tiny ViT for CPU: 64 px, patch 8, 128 dim, 4 blocks, 4 heads"),
