@@ -32,6 +32,12 @@ class ColourPositionFeatures:
         self.position_weight = position_weight
         self.smooth = smooth
 
+    @property
+    def registration_channels(self) -> list:
+        """Channels registration scores with: colour and position, not the (much wider) context block."""
+        ring = 6 * ((2 * self.context + 1) ** 2 - 1) if self.context else 0
+        return list(range(6)) + [6 + ring, 7 + ring]
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images
         if self.smooth > 1:

@@ -129,8 +129,8 @@ class LabelPropagation(Propagator):
         out = torch.zeros(q.shape[0], self.num_labels, *q.shape[-2:], device=q.device)
         for feats, soft, frame in self._support:
             s_coarse = F.avg_pool2d(soft[None], c)[0] if c > 1 else soft
-            s_feats = self._pool(feats[None], c)[0]
-            q_feats = self._pool(q, c)
+            s_feats = self._pool(self._for_registration(feats[None]), c)[0]
+            q_feats = self._pool(self._for_registration(q), c)
             target = coarse
             for it in range(max(1, self.iterations)):
                 # Register onto the current prediction; each round refines the one before.
@@ -164,6 +164,13 @@ class LabelPropagation(Propagator):
         warped_soft = warp(soft, thetas, size)
         warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
         return [self.encode(warped_frames)], [warped_soft]
+
+    def _for_registration(self, feats: torch.Tensor) -> torch.Tensor:
+        """The feature channels registration scores with (all, unless the extractor names fewer)."""
+        channels = getattr(self.features, "registration_channels", None)
+        if channels is None or self.projection is not None:
+            return feats
+        return F.normalize(feats[:, channels], dim=1)
 
     @staticmethod
     def _pool(feats: torch.Tensor, factor: int) -> torch.Tensor:
