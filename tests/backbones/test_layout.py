@@ -115,8 +115,8 @@ def test_wrapped_backbone():
 
     wrapped = Classifier()
     lay = layout(wrapped)
-    assert lay.explain_layer == "backbone.blocks.3.norm1"
-    assert get_module(wrapped, lay.explain_layer) is wrapped.backbone.blocks[3].norm1
+    assert lay.explain_layer == "backbone.blocks.3"  # tiny-vit pools its patch tokens (max)
+    assert get_module(wrapped, lay.explain_layer) is wrapped.backbone.blocks[3]
     assert data_config(wrapped)["input_size"] == (3, 64, 64)
 
     class DataParallelLike(nn.Module):  # what DistributedDataParallel looks like from outside
@@ -125,8 +125,8 @@ def test_wrapped_backbone():
             self.module = module
 
     outer = DataParallelLike(wrapped)
-    assert layout(outer).explain_layer == "module.backbone.blocks.3.norm1"
-    assert get_module(outer, layout(outer).explain_layer) is wrapped.backbone.blocks[3].norm1
+    assert layout(outer).explain_layer == "module.backbone.blocks.3"
+    assert get_module(outer, layout(outer).explain_layer) is wrapped.backbone.blocks[3]
 
 
 def test_errors_are_user_errors():
