@@ -24,7 +24,7 @@ def _demo(args) -> int:
     from traitlens.engine.distributed import resolve_device
 
     sections = None if args.sections == "all" else [s.strip() for s in args.sections.split(",") if s.strip()]
-    result = run_demo(args.out, device=resolve_device(args.device), seed=args.seed, sections=sections,
+    result = run_demo(args.out, device=str(resolve_device(args.device)), seed=args.seed, sections=sections,
                       cache=args.cache)
     print(f"demo finished in {result['seconds']:.0f}s")
     if result["failed"]:
