@@ -30,7 +30,8 @@ class LabelPropagation(Propagator):
     ``projection``: an optional trainable module applied to features (cycle-consistent fine-tuning).
     ``align``: register each support onto each query first (:mod:`traitlens.segment.align`), then
     propagate within a ``(2·local+1)²`` window of the *corresponding* support location: far more
-    precise for small traits, and cheaper. ``coarse``: pooling factor of the global first pass.
+    precise for small traits, and cheaper. ``coarse``: pooling factor of the global first pass and of
+    registration (default: a grid of about 32×32 cells).
     ``iterations``: register again against the previous round's prediction. ``candidates``: rotation ×
     scale hypotheses kept for the shift search. ``fast``: score that search at half resolution.
     ``spatial_sigma``: a Gaussian prior (in grid cells) favouring keys near the corresponding location,
@@ -43,7 +44,7 @@ class LabelPropagation(Propagator):
     def __init__(self, features: FeatureFn, work_size: Tuple[int, int] = (64, 64), tau: float = 0.1,
                  topk: int = 5, radius: Optional[float] = None, memory: int = 3,
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
-                 query_chunk: int = 4096, align: bool = False, local: int = 2, coarse: int = 2,
+                 query_chunk: int = 1024, align: bool = False, local: int = 2, coarse: Optional[int] = None,
                  iterations: int = 2, candidates: int = 40, parts: Optional[Sequence[Sequence[int]]] = None,
                  fast: bool = False, spatial_sigma: Optional[float] = 3.0):
         self.features = features
@@ -57,7 +58,8 @@ class LabelPropagation(Propagator):
         self.query_chunk = query_chunk
         self.align = align
         self.local = local
-        self.coarse = coarse
+        # the global pass and registration run on a grid of about 32×32 cells whatever the working size
+        self.coarse = coarse or max(1, round(min(self.work_size) / 32))
         self.iterations = iterations
         self.candidates = candidates
         self.fast = fast
