@@ -23,9 +23,11 @@ def shared_cache(tmp_path_factory):
     mp.setattr(embedded, "PRETRAIN_COLLECTION", TINY_COLLECTION)
     mp.setattr(embedded, "PRETRAIN_TRAINING", {"vit": TINY_TRAINING, "cnn": TINY_TRAINING})
     root = tmp_path_factory.mktemp("embedded")
-    runs = {kind: embedded_backbone(kind, cache_dir=root, progress=False) for kind in ("cnn", "vit")}
-    yield root, runs
-    mp.undo()
+    try:
+        runs = {kind: embedded_backbone(kind, cache_dir=root, progress=False) for kind in ("cnn", "vit")}
+    finally:
+        mp.undo()  # later tests in this module (the real recipe) must see the shipped recipe
+    return root, runs
 
 
 @pytest.fixture()
@@ -133,8 +135,10 @@ def test_cache_location_and_recipe_key(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def real_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("embedded-real")  # one pretraining collection for both kinds
+def real_cache():
+    # The session's cache (tests/conftest.py): the demo, explain, models and calibrate tests reuse what
+    # this test pretrains instead of pretraining it again.
+    return None
 
 
 @pytest.mark.slow
