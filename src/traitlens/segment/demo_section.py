@@ -16,7 +16,7 @@ import torch
 
 from traitlens.report import Section
 
-SIZE = 96
+SIZE = 64
 PER_SPECIES = 4  # the first image of each species is the support, the others are segmented
 VERSION = 2
 
