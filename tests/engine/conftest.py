@@ -36,13 +36,3 @@ def make_folder(root: Path, per_class=None, size: int = 32, seed: int = 0, class
 def tiny_data(tmp_path_factory) -> Path:
     return make_folder(tmp_path_factory.mktemp("tiny-data"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tests' models are tiny: one thread avoids oversubscribing shared CPUs (measured 10-40× faster)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

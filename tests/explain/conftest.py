@@ -7,9 +7,6 @@ import timm
 import torch
 from torch import nn
 
-# Two cores shared by many processes: one thread avoids oversubscription stalls.
-torch.set_num_threads(1)
-
 
 def scaled_head(model: nn.Module, scale: float) -> nn.Module:
     """Scale the classifier so logits are 'moderate' (a few units apart) instead of ~0.05."""

@@ -1,4 +1,4 @@
-"""Shared fixtures of the segmentation tests: one thread, tiny synthetic specimens made in memory."""
+"""Shared fixtures of the segmentation tests: tiny synthetic specimens made in memory."""
 
 from __future__ import annotations
 
@@ -6,14 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny workloads: one thread avoids oversubscribing shared CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def to_frame(image: np.ndarray) -> torch.Tensor:
