@@ -105,3 +105,15 @@ def greedy_head_blur(logits: torch.Tensor, classes: torch.Tensor, sharp: torch.T
         first = torch.where(flips, steps[None], torch.full_like(steps[None], heads + 1)).min(1).values
         kept = torch.maximum(kept, (heads - first + 1).clamp(max=heads))
     return TraitHeads(classes, ranked, kept, target_prob, still, maps)
+
+
+def check_classes(classes, batch: int, num_classes: int, device) -> torch.Tensor:
+    """One class index per image as a LongTensor (B); a single class is broadcast to the batch."""
+    classes = torch.as_tensor(classes, dtype=torch.long, device=device).reshape(-1)
+    if classes.numel() == 1 and batch > 1:
+        classes = classes.expand(batch)
+    if classes.numel() != batch:
+        raise UserError(f"give one class per image: {classes.numel()} classes for {batch} images")
+    if ((classes < 0) | (classes >= num_classes)).any():
+        raise UserError(f"class index out of range 0..{num_classes - 1}: {classes.tolist()}")
+    return classes

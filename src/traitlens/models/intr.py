@@ -28,7 +28,7 @@ from torch import nn
 
 from traitlens.errors import UserError
 from traitlens.models.detr_transformer import Transformer
-from traitlens.models.head_blur import TraitHeads, greedy_head_blur
+from traitlens.models.head_blur import TraitHeads, check_classes, greedy_head_blur
 from traitlens.models.position_encoding import PositionEmbeddingSine
 
 
@@ -113,7 +113,7 @@ class INTR(nn.Module):
     def class_attention(self, images: torch.Tensor, classes, layer: int = -1) -> torch.Tensor:
         """Per-head cross-attention maps B×heads×h×w of query ``classes[b]`` on image b (any class)."""
         _, maps, (h, w) = self.attention_maps(images, [layer])
-        classes = _check_classes(classes, images.shape[0], self.num_classes, images.device)
+        classes = check_classes(classes, images.shape[0], self.num_classes, images.device)
         rows = maps[0, torch.arange(images.shape[0], device=images.device), :, classes]  # B×heads×HW
         return rows.reshape(rows.shape[0], rows.shape[1], h, w)
 
@@ -139,7 +139,7 @@ class INTR(nn.Module):
         cross, weights = last.multihead_attn(tgt + qpos, memory, memory, need_weights=True)
         logits = self.presence(dec.norm(last.after_cross(tgt, cross))).squeeze(-1)
         classes = logits.argmax(1) if classes is None else classes
-        classes = _check_classes(classes, b, self.num_classes, memory.device)
+        classes = check_classes(classes, b, self.num_classes, memory.device)
 
         attn = last.multihead_attn
         ar = torch.arange(b, device=memory.device)
@@ -156,16 +156,6 @@ class INTR(nn.Module):
 
         return greedy_head_blur(logits, classes, sharp, flat, score, maps, top_k, stop_on_misclassification)
 
-
-def _check_classes(classes, batch: int, num_classes: int, device) -> torch.Tensor:
-    classes = torch.as_tensor(classes, dtype=torch.long, device=device).reshape(-1)
-    if classes.numel() == 1 and batch > 1:
-        classes = classes.expand(batch)
-    if classes.numel() != batch:
-        raise UserError(f"give one class per image: {classes.numel()} classes for {batch} images")
-    if ((classes < 0) | (classes >= num_classes)).any():
-        raise UserError(f"class index out of range 0..{num_classes - 1}: {classes.tolist()}")
-    return classes
 
 
 # -- DETR checkpoints -----------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from traitlens.errors import UserError
-from traitlens.models.head_blur import TraitHeads, greedy_head_blur
+from traitlens.models.head_blur import TraitHeads, check_classes, greedy_head_blur
 from traitlens.models.vit_blocks import (
     attention_probs, check_vit, finish_block, project_qkv, run_block, run_block_explicit,
 )
@@ -189,7 +189,7 @@ class _PromptedViT(nn.Module):
 
     def _rows(self, state: LastBlockInput, classes: torch.Tensor) -> torch.Tensor:
         """The last-block input of prompt ``classes[b]`` for each image b: B×1×D."""
-        classes = self._check_classes(classes, state.tokens.shape[0], state.num_prompts, state.tokens.device)
+        classes = check_classes(classes, state.tokens.shape[0], state.num_prompts, state.tokens.device)
         idx = classes[:, None, None].expand(-1, 1, state.tokens.shape[-1])
         return torch.gather(state.tokens, 1, idx)
 
@@ -200,17 +200,6 @@ class _PromptedViT(nn.Module):
         h, w = state.grid
         return probs[:, :, 0, state.patch_start:].reshape(probs.shape[0], probs.shape[1], h, w)
 
-    @staticmethod
-    def _check_classes(classes, batch: int, num_classes: int, device) -> torch.Tensor:
-        classes = torch.as_tensor(classes, dtype=torch.long, device=device).reshape(-1)
-        if classes.numel() == 1 and batch > 1:
-            classes = classes.expand(batch)
-        if classes.numel() != batch:
-            raise UserError(f"give one class per image: {classes.numel()} classes for {batch} images")
-        if ((classes < 0) | (classes >= num_classes)).any():
-            raise UserError(f"class index out of range 0..{num_classes - 1}: {classes.tolist()}")
-        return classes
-
     def _identify_traits(self, prompt_set: PromptSet, state: LastBlockInput, classes: Optional[torch.Tensor],
                          top_k: int, stop_on_misclassification: bool) -> TraitHeads:
         """Greedy head blurring on the last block (see :mod:`traitlens.models.head_blur`)."""
@@ -218,7 +207,7 @@ class _PromptedViT(nn.Module):
         logits = self._logits(prompt_set, state)  # B×C, unblurred
         b = logits.shape[0]
         classes = logits.argmax(1) if classes is None else classes
-        classes = self._check_classes(classes, b, logits.shape[1], logits.device)
+        classes = check_classes(classes, b, logits.shape[1], logits.device)
         rows = self._rows(state, classes)  # B×1×D: the target prompt entering the last block
         h_row = blk.norm1(rows)
         q, k, v = project_qkv(blk, h_row, blk.norm1(state.tokens))
