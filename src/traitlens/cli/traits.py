@@ -16,7 +16,9 @@ import numpy as np
 import torch
 
 from traitlens.cli.common import add_common, write_json
+from traitlens.engine.distributed import resolve_device
 from traitlens.errors import BadImageError, UserError
+from traitlens.report.overlay import overlay
 
 
 def register(sub) -> None:
@@ -34,14 +36,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device available")
-    return torch.device(name)
-
-
 def _class_index(target: str, names: list) -> int | None:
     if target == "auto":
         return None
@@ -55,17 +49,6 @@ def _class_index(target: str, names: list) -> int | None:
     raise UserError(f"unknown class {target!r}; the model knows {len(names)} classes, e.g. {', '.join(names[:5])}")
 
 
-def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """H×W×3 uint8 image and an h×w map → H×W×3 uint8 overlay (map upsampled, min-max scaled, jet)."""
-    from matplotlib import colormaps
-
-    t = torch.as_tensor(heat, dtype=torch.float32)[None, None]
-    up = torch.nn.functional.interpolate(t, size=image.shape[:2], mode="bilinear", align_corners=False)[0, 0]
-    up = (up - up.min()) / (up.max() - up.min() + 1e-12)
-    colour = colormaps["jet"](up.numpy())[..., :3] * 255
-    return (alpha * colour + (1 - alpha) * image).clip(0, 255).astype(np.uint8)
-
-
 def run(args) -> int:
     from traitlens.data.folders import find_images
     from traitlens.data.imageio import SkippedFiles, load_image
@@ -76,7 +59,7 @@ def run(args) -> int:
 
     if args.top_heads < 1:
         raise UserError("--top-heads must be at least 1")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, meta = load_model(args.checkpoint, device=device)
     if not hasattr(model, "identify_traits"):
@@ -136,7 +119,7 @@ def run(args) -> int:
                     file = out / "overlays" / f"{stem}_rank{rank + 1}_head{h}.png"
                     from PIL import Image
 
-                    Image.fromarray(overlay(shown[i], maps[h])).save(file)
+                    Image.fromarray(overlay(shown[i], maps[h], normalise=True)).save(file)
                     tiles.append(file)
                 c = int(found.classes[i])
                 row = {

@@ -71,7 +71,7 @@ def _pairs(ctx, kind: str, per_genus: int = 1):
     from traitlens.engine.checkpoint import load_model
     from traitlens.explain import explain
     from traitlens.explain.metrics import diagnostic_masks, diagnostic_table
-    from traitlens.explain.outputs import overlay
+    from traitlens.report.overlay import overlay
 
     key = recipe_key(dict(RECIPE, checkpoint=str(ctx.checkpoints[kind]), what="pairs"))
     path = Path(ctx.cache) / f"pairs-{kind}-{key}.npz"

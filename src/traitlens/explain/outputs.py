@@ -22,19 +22,6 @@ MAPS = "maps.npz"
 OVERLAYS = "overlays"
 
 
-def colourise(cam: np.ndarray) -> np.ndarray:
-    """H×W map in [0, 1] → H×W×3 uint8 (matplotlib's jet)."""
-    from matplotlib import colormaps
-
-    return (colormaps["jet"](np.clip(cam, 0, 1))[..., :3] * 255).astype(np.uint8)
-
-
-def overlay(image: np.ndarray, cam: np.ndarray, weight: float = 0.5) -> np.ndarray:
-    """Blend a map over an H×W×3 uint8 image: ``weight·image + (1 − weight)·heat``."""
-    heat = colourise(cam).astype(np.float32)
-    return np.clip(weight * image.astype(np.float32) + (1 - weight) * heat, 0, 255).astype(np.uint8)
-
-
 def panel_strip(panels: Sequence[Tuple[np.ndarray, str]], min_side: int = 160) -> np.ndarray:
     """Panels side by side, each with its caption above it (small images are enlarged to ``min_side``)."""
     font = ImageFont.load_default()

@@ -10,15 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from traitlens.data.imageio import SkippedFiles, load_image
 from traitlens.errors import BadImageError
 from traitlens.explain.engine import explain
-from traitlens.explain.outputs import (ResultWriter, batch_records, done_ids, image_id, merge_maps, overlay,
-                                       panel_strip, write_gallery)
+from traitlens.explain.outputs import (ResultWriter, batch_records, done_ids, image_id, merge_maps, panel_strip,
+                                       write_gallery)
+from traitlens.report.overlay import overlay
 
 METHOD_TITLES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
                  "layercam": "Layer-CAM", "scorecam": "Score-CAM"}

@@ -193,7 +193,7 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
 
 def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
     """(overlay, caption) tiles: each species' first test image through its true class's top heads."""
-    from traitlens.cli.traits import overlay
+    from traitlens.report.overlay import overlay
     from traitlens.data.imageio import load_image
     from traitlens.engine.checkpoint import load_model
 
@@ -215,7 +215,7 @@ def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
             species = meta["class_names"][sample["label"]]
             tiles.append((shown, species))
             for r, h in enumerate(found.ranked_heads[0, :top].tolist()):
-                tiles.append((overlay(shown, found.maps[0, h].float().cpu().numpy()), f"{name} rank {r + 1}: head {h}"))
+                tiles.append((overlay(shown, found.maps[0, h].float().cpu().numpy(), normalise=True), f"{name} rank {r + 1}: head {h}"))
     return tiles
 
 
