@@ -184,32 +184,44 @@ class LabelPropagation(Propagator):
         ``query``: ``B×D×h×w``; ``keys``/``values``: ``B×D×h×w`` / ``B×(K+1)×h×w`` aligned with the query, or
         lists of them (several registered copies of the support: the top k is taken over all of them).
         Returns soft labels ``B×(K+1)×h×w``.
-        """
-        keys = keys if isinstance(keys, (list, tuple)) else [keys]
-        values = values if isinstance(values, (list, tuple)) else [values]
-        # One query frame at a time: the unfolded windows are (2·local+1)² times the frame's size.
-        return torch.cat([self._local_one(query[i:i + 1], [k[i:i + 1] for k in keys], [v[i:i + 1] for v in values])
-                          for i in range(query.shape[0])])
 
-    def _local_one(self, query, keys, values):
+        A local correlation: one ``B×h×w`` dot product per window offset (the feature volume is never
+        unfolded, so memory is ``(2·local+1)²·h·w`` affinities, not ``D`` times that); the top k offsets'
+        labels are then gathered from the padded label maps.
+        """
+        keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
+        values = list(values) if isinstance(values, (list, tuple)) else [values]
         b, d, h, w = query.shape
         r = self.local
-        n = (2 * r + 1) ** 2
-        c = values[0].shape[1]
-        k_unf = torch.cat([F.unfold(k, 2 * r + 1, padding=r).view(b, d, n, h * w) for k in keys], dim=2)
-        v_unf = torch.cat([F.unfold(v, 2 * r + 1, padding=r).view(b, c, n, h * w) for v in values], dim=2)
-        aff = torch.einsum("bdp,bdnp->bnp", query.flatten(2), k_unf) / self.tau  # B×(n·copies)×hw
+        side = 2 * r + 1
+        hp, wp = h + 2 * r, w + 2 * r
+        aff = torch.empty(b, side * side * len(keys), h, w, device=query.device, dtype=query.dtype)
+        n = 0
+        for k in keys:
+            kp = F.pad(k, [r, r, r, r])  # outside the frame: zero features (affinity 0), zero labels
+            for dy in range(side):
+                for dx in range(side):
+                    aff[:, n] = (query * kp[:, :, dy:dy + h, dx:dx + w]).sum(1)
+                    n += 1
+        aff /= self.tau
         if self.spatial_sigma:
             # Registration prior: among equally similar keys, prefer those near the corresponding location
             # (parts that share a colour are then split where the registered support splits them).
             off = torch.arange(-r, r + 1, device=query.device, dtype=aff.dtype)
             d2 = (off[:, None] ** 2 + off[None, :] ** 2).flatten()
-            aff = aff - (d2 / (2 * self.spatial_sigma ** 2)).repeat(len(keys))[None, :, None]
+            aff -= (d2 / (2 * self.spatial_sigma ** 2)).repeat(len(keys))[None, :, None, None]
         kk = min(self.topk, aff.shape[1])
-        top, idx = aff.topk(kk, dim=1)
-        weights = torch.softmax(top, dim=1)  # B×k×hw
-        gathered = v_unf.gather(2, idx[:, None].expand(b, c, kk, h * w))
-        soft = (weights[:, None] * gathered).sum(2).view(b, -1, h, w)
+        top, idx = aff.topk(kk, dim=1)  # B×k×h×w
+        weights = torch.softmax(top, dim=1)
+        # Flat index of each chosen key in the stacked, padded label maps: copy · hp·wp + (y+dy)·wp + (x+dx).
+        copy, offset = idx // (side * side), idx % (side * side)
+        ys = torch.arange(h, device=query.device).view(1, 1, h, 1)
+        xs = torch.arange(w, device=query.device).view(1, 1, 1, w)
+        flat = copy * (hp * wp) + (ys + offset // side) * wp + (xs + offset % side)  # B×k×h×w
+        c = values[0].shape[1]
+        padded = torch.cat([F.pad(v, [r, r, r, r]).flatten(2) for v in values], dim=2)  # B×c×(copies·hp·wp)
+        gathered = padded.gather(2, flat.flatten(1)[:, None].expand(b, c, -1)).view(b, c, kk, h, w)
+        soft = (weights[:, None] * gathered).sum(2)
         return soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
 
     def propagate(self, query: torch.Tensor, pool: int = 1) -> torch.Tensor:
