@@ -11,6 +11,7 @@ Goals (issue 3): traitlens ≥ 3× grad-cam for Finer-CAM; a 5-value sweep ≤ 1
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import timm
@@ -94,6 +95,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=2, help="timed batches per measurement (after one warm-up)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,13 +103,23 @@ def main(argv=None):
     print(f"device {device}, batch {args.batch}, {args.size} px, {args.batches} timed batches, "
           f"{torch.get_num_threads()} threads")
     print(f"{'model':<24} {'mode':<20} {'traitlens img/s':>16} {'grad-cam img/s':>15} {'speed-up':>9}")
+    results = []
     for name in args.models.split(","):
         rows = bench(name, args.batch, args.size, args.batches, device)
         for label, ours, theirs in rows:
             print(f"{name:<24} {label:<20} {ours:>16.1f} {theirs:>15.1f} {ours / theirs:>8.2f}×")
+            results.append({"model": name, "mode": label, "traitlens_img_s": round(ours, 2),
+                            "gradcam_img_s": round(theirs, 2), "speedup": round(ours / theirs, 3)})
         single = rows[1][1]
         sweep = rows[2][1]
         print(f"{name:<24} {'sweep cost':<20} {single / sweep:>15.2f}× one Finer map")
+        results.append({"model": name, "mode": "sweep cost (x one Finer map)", "ratio": round(single / sweep, 3)})
+    if args.json:
+        meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "batch": args.batch, "size": args.size, "batches": args.batches,
+                "threads": torch.get_num_threads(), "rows": results}
+        with open(args.json, "w") as fh:
+            json.dump(meta, fh, indent=1)
 
 
 if __name__ == "__main__":
