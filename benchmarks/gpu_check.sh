@@ -70,7 +70,7 @@ step() {  # step NAME BUDGET_S COMMAND...
 # (a) the CUDA tests (seconds each; --maxfail rather than -x: one run should report every failure)
 PYTEST_TIMEOUT=()
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT=(--timeout=90)
-step pytest 150 $PY -m pytest -q tests/gpu -p no:cacheprovider --maxfail=5 -rfEs "${PYTEST_TIMEOUT[@]}" \
+step pytest 150 $PY -m pytest -q tests/gpu -p no:cacheprovider --maxfail=10 -rfEs "${PYTEST_TIMEOUT[@]}" \
     --junitxml="$OUT/pytest.xml"
 # (b) Prompt-CAM vs the backbone, ViT-S/16 224 px, batch 64, bf16, C = 10, 200, 1000
 step prompt_cam 90 $PY benchmarks/bench_prompt_cam.py --device cuda --batch 64 --repeats 20 \
