@@ -34,13 +34,23 @@ def scene():
     return blob_scene
 
 
-@pytest.fixture(scope="session")
-def synth64():
-    """A small synthetic collection in memory: 12 species, support = first train image, queries = test images."""
+def _synth(size: int) -> dict:
     from traitlens.data.synthetic import SynthConfig, generate_arrays, make_taxonomy
 
-    cfg = SynthConfig(species=12, per_species=5, size=64, split=(0.2, 0.0, 0.8))
+    cfg = SynthConfig(species=12, per_species=5, size=size, split=(0.2, 0.0, 0.8))
     table = make_taxonomy(cfg)
     train = generate_arrays(cfg, "train", table)
     test = generate_arrays(cfg, "test", table)
     return {"cfg": cfg, "table": table, "train": train, "test": test, "to_frame": to_frame}
+
+
+@pytest.fixture(scope="session")
+def synth64():
+    """A small synthetic collection in memory: 12 species, support = first train image, queries = test images."""
+    return _synth(64)
+
+
+@pytest.fixture(scope="session")
+def synth128():
+    """The same collection rendered at 128 px (the size the accuracy claims are measured at)."""
+    return _synth(128)

@@ -20,7 +20,7 @@ def _backend_options(p) -> None:
                    help="label propagation features (default colour: no weights needed)")
     p.add_argument("--backbone", type=Path, default=None, help="traitlens checkpoint folder for --features backbone")
     p.add_argument("--work-size", type=int, default=128, help="label propagation working resolution (default 128)")
-    p.add_argument("--local", type=int, default=5, help="local window radius after registration (default 5)")
+    p.add_argument("--local", type=int, default=3, help="local window radius after registration, in work-grid cells (default 3)")
     p.add_argument("--projection", type=Path, default=None, help="projection from `segment finetune` (labelprop)")
     p.add_argument("--checkpoint", default=None,
                    help="SAM 2 weights: a local folder, or a hub id fetched only with --download")

@@ -88,6 +88,10 @@ def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int =
     a = a[keep].repeat_interleave(n_off)
     s = s[keep].repeat_interleave(n_off)
     t = q_c[None] + torch.stack([dx, dy], 1).repeat(len(keep), 1)
+    # ... and the identity (same framing: a collection photographed on one stand, or the support itself).
+    a = torch.cat([a, a.new_zeros(1)])
+    s = torch.cat([s, s.new_ones(1)])
+    t = torch.cat([t, s_c[None]])
     theta = similarity_theta(a, s, t, s_c)
     if stage2_half:
         best = _score(*half, theta, small, half_feats).argmax()

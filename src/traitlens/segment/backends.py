@@ -40,7 +40,7 @@ def build_features(kind: str = "colour", backbone: Union[str, Path, None] = None
 
 
 def build_propagator(backend: str = "labelprop", device: Union[str, torch.device] = "cpu",
-                     work_size: int = 128, features: str = "colour", backbone=None, local: int = 5,
+                     work_size: int = 128, features: str = "colour", backbone=None, local: int = 3,
                      projection: Union[str, Path, None] = None, checkpoint=None, download: bool = False,
                      offload_video: bool = False, offload_state: bool = False, differentiable: bool = False,
                      memory: int = 3):

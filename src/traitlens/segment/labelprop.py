@@ -39,6 +39,13 @@ class LabelPropagation(Propagator):
     ``parts``: groups of label ids that move together (e.g. a wing and its spot); each gets its own small
     similarity transform on top of the specimen's, offered as extra keys (articulation; off by default:
     it did not help on the synthetic collection).
+    ``border``: the query's own frame border (this many coarse cells wide) joins the memory as background
+    keys, ``border_margin`` (in units of τ) below their similarity: backgrounds differ from photo to photo, and
+    whatever looks like the query's own edge is background (0: off). ``refine`` rounds of edge-aware clean-up
+    on the query itself in a ``(2·refine_local+1)²`` window (0: off). ``exact``: a query location whose best
+    key matches at cosine ≥ this takes that key's label (a repeated specimen, the support itself).
+    Measured on the synthetic collection (128 px, one support per species; tests/segment/test_synthetic_accuracy.py):
+    border keys 0.817 → 0.871 trait mIoU at 64 px, clean-up 0.902 → 0.923 at 128 px.
     """
 
     def __init__(self, features: FeatureFn, work_size: Tuple[int, int] = (64, 64), tau: float = 0.1,
@@ -46,7 +53,8 @@ class LabelPropagation(Propagator):
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
                  query_chunk: int = 1024, align: bool = False, local: int = 2, coarse: Optional[int] = None,
                  iterations: int = 2, candidates: int = 40, parts: Optional[Sequence[Sequence[int]]] = None,
-                 fast: bool = False, spatial_sigma: Optional[float] = 3.0):
+                 fast: bool = False, spatial_sigma: Optional[float] = 3.0, border: int = 1,
+                 border_margin: float = 1.0, refine: int = 2, refine_local: int = 2, exact: float = 0.999):
         self.features = features
         self.work_size = tuple(work_size)
         self.tau = tau
@@ -64,6 +72,11 @@ class LabelPropagation(Propagator):
         self.candidates = candidates
         self.fast = fast
         self.spatial_sigma = spatial_sigma
+        self.border = border
+        self.border_margin = border_margin
+        self.refine = refine
+        self.refine_local = refine_local
+        self.exact = exact
         self.parts = [tuple(int(i) for i in g) for g in parts] if parts else []
         self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._recent: deque = deque(maxlen=max(memory, 0) or None)
@@ -127,8 +140,11 @@ class LabelPropagation(Propagator):
     def _aligned(self, frames: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Register every support onto every query (coarse global pass), then propagate locally."""
         c = self.coarse
-        coarse = self.propagate(self._pool(q, c), pool=c)  # B×(K+1)×h/c×w/c
+        q_coarse = self._pool(q, c)
+        extra = self._border_keys(q_coarse)
+        coarse = self.propagate(q_coarse, pool=c, extra=extra)  # B×(K+1)×h/c×w/c
         out = torch.zeros(q.shape[0], self.num_labels, *q.shape[-2:], device=q.device)
+        exact = None
         for feats, soft, frame in self._support:
             s_coarse = F.avg_pool2d(soft[None], c)[0] if c > 1 else soft
             s_feats = self._pool(self._for_registration(feats[None]), c)[0]
@@ -154,10 +170,44 @@ class LabelPropagation(Propagator):
                             region = F.max_pool2d((region > 0.25).float(), 3, stride=1, padding=1)
                             keys.append(k_part * region)
                             values.append(v_part)
-                local = self.propagate_local(q, keys, values)
+                local, best = self.propagate_local(q, keys, values, extra=extra, return_best=True)
                 target = F.avg_pool2d(local, c) if c > 1 else local
             out += local
-        return out / len(self._support)
+            exact = best if exact is None else torch.maximum(exact, best)
+        out = out / len(self._support)
+        refined = self.refine_own(q, out)
+        # Where the query repeats the support exactly (a duplicate specimen, the support itself), keep the
+        # support's labels as they are: the clean-up is for uncertain matches.
+        return torch.where((exact >= self.exact)[:, None], out, refined)
+
+    def refine_own(self, q: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """Edge-aware clean-up on the query itself: each location takes the labels of its most similar
+        neighbours in a ``(2·refine_local+1)²`` window (``refine`` rounds), so boundaries follow the query's
+        own edges and isolated mistakes vanish."""
+        if not self.refine:
+            return soft
+        local, topk = self.local, self.topk
+        self.local = self.refine_local
+        try:
+            for _ in range(self.refine):
+                soft = self.propagate_local(q, [q], [soft])
+        finally:
+            self.local, self.topk = local, topk
+        return soft
+
+    def _border_keys(self, q_coarse: torch.Tensor) -> Optional[torch.Tensor]:
+        """The query's own frame border (``border`` coarse cells wide) as background keys ``B×D×m`` (or None).
+
+        Specimen photographs show the specimen away from the frame's edge: whatever looks like the query's
+        own edge is background, however different the support's background is.
+        """
+        if not self.border:
+            return None
+        b, d, h, w = q_coarse.shape
+        e = min(self.border, h // 4, w // 4)
+        ring = torch.ones(h, w, dtype=torch.bool, device=q_coarse.device)
+        ring[e:h - e, e:w - e] = False
+        return q_coarse.flatten(2)[:, :, ring.flatten()]
 
     def _warped_support(self, frame, soft, thetas, size):
         """The support's frame features and soft labels warped onto each query: lists of one ``B×·×h×w`` each."""
@@ -178,12 +228,15 @@ class LabelPropagation(Propagator):
     def _pool(feats: torch.Tensor, factor: int) -> torch.Tensor:
         return F.normalize(F.avg_pool2d(feats, factor), dim=1) if factor > 1 else feats
 
-    def propagate_local(self, query: torch.Tensor, keys, values) -> torch.Tensor:
+    def propagate_local(self, query: torch.Tensor, keys, values, extra: Optional[torch.Tensor] = None,
+                        return_best: bool = False):
         """Each query location looks only at the ``(2·local+1)²`` aligned key locations around it.
 
         ``query``: ``B×D×h×w``; ``keys``/``values``: ``B×D×h×w`` / ``B×(K+1)×h×w`` aligned with the query, or
         lists of them (several registered copies of the support: the top k is taken over all of them).
-        Returns soft labels ``B×(K+1)×h×w``.
+        ``extra``: ``B×D×m`` keys any location may use, labelled background (the query's frame border).
+        Returns soft labels ``B×(K+1)×h×w`` (and, with ``return_best``, each location's best cosine
+        similarity to a window key, ``B×h×w``).
 
         A local correlation: one ``B×h×w`` dot product per window offset (the feature volume is never
         unfolded, so memory is ``(2·local+1)²·h·w`` affinities, not ``D`` times that); the top k offsets'
@@ -195,7 +248,8 @@ class LabelPropagation(Propagator):
         r = self.local
         side = 2 * r + 1
         hp, wp = h + 2 * r, w + 2 * r
-        aff = torch.empty(b, side * side * len(keys), h, w, device=query.device, dtype=query.dtype)
+        m = 0 if extra is None else extra.shape[-1]
+        aff = torch.empty(b, side * side * len(keys) + m, h, w, device=query.device, dtype=query.dtype)
         n = 0
         for k in keys:
             kp = F.pad(k, [r, r, r, r])  # outside the frame: zero features (affinity 0), zero labels
@@ -203,17 +257,22 @@ class LabelPropagation(Propagator):
                 for dx in range(side):
                     aff[:, n] = (query * kp[:, :, dy:dy + h, dx:dx + w]).sum(1)
                     n += 1
+        if m:
+            aff[:, n:] = (extra.transpose(1, 2) @ query.flatten(2)).view(b, m, h, w) - self.border_margin * self.tau
+        best = aff[:, :n].amax(1)
         aff /= self.tau
         if self.spatial_sigma:
             # Registration prior: among equally similar keys, prefer those near the corresponding location
             # (parts that share a colour are then split where the registered support splits them).
             off = torch.arange(-r, r + 1, device=query.device, dtype=aff.dtype)
             d2 = (off[:, None] ** 2 + off[None, :] ** 2).flatten()
-            aff -= (d2 / (2 * self.spatial_sigma ** 2)).repeat(len(keys))[None, :, None, None]
+            aff[:, :n] -= (d2 / (2 * self.spatial_sigma ** 2)).repeat(len(keys))[None, :, None, None]
         kk = min(self.topk, aff.shape[1])
         top, idx = aff.topk(kk, dim=1)  # B×k×h×w
         weights = torch.softmax(top, dim=1)
         # Flat index of each chosen key in the stacked, padded label maps: copy · hp·wp + (y+dy)·wp + (x+dx).
+        is_extra = idx >= n
+        idx = idx.clamp_max(n - 1)
         copy, offset = idx // (side * side), idx % (side * side)
         ys = torch.arange(h, device=query.device).view(1, 1, h, 1)
         xs = torch.arange(w, device=query.device).view(1, 1, 1, w)
@@ -221,13 +280,22 @@ class LabelPropagation(Propagator):
         c = values[0].shape[1]
         padded = torch.cat([F.pad(v, [r, r, r, r]).flatten(2) for v in values], dim=2)  # B×c×(copies·hp·wp)
         gathered = padded.gather(2, flat.flatten(1)[:, None].expand(b, c, -1)).view(b, c, kk, h, w)
+        if m:
+            background = torch.zeros(c, device=query.device, dtype=gathered.dtype)
+            background[0] = 1
+            gathered = torch.where(is_extra[:, None], background.view(1, c, 1, 1, 1), gathered)
         soft = (weights[:, None] * gathered).sum(2)
-        return soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
+        soft = soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
+        if self.exact < 1 and return_best:
+            # An exact match (a repeated specimen, the support itself) is not noise to average away: its label.
+            soft = torch.where((best >= self.exact)[:, None], gathered[:, :, 0], soft)
+        return (soft, best) if return_best else soft
 
-    def propagate(self, query: torch.Tensor, pool: int = 1) -> torch.Tensor:
+    def propagate(self, query: torch.Tensor, pool: int = 1, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Query features ``B×D×h×w`` → soft labels ``B×(K+1)×h×w`` on the same grid.
 
         ``pool``: memory features and labels are average-pooled by this factor first (coarse pass).
+        ``extra``: ``B×D×m`` further keys per query, labelled background (the query's frame border).
         """
         entries = [(self._pool(f[None], pool)[0], F.avg_pool2d(s[None], pool)[0] if pool > 1 else s)
                    for f, s, _ in self._support + list(self._recent)]
@@ -236,16 +304,23 @@ class LabelPropagation(Propagator):
         b, d, h, w = query.shape
         q = query.flatten(2).transpose(1, 2)  # B×hw×D
         window = self._window_mask([f for f, _ in entries], (h, w), query.device)
+        table = values.t()  # M×(K+1); extra keys (index ≥ M) are background
+        if extra is not None:
+            background = torch.zeros(extra.shape[-1], values.shape[0], device=values.device, dtype=values.dtype)
+            background[:, 0] = 1
+            table = torch.cat([table, background])
         out = []
         for start in range(0, h * w, self.query_chunk):
             sl = slice(start, start + self.query_chunk)
             aff = q[:, sl] @ keys / self.tau  # B×n×M
             if window is not None:
                 aff = aff.masked_fill(~window[sl], float("-inf"))
+            if extra is not None:
+                aff = torch.cat([aff, q[:, sl] @ extra / self.tau], dim=-1)
             k = min(self.topk, aff.shape[-1])
             top, idx = aff.topk(k, dim=-1)  # B×n×k
             weights = torch.softmax(top, dim=-1)  # = exp(aff/τ) normalised over the top k
-            gathered = values.t()[idx]  # B×n×k×(K+1)
+            gathered = table[idx]  # B×n×k×(K+1)
             out.append((weights.unsqueeze(-1) * gathered).sum(dim=2))
         soft = torch.cat(out, dim=1).transpose(1, 2).reshape(b, -1, h, w)
         return soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
