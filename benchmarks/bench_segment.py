@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="images per size (default 1000)")
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--work-size", type=int, default=128)
-    ap.add_argument("--local", type=int, default=5)
+    ap.add_argument("--local", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--pool", type=int, default=16)
     ap.add_argument("--device", default="cpu")
