@@ -133,9 +133,16 @@ def test_resume_on_the_gpu_matches_an_uninterrupted_run(tiny_collection, tmp_pat
     from safetensors.torch import load_file
 
     kw = dict(backbone="tiny-cnn", amp="off", epochs=2, scheduler="none")  # the cosine schedule depends on epochs
-    full = fit(_config(tiny_collection, tmp_path / "full", **kw), progress=False)
-    fit(_config(tiny_collection, tmp_path / "cut", **dict(kw, epochs=1)), progress=False)
-    resumed = fit(_config(tiny_collection, tmp_path / "cut", **kw), progress=False)  # epochs may change
+    # cuDNN's default convolution backward sums with atomics: with AdamW, run-to-run differences reached 9e-3
+    # in single weights on an H200. Deterministic kernels make the comparison one of resume, not of atomics.
+    saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        full = fit(_config(tiny_collection, tmp_path / "full", **kw), progress=False)
+        fit(_config(tiny_collection, tmp_path / "cut", **dict(kw, epochs=1)), progress=False)
+        resumed = fit(_config(tiny_collection, tmp_path / "cut", **kw), progress=False)  # epochs may change
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert resumed["history"][-1]["train_loss"] == pytest.approx(full["history"][-1]["train_loss"], rel=1e-3)
     a = load_file(str(tmp_path / "full" / "last" / "state.safetensors"))
@@ -244,7 +251,8 @@ def test_finer_alpha_sweep_and_references_on_gpu(cam_models):
     assert gpu.maps.shape == (4, 4, 64, 64)
     close(gpu.maps, cpu.maps, rel=0, atol=5e-3)
     base = explain(on(model, DEVICE), x.to(DEVICE), finer=False)
-    assert torch.equal(gpu.raw_maps[0], base.raw_maps)  # α = 0 is the base CAM, bit for bit, on the GPU too
+    # α = 0 is the base CAM (bit for bit on the CPU; on the GPU the batched gradient sums in another order)
+    close(gpu.raw_maps[0], base.raw_maps, rel=1e-4, atol=1e-6)
 
 
 def test_grad_cam_package_agrees_on_gpu(cam_models):

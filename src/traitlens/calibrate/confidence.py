@@ -27,8 +27,8 @@ def expected_calibration_error(logits: Any, labels: Any, bins: int = 15) -> floa
     correct = (pred == y).double()
     idx = torch.clamp((conf * bins).ceil().long() - 1, 0, bins - 1)
     n = torch.bincount(idx, minlength=bins).double()
-    acc_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, correct)
-    conf_sum = torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, conf)
+    acc_sum = torch.zeros(bins, dtype=torch.float64, device=z.device).index_add_(0, idx, correct)
+    conf_sum = torch.zeros(bins, dtype=torch.float64, device=z.device).index_add_(0, idx, conf)
     return float((acc_sum - conf_sum).abs().sum() / y.numel())
 
 

@@ -60,22 +60,27 @@ def tiny_config(image_size: int = 64):
     Two constraints of the transformers implementation shape it: the memory attention reads 64-channel
     memories, and object pointers are split into ``hidden/64`` tokens, so hidden sizes are 128.
     """
-    from transformers import Sam2VideoConfig
+    from transformers import (Sam2HieraDetConfig, Sam2VideoConfig, Sam2VideoMaskDecoderConfig,
+                              Sam2VideoPromptEncoderConfig, Sam2VisionConfig)
 
     s, h = int(image_size), 128
     if s % 16:
         raise ValueError(f"image_size={s}: SAM 2 needs a multiple of 16")
+    # Sub-configs as objects, not dicts: transformers 5.17 mis-routes dicts (its mask decoder then reads the
+    # prompt encoder's config); 5.24 accepts both.
+    backbone = Sam2HieraDetConfig(image_size=[s, s], hidden_size=8, blocks_per_stage=[1, 1, 2, 1],
+                                  embed_dim_per_stage=[8, 16, 32, 64], num_attention_heads_per_stage=[1, 1, 1, 1],
+                                  window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[3],
+                                  window_positional_embedding_background_size=[2, 2])
+    vision = Sam2VisionConfig(backbone_config=backbone, backbone_channel_list=[64, 32, 16, 8],
+                              backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]],
+                              fpn_hidden_size=h)
     return Sam2VideoConfig(
-        vision_config=dict(
-            model_type="sam2_vision_model",
-            backbone_config=dict(model_type="sam2_hiera_det_model", image_size=[s, s], hidden_size=8,
-                                 blocks_per_stage=[1, 1, 2, 1], embed_dim_per_stage=[8, 16, 32, 64],
-                                 num_attention_heads_per_stage=[1, 1, 1, 1], window_size_per_stage=[4, 4, 4, 2],
-                                 global_attention_blocks=[3], window_positional_embedding_background_size=[2, 2]),
-            backbone_channel_list=[64, 32, 16, 8],
-            backbone_feature_sizes=[[s // 4, s // 4], [s // 8, s // 8], [s // 16, s // 16]], fpn_hidden_size=h),
-        prompt_encoder_config=dict(hidden_size=h, image_size=s, patch_size=16, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=h, mlp_dim=32, num_attention_heads=2, iou_head_hidden_dim=16),
+        vision_config=vision,
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(hidden_size=h, image_size=s, patch_size=16,
+                                                           mask_input_channels=4),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(hidden_size=h, mlp_dim=32, num_attention_heads=2,
+                                                       iou_head_hidden_dim=16),
         image_size=s, memory_attention_hidden_size=h, memory_attention_num_layers=1,
         memory_attention_feed_forward_hidden_size=32, memory_attention_rope_feat_sizes=[s // 16, s // 16],
         memory_encoder_hidden_size=h, memory_encoder_output_channels=64, mask_downsampler_embed_dim=h,
