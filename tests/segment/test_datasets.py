@@ -59,3 +59,39 @@ def test_neon_beetles_tree_with_part_names(tmp_path):
     (tmp_path / "bare" / "images").mkdir(parents=True)
     with pytest.raises(UserError, match="masks/"):
         neon_beetles(tmp_path / "bare")
+
+
+def test_heliconius_release_tree_with_triples(tmp_path):
+    """The SST release's layout: train_test_separate/<group>/<split>_data.json of [id, url, mask path]."""
+    _pair(tmp_path / "images", tmp_path / "Major_species_data" / "cyrbia" / "masks", "19N0001")
+    _pair(tmp_path / "images", tmp_path / "Major_species_data" / "malleti" / "masks", "19N0002", ext=".png")
+    for group, ident in (("cyrbia", "19N0001"), ("malleti", "19N0002")):
+        folder = tmp_path / "train_test_separate" / group
+        folder.mkdir(parents=True)
+        (folder / "train_data.json").write_text(json.dumps(
+            [[ident, f"https://zenodo.org/record/1/files/{ident}.JPG", f"Major_species_data/{group}/masks/{ident}.png"]]))
+    every = heliconius(tmp_path, "train")
+    assert [r.id for r in every] == ["19N0001", "19N0002"]
+    assert every[1].mask == tmp_path / "Major_species_data" / "malleti" / "masks" / "19N0002.png"
+    one = heliconius(tmp_path, "train", group="malleti")
+    assert [r.id for r in one] == ["19N0002"] and int(TraitMaskDataset(one)[0]["mask"].max()) == 2
+    with pytest.raises(UserError, match="test_data.json"):
+        heliconius(tmp_path, "test")
+
+
+def test_neon_release_metadata_and_smaller_masks(tmp_path):
+    """metadata.json columns (url, mask_path, species); masks stored at another resolution are resized."""
+    _pair(tmp_path / "images" / "advena", tmp_path / "masks" / "advena", "beetle_100_475", size=(24, 20))
+    small = np.zeros((10, 12), np.uint8)
+    small[2:5, 3:7] = 3
+    Image.fromarray(small, mode="L").save(tmp_path / "masks" / "advena" / "beetle_100_475.png")
+    (tmp_path / "metadata.json").write_text(json.dumps({
+        "url": ["https://huggingface.co/x/beetle_100_475.png"], "mask_path": ["masks/advena/beetle_100_475.png"],
+        "species": ["advena"]}))
+    records = neon_beetles(tmp_path)
+    assert [r.id for r in records] == ["advena/beetle_100_475"]
+    sample = TraitMaskDataset(records)[0]
+    assert sample["mask"].shape == (20, 24) and int((sample["mask"] == 3).sum()) == 4 * 3 * 4
+    Image.fromarray(np.zeros((10, 30), np.uint8), mode="L").save(records[0].mask)
+    with pytest.raises(UserError, match="another shape"):
+        TraitMaskDataset(records)[0]

@@ -1,15 +1,21 @@
 """Readers for published trait-mask collections, from local paths (nothing is downloaded).
 
-- **Cambridge Heliconius butterfly masks**: PNG label maps with one id per trait, and ``train``/``test``
-  JSON lists of image id and URL. :func:`heliconius` accepts the lists as ``[{"id": ..., "url": ...}]``
-  (``image_id``/``name`` and ``image_url``/``file`` are accepted too) or as ``[[id, url], ...]``; the image
-  is found locally as ``images/<id>.<ext>`` or by the URL's file name, the mask as ``masks/<id>.png``.
-- **NEON beetle part annotations**: :func:`neon_beetles` reads ``images/<name>.<ext>`` with part label
-  maps ``masks/<name>.png`` (or ``annotations/``), and names the parts from ``parts.json`` / ``classes.txt``
-  when present.
+- **Cambridge Heliconius butterfly masks** (the SST release, ``data/cambridge_butterfly``): PNG label maps
+  with one id per trait, and per-group ``train_test_separate/<group>/{train,test}_data.json`` lists whose
+  entries are ``[image id, image URL, mask path]``. :func:`heliconius` reads that tree (all groups, or one
+  with ``group=``), or a flat ``<split>.json``; entries may also be ``[id, url]`` pairs or dicts
+  (``id``/``image_id``/``name``, ``url``/``image_url``/``file``, ``mask``/``mask_path``). Images are found
+  locally as ``images/<id>.<ext>`` (how the release's download script names them), by the URL's file name,
+  or in ``images/<group>/``; masks at the entry's mask path (relative to the root) or ``masks/<id>.png``.
+- **NEON beetle part annotations** (the SST release, ``data/neon_beetles``: ``masks/<species>/<name>.png``,
+  five parts, and a ``metadata.json`` of ``url``/``mask_path``/``species`` columns): :func:`neon_beetles`
+  reads the metadata when present, else pairs ``images/<rel>.<ext>`` with ``masks/<rel>.png`` (or
+  ``annotations/``), and names the parts from ``parts.json`` / ``classes.txt`` when present.
 
 Both return :class:`TraitMaskRecord` lists; :class:`TraitMaskDataset` turns them into the package's
-sample dicts (``image`` 3×H×W float in [0, 1], ``mask`` H×W long, ``label`` 0, ``index``, ``path``).
+sample dicts (``image`` 3×H×W float in [0, 1], ``mask`` H×W long, ``label`` 0, ``index``, ``path``). A
+mask stored at another resolution than its image (the NEON release does this) is resized to the image
+with nearest-neighbour sampling, as the release's own demo does; a mask of another aspect ratio is an error.
 """
 
 from __future__ import annotations
@@ -60,45 +66,70 @@ def _entries(path: Path) -> List[Dict[str, Optional[str]]]:
     out = []
     for item in data:
         if isinstance(item, (list, tuple)) and item:
-            out.append({"id": str(item[0]), "url": str(item[1]) if len(item) > 1 else None})
+            out.append({"id": str(item[0]), "url": str(item[1]) if len(item) > 1 and item[1] else None,
+                        "mask": str(item[2]) if len(item) > 2 and item[2] else None})
         elif isinstance(item, dict):
             ident = item.get("id", item.get("image_id", item.get("name")))
             if ident is None:
                 raise UserError(f"{path}: an entry has no id (expected id / image_id / name): {item}")
-            out.append({"id": str(ident), "url": item.get("url", item.get("image_url", item.get("file")))})
+            out.append({"id": str(ident), "url": item.get("url", item.get("image_url", item.get("file"))),
+                        "mask": item.get("mask", item.get("mask_path"))})
         else:
-            out.append({"id": str(item), "url": None})
+            out.append({"id": str(item), "url": None, "mask": None})
     return out
 
 
+def _listings(root: Path, split: str, group: Optional[str]) -> List[Path]:
+    flat = [root / f"{split}{suffix}.json" for suffix in ("", "_data", "_list", "_images")]
+    found = [p for p in flat if p.is_file()][:1]
+    tree = root / "train_test_separate"
+    if tree.is_dir():
+        groups = [tree / group] if group else sorted(p for p in tree.iterdir() if p.is_dir())
+        found += [g / f"{split}_data.json" for g in groups if (g / f"{split}_data.json").is_file()]
+    return found
+
+
+def _mask_path(root: Path, listing: Path, masks: str, stem: str, given: Optional[str]) -> Path:
+    if given:
+        for base in (root, listing.parent, root / masks):
+            if (base / given).is_file():
+                return base / given
+    return root / masks / f"{stem}.png"
+
+
 def heliconius(root: PathLike, split: str = "train", images: str = "images", masks: str = "masks",
-               require_mask: bool = True) -> List[TraitMaskRecord]:
-    """The Cambridge Heliconius masks under ``root``: ``<split>.json`` + ``images/`` + ``masks/``.
+               require_mask: bool = True, group: Optional[str] = None) -> List[TraitMaskRecord]:
+    """The Cambridge Heliconius masks under ``root`` (see the module doc for the layouts read).
 
     Entries whose image is not on disk are an error naming the first missing id (download them first);
     ``require_mask=False`` keeps images without a mask (``mask=None``: queries to segment).
     """
     root = Path(root)
-    lists = [root / f"{split}.json", root / f"{split}_list.json", root / f"{split}_images.json"]
-    listing = next((p for p in lists if p.is_file()), None)
-    if listing is None:
-        raise UserError(f"{root}: no {split}.json list of image ids and URLs")
-    records, missing = [], []
-    for entry in _entries(listing):
-        stem = Path(entry["id"]).stem
-        image = _find_image(root / images, stem, entry["url"])
-        if image is None:
-            missing.append(entry["id"])
-            continue
-        mask = root / masks / f"{stem}.png"
-        if not mask.is_file():
-            if require_mask:
-                raise UserError(f"{root / masks}: no mask {stem}.png for image {entry['id']}")
-            mask = None
-        records.append(TraitMaskRecord(entry["id"], image, mask, entry["url"]))
+    listings = _listings(root, split, group)
+    if not listings:
+        where = f"train_test_separate/{group or '*'}/{split}_data.json"
+        raise UserError(f"{root}: no {split}.json or {where} list of image ids and URLs")
+    records, missing, seen = [], [], set()
+    for listing in listings:
+        for entry in _entries(listing):
+            if entry["id"] in seen:
+                continue
+            seen.add(entry["id"])
+            stem = Path(entry["id"]).stem
+            image = (_find_image(root / images, stem, entry["url"])
+                     or _find_image(root / images / listing.parent.name, stem, entry["url"]))
+            if image is None:
+                missing.append(entry["id"])
+                continue
+            mask = _mask_path(root, listing, masks, stem, entry["mask"])
+            if not mask.is_file():
+                if require_mask:
+                    raise UserError(f"{mask}: no mask for image {entry['id']} (listed in {listing})")
+                mask = None
+            records.append(TraitMaskRecord(entry["id"], image, mask, entry["url"]))
     if missing:
-        raise UserError(f"{root / images}: {len(missing)} image(s) of {listing.name} are not on disk "
-                        f"(first: {missing[0]}); download them from the URLs in the list first")
+        raise UserError(f"{root / images}: {len(missing)} image(s) of {', '.join(p.name for p in listings)} are "
+                        f"not on disk (first: {missing[0]}); download them from the URLs in the list first")
     return records
 
 
@@ -109,6 +140,8 @@ def neon_beetles(root: PathLike, images: str = "images",
     image_dir = root / images
     if not image_dir.is_dir():
         raise UserError(f"{root}: no {images}/ folder")
+    if (root / "metadata.json").is_file():
+        return _neon_from_metadata(root, image_dir, masks[0])
     mask_dir = next((root / m for m in masks if (root / m).is_dir()), None)
     if mask_dir is None:
         raise UserError(f"{root}: no {' or '.join(m + '/' for m in masks)} folder of part label maps")
@@ -119,6 +152,38 @@ def neon_beetles(root: PathLike, images: str = "images",
         records.append(TraitMaskRecord(rel.with_suffix("").as_posix(), image, mask if mask.is_file() else None))
     if not records:
         raise UserError(f"{image_dir}: no images")
+    return records
+
+
+def _neon_from_metadata(root: Path, image_dir: Path, masks: str) -> List[TraitMaskRecord]:
+    """``metadata.json``: columns ``url``, ``mask_path``, ``species`` (a dict of lists) or a list of rows."""
+    try:
+        data = json.loads((root / "metadata.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{root / 'metadata.json'}: not readable JSON ({exc})") from None
+    if isinstance(data, dict):
+        n = len(data.get("mask_path", []))
+        rows = [{k: v[i] for k, v in data.items() if isinstance(v, list) and len(v) == n} for i in range(n)]
+    else:
+        rows = list(data)
+    records, missing = [], []
+    for row in rows:
+        given = row.get("mask_path") or ""
+        species = str(row.get("species") or "")
+        stem = Path(given).stem
+        mask = next((p for p in (root / given, root / masks / species / Path(given).name) if given and p.is_file()),
+                    None)
+        image = (_find_image(image_dir / species, stem, row.get("url")) if species else None) \
+            or _find_image(image_dir, stem, row.get("url"))
+        if image is None:
+            missing.append(stem or str(row.get("url")))
+            continue
+        records.append(TraitMaskRecord(f"{species}/{stem}" if species else stem, image, mask, row.get("url")))
+    if missing:
+        raise UserError(f"{image_dir}: {len(missing)} image(s) of metadata.json are not on disk (first: "
+                        f"{missing[0]}); download them from the URLs in metadata.json first")
+    if not records:
+        raise UserError(f"{root / 'metadata.json'}: no entries")
     return records
 
 
@@ -153,6 +218,11 @@ class TraitMaskDataset(torch.utils.data.Dataset):
         if rec.mask is not None:
             mask = load_mask(rec.mask)
             if mask.shape != image.shape[:2]:
-                raise UserError(f"{rec.mask}: mask size {mask.shape[::-1]} differs from image {image.shape[1::-1]}")
+                (mh, mw), (ih, iw) = mask.shape, image.shape[:2]
+                if abs(mh / mw - ih / iw) > 0.02 * ih / iw:
+                    raise UserError(f"{rec.mask}: mask size {mw}×{mh} has another shape than image {iw}×{ih}")
+                from PIL import Image
+
+                mask = np.array(Image.fromarray(mask).resize((iw, ih), Image.NEAREST))
             sample["mask"] = torch.from_numpy(mask.astype(np.int64))
         return sample
