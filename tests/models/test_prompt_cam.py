@@ -100,6 +100,24 @@ def test_shapes_and_param_count():
     assert dyn.class_attention(torch.randn(2, 3, 32, 48), torch.tensor([1, 2])).shape == (2, 4, 4, 6)
 
 
+def test_final_norm_of_a_pooled_vit_is_its_fc_norm():
+    # timm moves the final LayerNorm to fc_norm (after pooling) for avg/max-pooled ViTs such as the tiny
+    # embedded one; the prompt outputs must still be normalised by it before the scorer.
+    torch.manual_seed(0)
+    pooled = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2,
+                               num_heads=4, num_classes=0, global_pool="max")
+    assert isinstance(pooled.norm, torch.nn.Identity)
+    model = PromptCAM(pooled, num_classes=3).eval()
+    assert model.final_norm is pooled.fc_norm
+    with torch.no_grad():
+        pooled.fc_norm.weight.uniform_(0.5, 2.0)
+        x = torch.randn(2, 3, 32, 32)
+        out = model.backbone.blocks[-1](model.encode(x).tokens)[:, :3]
+        assert torch.allclose(model(x), model.prompts.scorer(pooled.fc_norm(out)).squeeze(-1), atol=1e-5)
+    token = tiny_vit()
+    assert PromptCAM(token, num_classes=3).final_norm is token.norm
+
+
 def test_vpt_init_range():
     model = PromptCAM(tiny_vit(), num_classes=50)
     bound = vpt_init_bound((8, 8), 32)

@@ -128,6 +128,18 @@ class _PromptedViT(nn.Module):
         p = self.backbone.patch_embed.patch_size
         return (p, p) if isinstance(p, int) else (int(p[0]), int(p[1]))
 
+    @property
+    def final_norm(self) -> nn.Module:
+        """The backbone's final LayerNorm. timm keeps it in ``norm`` for CLS-token ViTs (DINO, DINOv2,
+        CLIP) but moves it to ``fc_norm`` (after pooling) when the ViT pools patches with ``avg`` or
+        ``max`` (the tiny embedded ViT); ``norm`` is then an Identity and the prompt outputs would reach
+        the scorer unnormalised."""
+        bb = self.backbone
+        fc_norm = getattr(bb, "fc_norm", None)
+        if isinstance(bb.norm, nn.Identity) and fc_norm is not None and not isinstance(fc_norm, nn.Identity):
+            return fc_norm
+        return bb.norm
+
     def _grid(self, height: int, width: int) -> Tuple[int, int]:
         from traitlens.backbones import layout
 
@@ -180,7 +192,7 @@ class _PromptedViT(nn.Module):
 
     def _score(self, prompt_set: PromptSet, prompt_out: torch.Tensor) -> torch.Tensor:
         """Last-block prompt outputs …×D → logits … (final LayerNorm, then the shared scorer)."""
-        return prompt_set.scorer(self.backbone.norm(prompt_out)).squeeze(-1)
+        return prompt_set.scorer(self.final_norm(prompt_out)).squeeze(-1)
 
     def _logits(self, prompt_set: PromptSet, state: LastBlockInput) -> torch.Tensor:
         """B×C logits from the last block's input: only the C prompt rows are computed."""
