@@ -37,3 +37,16 @@ def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
     demo.train_and_score(ctx, "prompt-cam")
     demo.train_and_score(ctx, "intr")
     assert time.time() - start < 1.0  # cached: no training or scoring again
+
+
+def test_claims_collection_has_the_species_the_embedded_backbone_avoids():
+    # The claims are measured on more images of the demo's species; the embedded ViT was pretrained on
+    # species chosen to differ from exactly these (TARGET_COLLECTION's taxonomy), so it never saw them.
+    from traitlens.backbones.embedded import TARGET_COLLECTION
+    from traitlens.data.synthetic import make_taxonomy
+    from traitlens.demo import DEMO_COLLECTION
+
+    claims = make_taxonomy(SynthConfig(**demo.CLAIMS_COLLECTION)).fingerprint()
+    assert claims == make_taxonomy(SynthConfig(**TARGET_COLLECTION)).fingerprint()
+    assert claims == make_taxonomy(SynthConfig(**DEMO_COLLECTION)).fingerprint()
+    assert demo.CLAIMS_COLLECTION["per_species"] > DEMO_COLLECTION["per_species"]
