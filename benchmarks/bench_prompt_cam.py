@@ -88,7 +88,8 @@ class RSSPeak:
 
 def timed(fn, device: torch.device, repeats: int, best: bool = False) -> tuple[float, float]:
     """(median seconds, or the minimum when ``best``; peak memory MiB above the start)."""
-    fn()  # warm-up
+    for _ in range(5 if device.type == "cuda" else 1):  # warm-up (GPU clocks, allocator, kernel choice)
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -115,7 +116,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=None, help="default: 64 on GPU, 2 (--quick) or 4 (--full) on CPU")
-    ap.add_argument("--repeats", type=int, default=None, help="default: 20 on GPU, 2 (--quick) or 3 (--full) on CPU")
+    ap.add_argument("--repeats", type=int, default=None, help="default: 50 on GPU, 2 (--quick) or 3 (--full) on CPU")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: 1 with --quick)")
     speed = ap.add_mutually_exclusive_group()
     speed.add_argument("--quick", dest="quick", action="store_true", default=None,
@@ -128,7 +129,7 @@ def main() -> None:
     gpu = device.type == "cuda"
     quick = (not gpu) if args.quick is None else bool(args.quick)
     batch = args.batch or (64 if gpu else (2 if quick else 4))
-    repeats = args.repeats or (20 if gpu else (2 if quick else 3))
+    repeats = args.repeats or (50 if gpu else (2 if quick else 3))
     threads = args.threads or (1 if quick and not gpu else None)
     if threads:
         torch.set_num_threads(threads)
@@ -141,8 +142,9 @@ def main() -> None:
     images = torch.randn(batch, 3, 224, 224, device=device)
     rows = []
     with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=gpu):
-        base_t, base_m = timed(lambda: backbone.forward_features(images), device, repeats, best=quick)
         for c in args.classes:
+            # the baseline is timed again next to each class count: GPU timings drift between phases
+            base_t, base_m = timed(lambda: backbone.forward_features(images), device, repeats, best=quick)
             model = PromptCAM(backbone, c).to(device).eval()
             labels = torch.randint(0, c, (batch,), device=device)
             state = model.encode(images)
