@@ -79,6 +79,10 @@ class _Script:
         self.lock = threading.Lock()
         self.seen = {}
         self.events = {"429": 0, "500": 0, "malformed": 0, "slow": 0, "ok": 0, "bad_key": 0}
+        # After ``hold_after`` good answers the server waits for ``gate`` (the test opens it once it has
+        # interrupted the client), so a run cannot finish before its Ctrl-C however the machine is loaded.
+        self.hold_after = None
+        self.gate = threading.Event()
 
     @staticmethod
     def _h(a: bytes, b: bytes) -> str:
@@ -136,7 +140,11 @@ def _server(script: _Script):
                 script.events["malformed"] += 1
                 payload = b'{"choices": [{"message": {"content": '
             else:
-                script.events["ok"] += 1
+                with script.lock:
+                    script.events["ok"] += 1
+                    hold = script.hold_after is not None and script.events["ok"] > script.hold_after
+                if hold:
+                    script.gate.wait(30)
                 payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
             try:
                 self.send_response(200)
@@ -158,6 +166,7 @@ def test_run_interrupt_resume(tmp_path, monkeypatch):
     data = tmp_path / "bench"
     pairs = _make_benchmark(data)
     script = _Script(pairs)
+    script.hold_after = 6
     server = _server(script)
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     out = tmp_path / "run"
@@ -175,6 +184,7 @@ def test_run_interrupt_resume(tmp_path, monkeypatch):
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
+        script.gate.set()
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, err.decode()
         assert b"interrupted" in err
