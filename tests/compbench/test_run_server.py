@@ -176,7 +176,10 @@ def test_run_interrupt_resume(tmp_path, monkeypatch):
     env = dict(os.environ, OPENAI_API_KEY=KEY, TRAITLENS_QUIET="1")
     try:
         proc = subprocess.Popen([sys.executable, "-c", "import sys; from traitlens.cli import main; sys.exit(main())"]
-                                + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                # a shell's background job starts with SIGINT ignored, and Python keeps it
+                                # so: give the client the default disposition, as in a terminal
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         results = out / "results.jsonl"
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
