@@ -171,7 +171,8 @@ class LabelPropagation(Propagator):
                             region = F.max_pool2d((region > 0.25).float(), 3, stride=1, padding=1)
                             keys.append(k_part * region)
                             values.append(v_part)
-                local, best = self.propagate_local(q, keys, values, extra=extra, return_best=True)
+                local, best = self.propagate_local(q, keys, values, extra=extra, return_best=True,
+                                                   exact=self.exact if self.exact < 1 else None)
                 target = F.avg_pool2d(local, c) if c > 1 else local
             out += local
             exact = best if exact is None else torch.maximum(exact, best)
@@ -185,15 +186,8 @@ class LabelPropagation(Propagator):
         """Edge-aware clean-up on the query itself: each location takes the labels of its most similar
         neighbours in a ``(2·refine_local+1)²`` window (``refine`` rounds), so boundaries follow the query's
         own edges and isolated mistakes vanish."""
-        if not self.refine:
-            return soft
-        local, topk = self.local, self.topk
-        self.local = self.refine_local
-        try:
-            for _ in range(self.refine):
-                soft = self.propagate_local(q, [q], [soft])
-        finally:
-            self.local, self.topk = local, topk
+        for _ in range(self.refine):
+            soft = self.propagate_local(q, q, soft, radius=self.refine_local)
         return soft
 
     def _border_keys(self, q_coarse: torch.Tensor) -> Optional[torch.Tensor]:
@@ -230,12 +224,14 @@ class LabelPropagation(Propagator):
         return F.normalize(F.avg_pool2d(feats, factor), dim=1) if factor > 1 else feats
 
     def propagate_local(self, query: torch.Tensor, keys, values, extra: Optional[torch.Tensor] = None,
-                        return_best: bool = False):
-        """Each query location looks only at the ``(2·local+1)²`` aligned key locations around it.
+                        radius: Optional[int] = None, exact: Optional[float] = None, return_best: bool = False):
+        """Each query location looks only at the ``(2·radius+1)²`` aligned key locations around it
+        (``radius`` defaults to ``local``).
 
         ``query``: ``B×D×h×w``; ``keys``/``values``: ``B×D×h×w`` / ``B×(K+1)×h×w`` aligned with the query, or
         lists of them (several registered copies of the support: the top k is taken over all of them).
         ``extra``: ``B×D×m`` keys any location may use, labelled background (the query's frame border).
+        ``exact``: a location whose best window key matches at cosine ≥ this takes that key's label.
         Returns soft labels ``B×(K+1)×h×w`` (and, with ``return_best``, each location's best cosine
         similarity to a window key, ``B×h×w``).
 
@@ -246,7 +242,7 @@ class LabelPropagation(Propagator):
         keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
         values = list(values) if isinstance(values, (list, tuple)) else [values]
         b, d, h, w = query.shape
-        r = self.local
+        r = self.local if radius is None else radius
         side = 2 * r + 1
         hp, wp = h + 2 * r, w + 2 * r
         m = 0 if extra is None else extra.shape[-1]
@@ -282,14 +278,12 @@ class LabelPropagation(Propagator):
         padded = torch.cat([F.pad(v, [r, r, r, r]).flatten(2) for v in values], dim=2)  # B×c×(copies·hp·wp)
         gathered = padded.gather(2, flat.flatten(1)[:, None].expand(b, c, -1)).view(b, c, kk, h, w)
         if m:
-            background = torch.zeros(c, device=query.device, dtype=gathered.dtype)
-            background[0] = 1
-            gathered = torch.where(is_extra[:, None], background.view(1, c, 1, 1, 1), gathered)
+            gathered = torch.where(is_extra[:, None], _background(1, c, gathered).view(1, c, 1, 1, 1), gathered)
         soft = (weights[:, None] * gathered).sum(2)
         soft = soft / soft.sum(dim=1, keepdim=True).clamp_min(1e-8)
-        if self.exact < 1 and return_best:
+        if exact is not None:
             # An exact match (a repeated specimen, the support itself) is not noise to average away: its label.
-            soft = torch.where((best >= self.exact)[:, None], gathered[:, :, 0], soft)
+            soft = torch.where((best >= exact)[:, None], gathered[:, :, 0], soft)
         return (soft, best) if return_best else soft
 
     def propagate(self, query: torch.Tensor, pool: int = 1, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -307,9 +301,7 @@ class LabelPropagation(Propagator):
         window = self._window_mask([f for f, _ in entries], (h, w), query.device)
         table = values.t()  # M×(K+1); extra keys (index ≥ M) are background
         if extra is not None:
-            background = torch.zeros(extra.shape[-1], values.shape[0], device=values.device, dtype=values.dtype)
-            background[:, 0] = 1
-            table = torch.cat([table, background])
+            table = torch.cat([table, _background(extra.shape[-1], values.shape[0], values)])
         out = []
         for start in range(0, h * w, self.query_chunk):
             sl = slice(start, start + self.query_chunk)
@@ -342,3 +334,10 @@ class LabelPropagation(Propagator):
             else:
                 blocks.append(near)
         return torch.cat(blocks, dim=1)
+
+
+def _background(n: int, c: int, like: torch.Tensor) -> torch.Tensor:
+    """``n×c`` one-hot rows of label 0 (background), on ``like``'s device and dtype."""
+    rows = torch.zeros(n, c, device=like.device, dtype=like.dtype)
+    rows[:, 0] = 1
+    return rows
