@@ -60,3 +60,23 @@ def test_topk_weights_follow_exp_affinity_over_tau():
     soft = prop.propagate(query)[0, :, 0, 0]
     w = torch.softmax(torch.tensor([1.0, 0.8]) / 0.1, 0)  # the third key is outside the top 2
     assert torch.allclose(soft, torch.tensor([w[0], w[1], 0.0]), atol=1e-5)
+
+
+def test_cleanup_reuses_affinities_and_matches_repeated_window_passes(scene):
+    """The clean-up's rounds gather from one set of window affinities: the same as a full pass each round."""
+    img, lab = scene(seed=3)
+    prop = LabelPropagation(ColourPositionFeatures(), work_size=(48, 48), refine=3)
+    q = prop.encode(img[None])
+    soft = torch.softmax(torch.randn(1, 4, 48, 48, generator=torch.Generator().manual_seed(0)), dim=1)
+    expected = soft
+    for _ in range(3):
+        expected = prop.propagate_local(q, q, expected, radius=prop.refine_local)
+    assert torch.allclose(prop.refine_own(q, soft), expected, atol=1e-6)
+
+
+def test_cleanup_rounds_scale_with_the_square_of_the_grid():
+    from traitlens.segment.labelprop import refine_rounds
+
+    assert [refine_rounds((s, s)) for s in (32, 64, 128, 256, 512)] == [1, 2, 8, 32, 32]
+    assert LabelPropagation(ColourPositionFeatures(), work_size=(128, 96)).refine == 4  # the smaller side
+    assert LabelPropagation(ColourPositionFeatures(), work_size=(128, 128), refine=0).refine == 0

@@ -2,13 +2,14 @@
 
 Numbers: 128 px, 12 species × 4 test specimens, support = each species' first train image, with
 ``LabelPropagation(ColourPositionFeatures(), work_size=(128, 128), align=True, local=3)`` and its defaults
-(colour context 1, registration prior σ = 3 cells, the query's frame border as background keys, two rounds
-of edge-aware clean-up, exact matches keep their label). Trait mIoU 0.923 vs 0.093 for copying the
-support's mask; per part 0.96 body, 0.94 head, 0.97 / 0.95 wings, 0.82 tail, 0.97 wing spot, 0.95 crest,
-0.94 tail band, 0.94 eye ring, 0.79 beak. Self-propagation 1.000.
-The issue's "every part ≥ 0.8" holds except for the beak (0.79): its misses are pale/grey beaks on grey
-backgrounds, where colour features cannot tell beak from background (see the issue's closing note).
-At 64 px the same settings give 0.886, beak 0.65 (1-px boundary errors weigh more on small parts).
+(colour context 1, registration prior σ = 3 cells, the query's frame border as background keys, 8 rounds
+of edge-aware clean-up (``2·(128/64)²``), exact matches keep their label). Trait mIoU 0.930 vs 0.093 for
+copying the support's mask; per part 0.96 body, 0.95 head, 0.98 / 0.96 wings, 0.83 tail, 0.97 wing spot,
+0.94 crest, 0.95 tail band, 0.95 eye ring, 0.81 beak. Self-propagation 1.000.
+With 2 clean-up rounds (the previous default) the beak stayed at 0.79 (grey beaks on grey backgrounds
+erode); 8 rounds lift it on three collection seeds (seed 0 / 1 / 2: mIoU 0.923 → 0.930 / 0.912 → 0.917 /
+0.900 → 0.911, weakest part 0.79 → 0.81 / 0.81 → 0.82 / 0.79 → 0.81).
+At 64 px the default is 2 rounds: 0.886, beak 0.65 (1-px boundary errors weigh more on small parts).
 """
 
 from __future__ import annotations
@@ -79,10 +80,9 @@ def test_collection_miou_beats_copying_the_mask(synth128):
             cm_copy += confusion(support[1], truth, K)
     per = iou_from_confusion(cm)
     miou, miou_copy = mean_iou(per), mean_iou(iou_from_confusion(cm_copy))
-    # measured 0.923 and 0.093; the issue asks ≥ 0.85 and ≥ copy + 0.3
-    assert miou >= 0.90
+    # measured 0.930 and 0.093; the issue asks ≥ 0.85 and ≥ copy + 0.3
+    assert miou >= 0.91
     assert miou >= miou_copy + 0.75
-    beak = 10
-    others = [float(per[i]) for i in range(1, K) if i != beak]
-    assert min(others) >= 0.80, others  # measured 0.82 (tail) and above
-    assert float(per[beak]) >= 0.75  # measured 0.79: below the issue's 0.8 (see the module doc)
+    parts = [round(float(v), 3) for v in per[1:]]
+    # the issue asks every part ≥ 0.8; measured 0.809 (beak) and 0.826 (tail) the weakest
+    assert min(parts) >= 0.80, parts

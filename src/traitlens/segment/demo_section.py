@@ -18,7 +18,7 @@ from traitlens.report import Section
 
 SIZE = 128
 PER_SPECIES = 4  # the first image of each species is the support, the others are segmented
-VERSION = 3
+VERSION = 4
 
 
 def _settings(ctx) -> dict:
