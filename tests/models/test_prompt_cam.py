@@ -267,3 +267,16 @@ def test_hierarchical_prompt_sets():
     assert trainable == 3 * (2 + 3 + 2) * 32 + 3 * 33
     with pytest.raises(UserError):
         model.prompt_set("s1")
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_run_block_rows_equal_the_whole_block(qk_norm):
+    """Rows of a block (fused qkv for most rows, split projection for few) equal timm's whole block."""
+    from traitlens.models.vit_blocks import run_block
+
+    blk = tiny_vit(qk_norm=qk_norm, init_values=0.1).blocks[1].eval()
+    x = torch.randn(2, 13, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = blk(x)
+        for rows in (slice(None), slice(3, None), slice(0, 3), slice(0, 9)):
+            torch.testing.assert_close(run_block(blk, x, rows), full[:, rows], atol=1e-5, rtol=1e-5)

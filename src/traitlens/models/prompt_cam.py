@@ -177,7 +177,7 @@ class _PromptedViT(nn.Module):
                 seq = torch.cat([prompts[i].expand(b, -1, -1), x], dim=1)
                 if trace is not None:
                     trace.append(seq)
-                x = run_block(blk, seq, seq[:, c:])  # the prompt outputs would be dropped: skip them
+                x = run_block(blk, seq, slice(c, None))  # the prompt outputs would be dropped: skip them
             seq = torch.cat([prompts[-1].expand(b, -1, -1), x], dim=1)
         else:
             seq = torch.cat([prompts[0].expand(b, -1, -1), x], dim=1)
@@ -197,7 +197,7 @@ class _PromptedViT(nn.Module):
     def _logits(self, prompt_set: PromptSet, state: LastBlockInput) -> torch.Tensor:
         """B×C logits from the last block's input: only the C prompt rows are computed."""
         seq, c = state.tokens, state.num_prompts
-        return self._score(prompt_set, run_block(self.backbone.blocks[-1], seq, seq[:, :c]))
+        return self._score(prompt_set, run_block(self.backbone.blocks[-1], seq, slice(0, c)))
 
     def _rows(self, state: LastBlockInput, classes: torch.Tensor) -> torch.Tensor:
         """The last-block input of prompt ``classes[b]`` for each image b: B×1×D."""

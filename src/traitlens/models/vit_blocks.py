@@ -92,17 +92,31 @@ def finish_block(blk: nn.Module, x_query: torch.Tensor, h_query: torch.Tensor,
     return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
 
-def run_block(blk: nn.Module, tokens: torch.Tensor, queries: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Block output for ``queries`` (B×Q×D, default: all tokens) attending to ``tokens`` B×T×D (fused attention).
+def _project_all(blk: nn.Module, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B×H×T×d, after q_norm / k_norm) of every token of ``h`` in one fused qkv projection."""
+    attn = blk.attn
+    b, t, _ = h.shape
+    q, k, v = attn.qkv(h).view(b, t, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    return attn.q_norm(q), attn.k_norm(k), v
 
-    ``run_block(blk, x)`` equals ``blk(x)``; ``run_block(blk, x, x[:, C:])`` is its output for the tokens
-    after the first C, without computing the first C outputs.
+
+def run_block(blk: nn.Module, tokens: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+    """Block output for the tokens in ``rows`` (default: all) attending to all ``tokens`` B×T×D (fused attention).
+
+    ``run_block(blk, x)`` equals ``blk(x)``; ``run_block(blk, x, slice(C, None))`` is its output for the
+    tokens after the first C, without computing the first C outputs. The sequence is normalised once; when
+    the rows are most of the sequence one fused qkv projection serves both (fewer, larger kernels), else
+    only the rows' queries are projected (the last block's C prompts among many more patches).
     """
     h = blk.norm1(tokens)
-    hq = h if queries is None else blk.norm1(queries)
-    q, k, v = project_qkv(blk, hq, h)
+    x_rows, h_rows = tokens[:, rows], h[:, rows]
+    if 2 * h_rows.shape[1] >= h.shape[1]:
+        q, k, v = _project_all(blk, h)
+        q = q[:, :, rows]
+    else:
+        q, k, v = project_qkv(blk, h_rows, h)
     o = F.scaled_dot_product_attention(q, k, v, scale=blk.attn.scale)
-    return finish_block(blk, tokens if queries is None else queries, hq, o)
+    return finish_block(blk, x_rows, h_rows, o)
 
 
 def run_block_explicit(blk: nn.Module, tokens: torch.Tensor, queries: torch.Tensor,
