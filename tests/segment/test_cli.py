@@ -75,6 +75,43 @@ def test_segment_chain_and_bad_inputs(collection, tmp_path, capsys):
     assert main(["segment", *_args(collection, "--out", str(out)), "--support", str(collection / "support.png")]) == 2
 
 
+def test_segment_a_heliconius_release_tree(collection, tmp_path, capsys):
+    """--dataset: the release's test list is segmented from the first masked train record, its masks (stored
+    at half resolution, as releases do) are the ground truth."""
+    root = tmp_path / "release"
+    (root / "images").mkdir(parents=True)
+    masks = root / "Major_species_data" / "grp" / "masks"
+    masks.mkdir(parents=True)
+    entries = {"train": [], "test": []}
+    Image.open(collection / "support.png").save(root / "images" / "S0.png")
+    Image.open(collection / "support_mask.png").save(masks / "S0.png")
+    entries["train"].append(["S0", "https://x.org/S0.png", "Major_species_data/grp/masks/S0.png"])
+    for i, path in enumerate(sorted((collection / "images").rglob("[0-9].png"))):
+        ident = f"Q{i}"
+        Image.open(path).save(root / "images" / f"{ident}.png")
+        truth = Image.open(collection / "gt" / path.parent.name / path.name)
+        truth.resize((24, 24), Image.NEAREST).save(masks / f"{ident}.png")
+        entries["test"].append([ident, f"https://x.org/{ident}.png", f"Major_species_data/grp/masks/{ident}.png"])
+    for split, rows in entries.items():
+        (root / "train_test_separate" / "grp").mkdir(parents=True, exist_ok=True)
+        (root / "train_test_separate" / "grp" / f"{split}_data.json").write_text(json.dumps(rows))
+    out = tmp_path / "helico"
+    common = ["--work-size", "48", "--local", "3", "--device", "cpu", "--out", str(out)]
+    assert main(["segment", "--dataset", "heliconius", "--dataset-root", str(root), *common]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["path"] for r in rows) == [f"Q{i}.png" for i in range(6)]
+    assert all(r["gt"] and 0 <= r["miou"] <= 1 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    # measured 0.56 against the masks upsampled from 24 px (0.76 with --gt at full size in the test above)
+    assert summary["miou"] > 0.3
+    assert "S0" in json.dumps(summary["supports"])
+    assert main(["segment", "--dataset", "heliconius", *common]) == 2
+    assert "--dataset-root" in capsys.readouterr().err
+    assert main(["segment", "--dataset", "heliconius", "--dataset-root", str(root), "--support-id", "nope",
+                 *common]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
 def test_finetune_then_segment_with_projection_and_retrieve(collection, tmp_path):
     ft = tmp_path / "ft"
     assert main(["segment", "finetune", *_args(collection, "--out", str(ft), "--steps", "3")]) == 0

@@ -41,6 +41,15 @@ def register(sub) -> None:
     s.add_argument("--reinsert-every", type=int, default=None, help="put the support back every N frames (chain)")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--gt", type=Path, default=None, help="ground-truth label maps mirroring --images")
+    s.add_argument("--dataset", default=None, choices=["heliconius", "neon-beetles"],
+                   help="segment a local copy of a published trait-mask release (--dataset-root): its images are "
+                        "the queries, its masks the ground truth")
+    s.add_argument("--dataset-root", type=Path, default=None, metavar="DIR", help="the release's folder (--dataset)")
+    s.add_argument("--split", default="test", help="Heliconius: the list to segment (default test)")
+    s.add_argument("--group", default=None, help="Heliconius: one train_test_separate/<group> only")
+    s.add_argument("--support-id", default=None, metavar="ID",
+                   help="--dataset without --support: the record whose mask is the support (default: the first "
+                        "masked record of the train list for Heliconius, of the release for NEON)")
     s.add_argument("--no-overlays", action="store_true")
     s.add_argument("--gallery", type=int, default=60)
     s.set_defaults(func=_segment)
@@ -98,6 +107,38 @@ def _items(args):
     return items
 
 
+def _dataset_inputs(args):
+    """--dataset: (supports, their description, query items, ground truth by item) from a release's records."""
+    from traitlens.segment.datasets import TraitMaskDataset, dataset_records
+
+    if args.dataset_root is None:
+        raise UserError(f"--dataset {args.dataset} needs --dataset-root DIR (the release's local copy)")
+    if args.images or args.gt:
+        raise UserError("--dataset takes its images and ground truth from --dataset-root: drop --images / --gt")
+    records = dataset_records(args.dataset, args.dataset_root, split=args.split, group=args.group)
+    if args.support:
+        supports = _supports(args)
+        info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
+    else:
+        pool = records if args.dataset != "heliconius" else dataset_records(
+            args.dataset, args.dataset_root, split="train", group=args.group, require_mask=True)
+        masked = [r for r in pool if r.mask is not None and (args.support_id is None or r.id == args.support_id)]
+        if not masked:
+            which = f"record {args.support_id!r}" if args.support_id else "record"
+            raise UserError(f"--dataset-root {args.dataset_root}: no masked {which} to use as the support; "
+                            "give --support-id ID or --support IMG --support-mask MASK")
+        chosen = masked[0]
+        sample = TraitMaskDataset([chosen])[0]
+        supports = [(sample["image"], sample["mask"])]
+        info = [{"image": str(chosen.image), "mask": str(chosen.mask), "id": chosen.id}]
+        records = [r for r in records if r.image != chosen.image]  # the support is not its own query
+    items = [(f"{r.id}{r.image.suffix}", r.image) for r in records]
+    gt = {rel: r.mask for (rel, _), r in zip(items, records) if r.mask is not None}
+    if not items:
+        raise UserError(f"--dataset-root {args.dataset_root}: no images to segment in {args.dataset} ({args.split})")
+    return supports, info, items, gt
+
+
 def _propagator(args, device, differentiable=False):
     from traitlens.segment.backends import build_propagator
 
@@ -118,22 +159,24 @@ def _segment(args) -> int:
 
     if args.out is None:
         raise UserError("--out DIR is required")
-    supports = _supports(args)
-    items = _items(args)
-    if args.gt is not None and not args.gt.is_dir():
-        raise UserError(f"--gt {args.gt}: not a folder")
+    if args.dataset:
+        supports, info, items, gt = _dataset_inputs(args)
+    else:
+        supports, items, gt = _supports(args), _items(args), args.gt
+        info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
+        if gt is not None and not gt.is_dir():
+            raise UserError(f"--gt {gt}: not a folder")
     ctx = distributed.setup(args.device)
     torch.manual_seed(args.seed)
     prop = _propagator(args, ctx.device)
     mine = distributed.shard(items, ctx.rank, ctx.world)
     counts = segment_collection(prop, supports, mine, args.out, order=args.order, batch_size=args.batch_size,
-                                reinsert_every=args.reinsert_every, gt=args.gt, rank=ctx.rank, world=ctx.world,
+                                reinsert_every=args.reinsert_every, gt=gt, rank=ctx.rank, world=ctx.world,
                                 overlays=not args.no_overlays)
     distributed.barrier()
     if not ctx.main:
         distributed.cleanup()
         return 0
-    info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
     summary = summarise(args.out, info, gallery=args.gallery,
                         seconds=counts["seconds"] if counts["done"] else None)
     summary.update({k: counts[k] for k in ("done", "skipped", "resumed")})

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlparse
 
 import numpy as np
@@ -187,6 +187,36 @@ def _neon_from_metadata(root: Path, image_dir: Path, masks: str) -> List[TraitMa
     return records
 
 
+DATASETS = ("heliconius", "neon-beetles")
+
+
+def dataset_records(kind: str, root: PathLike, split: str = "test", group: Optional[str] = None,
+                    require_mask: bool = False) -> List[TraitMaskRecord]:
+    """The records of a published trait-mask release by name (``heliconius`` or ``neon-beetles``).
+
+    ``split`` and ``group`` apply to the Heliconius lists; the NEON release has no splits.
+    """
+    if kind == "heliconius":
+        return heliconius(root, split=split, require_mask=require_mask, group=group)
+    if kind == "neon-beetles":
+        records = neon_beetles(root)
+        return [r for r in records if r.mask is not None] if require_mask else records
+    raise UserError(f"unknown trait-mask dataset {kind!r}: use one of {', '.join(DATASETS)}")
+
+
+def fit_mask(mask: np.ndarray, size: Tuple[int, int], path: PathLike) -> np.ndarray:
+    """A label map resized (nearest) to the image's ``size`` (H, W), as the releases store masks at another
+    resolution; a mask of another aspect ratio is an error naming ``path``."""
+    if mask.shape == tuple(size):
+        return mask
+    (mh, mw), (ih, iw) = mask.shape, size
+    if abs(mh / mw - ih / iw) > 0.02 * ih / iw:
+        raise UserError(f"{path}: mask size {mw}×{mh} has another shape than image {iw}×{ih}")
+    from PIL import Image
+
+    return np.array(Image.fromarray(mask).resize((iw, ih), Image.NEAREST))
+
+
 def part_names(root: PathLike) -> Dict[int, str]:
     """Part names by id from ``parts.json`` (``{"1": "pronotum", ...}`` or a list) or ``classes.txt``."""
     root = Path(root)
@@ -216,13 +246,6 @@ class TraitMaskDataset(torch.utils.data.Dataset):
         sample = {"image": torch.from_numpy(image).permute(2, 0, 1).float() / 255, "label": 0, "index": index,
                   "path": str(rec.image)}
         if rec.mask is not None:
-            mask = load_mask(rec.mask)
-            if mask.shape != image.shape[:2]:
-                (mh, mw), (ih, iw) = mask.shape, image.shape[:2]
-                if abs(mh / mw - ih / iw) > 0.02 * ih / iw:
-                    raise UserError(f"{rec.mask}: mask size {mw}×{mh} has another shape than image {iw}×{ih}")
-                from PIL import Image
-
-                mask = np.array(Image.fromarray(mask).resize((iw, ih), Image.NEAREST))
+            mask = fit_mask(load_mask(rec.mask), image.shape[:2], rec.mask)
             sample["mask"] = torch.from_numpy(mask.astype(np.int64))
         return sample

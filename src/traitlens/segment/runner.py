@@ -22,7 +22,7 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ def _save_labels(labels: np.ndarray, path: Path) -> None:
 
 def segment_collection(propagator: Propagator, supports: Sequence[Support], items: Sequence[Tuple[str, Path]],
                        out: Path, order: str = "pairwise", batch_size: int = 8,
-                       reinsert_every: Optional[int] = None, gt: Optional[Path] = None,
+                       reinsert_every: Optional[int] = None, gt: Optional[Union[Path, Mapping[str, Path]]] = None,
                        num_labels: Optional[int] = None, rank: int = 0, world: int = 1,
                        overlays: bool = True) -> Dict[str, object]:
     """Segment ``items`` (``(relative path, file)``; already this rank's share) into ``out``.
@@ -166,16 +166,22 @@ def segment_collection(propagator: Propagator, supports: Sequence[Support], item
             "seconds": time.time() - start}
 
 
-def _score_against(gt: Path, rel: str, labels: torch.Tensor, k: int) -> dict:
-    path = Path(gt) / Path(rel).with_suffix(".png")
-    if not path.exists():
+def _score_against(gt, rel: str, labels: torch.Tensor, k: int) -> dict:
+    """IoU against the ground truth of ``rel``: ``gt`` is a folder mirroring the inputs or a mapping
+    ``{relative path: mask file}`` (a trait-mask release); masks stored at another size are resized (nearest)."""
+    from traitlens.segment.datasets import fit_mask
+
+    path = Path(gt[rel]) if isinstance(gt, Mapping) and rel in gt else None
+    if not isinstance(gt, Mapping):
+        path = Path(gt) / Path(rel).with_suffix(".png")
+    if path is None or not path.exists():
         return {"gt": None}
     try:
-        truth = torch.from_numpy(load_mask(path).astype(np.int64))
+        truth = torch.from_numpy(fit_mask(load_mask(path), tuple(labels.shape), path).astype(np.int64))
     except BadImageError as exc:
         return {"gt": None, "gt_error": exc.reason}
-    if truth.shape != labels.shape:
-        return {"gt": None, "gt_error": f"size {tuple(truth.shape)} differs from the image's {tuple(labels.shape)}"}
+    except UserError as exc:
+        return {"gt": None, "gt_error": str(exc)}
     n = max(k, int(truth.max()) + 1)
     cm = confusion(labels, truth, n)
     return {"gt": str(path), "confusion": cm.tolist(), "miou": mean_iou(iou_from_confusion(cm))}
