@@ -109,6 +109,7 @@ def _items(args):
 
 def _dataset_inputs(args):
     """--dataset: (supports, their description, query items, ground truth by item) from a release's records."""
+    from traitlens.errors import BadImageError
     from traitlens.segment.datasets import TraitMaskDataset, dataset_records
 
     if args.dataset_root is None:
@@ -121,14 +122,17 @@ def _dataset_inputs(args):
         info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
     else:
         pool = records if args.dataset != "heliconius" else dataset_records(
-            args.dataset, args.dataset_root, split="train", group=args.group, require_mask=True)
+            args.dataset, args.dataset_root, split="train", group=args.group)
         masked = [r for r in pool if r.mask is not None and (args.support_id is None or r.id == args.support_id)]
         if not masked:
             which = f"record {args.support_id!r}" if args.support_id else "record"
             raise UserError(f"--dataset-root {args.dataset_root}: no masked {which} to use as the support; "
                             "give --support-id ID or --support IMG --support-mask MASK")
         chosen = masked[0]
-        sample = TraitMaskDataset([chosen])[0]
+        try:
+            sample = TraitMaskDataset([chosen])[0]
+        except BadImageError as exc:
+            raise UserError(f"support {chosen.id}: {exc.path}: {exc.reason}; pick another with --support-id") from None
         supports = [(sample["image"], sample["mask"])]
         info = [{"image": str(chosen.image), "mask": str(chosen.mask), "id": chosen.id}]
         records = [r for r in records if r.image != chosen.image]  # the support is not its own query
