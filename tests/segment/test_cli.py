@@ -92,6 +92,7 @@ def test_segment_a_heliconius_release_tree(collection, tmp_path, capsys):
         truth = Image.open(collection / "gt" / path.parent.name / path.name)
         truth.resize((24, 24), Image.NEAREST).save(masks / f"{ident}.png")
         entries["test"].append([ident, f"https://x.org/{ident}.png", f"Major_species_data/grp/masks/{ident}.png"])
+    entries["test"].append(["Q_gone", "https://x.org/Q_gone.png", "Major_species_data/grp/masks/Q_gone.png"])
     for split, rows in entries.items():
         (root / "train_test_separate" / "grp").mkdir(parents=True, exist_ok=True)
         (root / "train_test_separate" / "grp" / f"{split}_data.json").write_text(json.dumps(rows))
@@ -99,12 +100,13 @@ def test_segment_a_heliconius_release_tree(collection, tmp_path, capsys):
     common = ["--work-size", "48", "--local", "3", "--device", "cpu", "--out", str(out)]
     assert main(["segment", "--dataset", "heliconius", "--dataset-root", str(root), *common]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["path"] for r in rows) == [f"Q{i}.png" for i in range(6)]
+    assert sorted(r["path"] for r in rows) == [f"Q{i}.png" for i in range(6)]  # Q_gone is not on disk: skipped
+    assert "1 listed but not on disk" in capsys.readouterr().out
     assert all(r["gt"] and 0 <= r["miou"] <= 1 for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     # measured 0.56 against the masks upsampled from 24 px (0.76 with --gt at full size in the test above)
     assert summary["miou"] > 0.3
-    assert "S0" in json.dumps(summary["supports"])
+    assert "S0" in json.dumps(summary["supports"]) and summary["not_on_disk"] == {"count": 1, "ids": ["Q_gone"]}
     assert main(["segment", "--dataset", "heliconius", *common]) == 2
     assert "--dataset-root" in capsys.readouterr().err
     assert main(["segment", "--dataset", "heliconius", "--dataset-root", str(root), "--support-id", "nope",

@@ -40,6 +40,8 @@ def test_heliconius_names_missing_images_and_lists(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps([{"image_id": "X9", "image_url": "https://x.org/X9.jpg"}]))
     with pytest.raises(UserError, match="X9"):
         heliconius(tmp_path, "train")
+    gone = []
+    assert heliconius(tmp_path, "train", skipped=gone) == [] and gone == ["X9"]  # partly downloaded: collected
     with pytest.raises(UserError, match="test.json"):
         heliconius(tmp_path, "test")
 

@@ -116,13 +116,14 @@ def _dataset_inputs(args):
         raise UserError(f"--dataset {args.dataset} needs --dataset-root DIR (the release's local copy)")
     if args.images or args.gt:
         raise UserError("--dataset takes its images and ground truth from --dataset-root: drop --images / --gt")
-    records = dataset_records(args.dataset, args.dataset_root, split=args.split, group=args.group)
+    missing: list = []
+    records = dataset_records(args.dataset, args.dataset_root, split=args.split, group=args.group, skipped=missing)
     if args.support:
         supports = _supports(args)
         info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
     else:
         pool = records if args.dataset != "heliconius" else dataset_records(
-            args.dataset, args.dataset_root, split="train", group=args.group)
+            args.dataset, args.dataset_root, split="train", group=args.group, skipped=[])
         masked = [r for r in pool if r.mask is not None and (args.support_id is None or r.id == args.support_id)]
         if not masked:
             which = f"record {args.support_id!r}" if args.support_id else "record"
@@ -140,7 +141,7 @@ def _dataset_inputs(args):
     gt = {rel: r.mask for (rel, _), r in zip(items, records) if r.mask is not None}
     if not items:
         raise UserError(f"--dataset-root {args.dataset_root}: no images to segment in {args.dataset} ({args.split})")
-    return supports, info, items, gt
+    return supports, info, items, gt, missing
 
 
 def _propagator(args, device, differentiable=False):
@@ -164,9 +165,9 @@ def _segment(args) -> int:
     if args.out is None:
         raise UserError("--out DIR is required")
     if args.dataset:
-        supports, info, items, gt = _dataset_inputs(args)
+        supports, info, items, gt, missing = _dataset_inputs(args)
     else:
-        supports, items, gt = _supports(args), _items(args), args.gt
+        supports, items, gt, missing = _supports(args), _items(args), args.gt, []
         info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
         if gt is not None and not gt.is_dir():
             raise UserError(f"--gt {gt}: not a folder")
@@ -181,13 +182,15 @@ def _segment(args) -> int:
     if not ctx.main:
         distributed.cleanup()
         return 0
+    extra = {"not_on_disk": {"count": len(missing), "ids": missing[:100]}} if missing else None
     summary = summarise(args.out, info, gallery=args.gallery,
-                        seconds=counts["seconds"] if counts["done"] else None)
+                        seconds=counts["seconds"] if counts["done"] else None, extra=extra)
     summary.update({k: counts[k] for k in ("done", "skipped", "resumed")})
     distributed.cleanup()
     miou = f", mIoU {summary['miou']:.3f}" if "miou" in summary else ""
-    print(f"segmented {counts['done']} images ({counts['resumed']} already done, {counts['skipped']} unreadable)"
-          f"{miou} → {args.out}")
+    gone = f", {len(missing)} listed but not on disk" if missing else ""
+    print(f"segmented {counts['done']} images ({counts['resumed']} already done, {counts['skipped']} unreadable"
+          f"{gone}){miou} → {args.out}")
     write_json(args.json, summary)
     return 0
 

@@ -98,10 +98,13 @@ def _mask_path(root: Path, listing: Path, masks: str, stem: str, given: Optional
 
 
 def heliconius(root: PathLike, split: str = "train", images: str = "images", masks: str = "masks",
-               require_mask: bool = True, group: Optional[str] = None) -> List[TraitMaskRecord]:
+               require_mask: bool = True, group: Optional[str] = None,
+               skipped: Optional[List[str]] = None) -> List[TraitMaskRecord]:
     """The Cambridge Heliconius masks under ``root`` (see the module doc for the layouts read).
 
-    Entries whose image is not on disk are an error naming the first missing id (download them first);
+    Entries whose image is not on disk are an error naming the first missing id (download them first), or,
+    when a ``skipped`` list is given, left out, their ids appended to it and one line logged (a partly
+    downloaded release);
     ``require_mask=False`` keeps images without a mask (``mask=None``: queries to segment).
     """
     root = Path(root)
@@ -128,20 +131,31 @@ def heliconius(root: PathLike, split: str = "train", images: str = "images", mas
                 mask = None
             records.append(TraitMaskRecord(entry["id"], image, mask, entry["url"]))
     if missing:
-        raise UserError(f"{root / images}: {len(missing)} image(s) of {', '.join(p.name for p in listings)} are "
-                        f"not on disk (first: {missing[0]}); download them from the URLs in the list first")
+        _missing(f"{root / images}: {len(missing)} image(s) of {', '.join(p.name for p in listings)} are not on "
+                 f"disk (first: {missing[0]})", "the list", missing, skipped)
     return records
 
 
-def neon_beetles(root: PathLike, images: str = "images",
-                 masks: Sequence[str] = ("masks", "annotations")) -> List[TraitMaskRecord]:
-    """NEON beetle images with part label maps: ``images/<name>.<ext>`` and ``masks/<name>.png``."""
+def _missing(what: str, listing: str, ids: List[str], skipped: Optional[List[str]]) -> None:
+    """Images a release lists but the disk lacks: an error, or (a ``skipped`` list given) collected and logged."""
+    if skipped is None:
+        raise UserError(f"{what}; download them from the URLs in {listing} first")
+    from traitlens.progress import log
+
+    skipped.extend(ids)
+    log(f"{what}: skipped")
+
+
+def neon_beetles(root: PathLike, images: str = "images", masks: Sequence[str] = ("masks", "annotations"),
+                 skipped: Optional[List[str]] = None) -> List[TraitMaskRecord]:
+    """NEON beetle images with part label maps: ``images/<name>.<ext>`` and ``masks/<name>.png``
+    (or the release's ``metadata.json``; ``skipped`` as for :func:`heliconius`)."""
     root = Path(root)
     image_dir = root / images
     if not image_dir.is_dir():
         raise UserError(f"{root}: no {images}/ folder")
     if (root / "metadata.json").is_file():
-        return _neon_from_metadata(root, image_dir, masks[0])
+        return _neon_from_metadata(root, image_dir, masks[0], skipped)
     mask_dir = next((root / m for m in masks if (root / m).is_dir()), None)
     if mask_dir is None:
         raise UserError(f"{root}: no {' or '.join(m + '/' for m in masks)} folder of part label maps")
@@ -155,7 +169,7 @@ def neon_beetles(root: PathLike, images: str = "images",
     return records
 
 
-def _neon_from_metadata(root: Path, image_dir: Path, masks: str) -> List[TraitMaskRecord]:
+def _neon_from_metadata(root: Path, image_dir: Path, masks: str, skipped: Optional[List[str]] = None) -> List[TraitMaskRecord]:
     """``metadata.json``: columns ``url``, ``mask_path``, ``species`` (a dict of lists) or a list of rows."""
     try:
         data = json.loads((root / "metadata.json").read_text())
@@ -180,8 +194,8 @@ def _neon_from_metadata(root: Path, image_dir: Path, masks: str) -> List[TraitMa
             continue
         records.append(TraitMaskRecord(f"{species}/{stem}" if species else stem, image, mask, row.get("url")))
     if missing:
-        raise UserError(f"{image_dir}: {len(missing)} image(s) of metadata.json are not on disk (first: "
-                        f"{missing[0]}); download them from the URLs in metadata.json first")
+        _missing(f"{image_dir}: {len(missing)} image(s) of metadata.json are not on disk (first: {missing[0]})",
+                 "metadata.json", missing, skipped)
     if not records:
         raise UserError(f"{root / 'metadata.json'}: no entries")
     return records
@@ -191,15 +205,15 @@ DATASETS = ("heliconius", "neon-beetles")
 
 
 def dataset_records(kind: str, root: PathLike, split: str = "test", group: Optional[str] = None,
-                    require_mask: bool = False) -> List[TraitMaskRecord]:
+                    require_mask: bool = False, skipped: Optional[List[str]] = None) -> List[TraitMaskRecord]:
     """The records of a published trait-mask release by name (``heliconius`` or ``neon-beetles``).
 
     ``split`` and ``group`` apply to the Heliconius lists; the NEON release has no splits.
     """
     if kind == "heliconius":
-        return heliconius(root, split=split, require_mask=require_mask, group=group)
+        return heliconius(root, split=split, require_mask=require_mask, group=group, skipped=skipped)
     if kind == "neon-beetles":
-        records = neon_beetles(root)
+        records = neon_beetles(root, skipped=skipped)
         return [r for r in records if r.mask is not None] if require_mask else records
     raise UserError(f"unknown trait-mask dataset {kind!r}: use one of {', '.join(DATASETS)}")
 

@@ -187,8 +187,10 @@ def _score_against(gt, rel: str, labels: torch.Tensor, k: int) -> dict:
     return {"gt": str(path), "confusion": cm.tolist(), "miou": mean_iou(iou_from_confusion(cm))}
 
 
-def summarise(out: Path, supports_info: List[dict], gallery: int = 60, seconds: Optional[float] = None) -> dict:
-    """Merge every rank's results into ``summary.json`` and ``index.html`` (per-trait IoU with ground truth)."""
+def summarise(out: Path, supports_info: List[dict], gallery: int = 60, seconds: Optional[float] = None,
+              extra: Optional[dict] = None) -> dict:
+    """Merge every rank's results into ``summary.json`` and ``index.html`` (per-trait IoU with ground truth);
+    ``extra`` entries join the summary (e.g. the images a release lists but the disk lacks)."""
     from traitlens.report import Section, write_page
 
     out = Path(out)
@@ -214,6 +216,7 @@ def summarise(out: Path, supports_info: List[dict], gallery: int = 60, seconds: 
         summary["miou"] = mean_iou(per)
     if seconds:
         summary["images_per_s"] = len(rows) / seconds
+    summary.update(extra or {})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     section = Section("Trait segmentation by tracking",
                       intro=f"{len(rows)} images segmented from {len(supports_info)} labelled support image(s).")
