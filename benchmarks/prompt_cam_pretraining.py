@@ -20,9 +20,12 @@ same, 192-d / 6 blocks / 6 heads                       37       0.901 (0.923); 0
 200 species × 30 train images, 15 epochs               10       0.861 (0.850); 0.847 (0.857)
 =====================================================  =======  =========================================
 
+On the 2-core CPU (``--device cpu --species 100 --epochs 20 --widths tiny``): 100 species × 60 train images,
+20 epochs, pretraining 361 s: 0.806 (0.810) with lr 2e-2 for 10 epochs, 0.881 (0.879) with 5e-2 for 20 (96 s);
+200 species × 60, 20 epochs (``--species 200 --epochs 20``), pretraining 708 s: 0.864 (0.888) and 0.893 (0.912).
+
 The embedded backbone (18 species × 60, 15 epochs, ~90 s on 2 CPU cores) gives 0.66 and fits only 0.65
-of its own training images; tests/models/test_claims.py has the CPU-side measurements. The 200-species
-pretraining would take about half an hour on 2 CPU cores, so the CPU tests keep the small one.
+of its own training images; tests/models/test_claims.py has the CPU-side measurements.
 """
 
 from __future__ import annotations
