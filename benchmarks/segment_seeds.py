@@ -19,11 +19,8 @@ from traitlens.data.synthetic import PARTS, SynthConfig, generate_arrays, make_t
 from traitlens.segment.features import ColourPositionFeatures
 from traitlens.segment.labelprop import LabelPropagation
 from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou
+from traitlens.segment.runner import to_frame
 from traitlens.segment.tracking import track
-
-
-def to_frame(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255
 
 
 def measure(seed: int, size: int, refine, species: int = 12) -> dict:

@@ -107,6 +107,11 @@ def _items(args):
     return items
 
 
+def _support_info(args):
+    """The --support/--support-mask pairs as summary.json describes them."""
+    return [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
+
+
 def _dataset_inputs(args):
     """--dataset: (supports, their description, query items, ground truth by item) from a release's records."""
     from traitlens.errors import BadImageError
@@ -119,8 +124,7 @@ def _dataset_inputs(args):
     missing: list = []
     records = dataset_records(args.dataset, args.dataset_root, split=args.split, group=args.group, skipped=missing)
     if args.support:
-        supports = _supports(args)
-        info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
+        supports, info = _supports(args), _support_info(args)
     else:
         pool = records if args.dataset != "heliconius" else dataset_records(
             args.dataset, args.dataset_root, split="train", group=args.group, skipped=[])
@@ -168,7 +172,7 @@ def _segment(args) -> int:
         supports, info, items, gt, missing = _dataset_inputs(args)
     else:
         supports, items, gt, missing = _supports(args), _items(args), args.gt, []
-        info = [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
+        info = _support_info(args)
         if gt is not None and not gt.is_dir():
             raise UserError(f"--gt {gt}: not a folder")
     ctx = distributed.setup(args.device)

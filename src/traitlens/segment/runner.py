@@ -171,8 +171,9 @@ def _score_against(gt, rel: str, labels: torch.Tensor, k: int) -> dict:
     ``{relative path: mask file}`` (a trait-mask release); masks stored at another size are resized (nearest)."""
     from traitlens.segment.datasets import fit_mask
 
-    path = Path(gt[rel]) if isinstance(gt, Mapping) and rel in gt else None
-    if not isinstance(gt, Mapping):
+    if isinstance(gt, Mapping):
+        path = Path(gt[rel]) if rel in gt else None
+    else:
         path = Path(gt) / Path(rel).with_suffix(".png")
     if path is None or not path.exists():
         return {"gt": None}
