@@ -76,9 +76,17 @@ def setup(device: str = "auto") -> DistContext:
     return DistContext(rank=rank(), world=world_size(), local_rank=local_rank, device=dev)
 
 
-def cleanup() -> None:
-    """Leave the process group (if this process joined one)."""
+def cleanup(sync: bool = True) -> None:
+    """Leave the process group (if this process joined one).
+
+    With ``sync`` (the normal end of a command) the ranks first meet at a barrier, so that no rank
+    tears its connections down while another is still writing results and yet to leave: an early
+    leaver could abort at exit (seen once with gloo: "terminate called without an active
+    exception"). After an error pass ``sync=False``: the other ranks may never reach the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sync and world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
