@@ -51,7 +51,7 @@ def test_run_folder_is_a_checkpoint_and_is_reused(shared_cache, monkeypatch):
     record = json.loads((run / "embedded.json").read_text())
     assert 0.0 <= record["test_top1"] <= 1.0 and record["recipe"] == recipe("cnn")
     assert not (run / "last").exists()  # no optimizer state kept in the cache
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no partial folders left
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []  # no partial folders left
 
     import traitlens.engine.train as train
 
@@ -114,7 +114,39 @@ def test_second_writer_keeps_the_first_copy(tmp_path, tiny_recipe, monkeypatch):
     run = embedded_backbone("cnn", cache_dir=tmp_path, progress=False)
     assert run == winner["path"]
     assert json.loads((run / "embedded.json").read_text()) == {"writer": "other"}
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []  # the losing copy is gone
+
+
+def test_interrupted_pretraining_resumes(tmp_path, tiny_recipe, monkeypatch):
+    import traitlens.engine.evaluate as evaluate
+    import traitlens.engine.train as train
+
+    real_evaluate, real_fit = evaluate.evaluate_checkpoint, train.fit
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", interrupted)  # stopped after training, before publishing
+    with pytest.raises(KeyboardInterrupt):
+        embedded_backbone("cnn", cache_dir=tmp_path, progress=False)
+    partial = tmp_path / f".embedded-cnn-{embedded.recipe_key(recipe('cnn'))}.partial"
+    assert (partial / "last" / "state.json").is_file()  # the trained epochs are kept
+    seen = {}
+
+    def resumed_fit(config, **kw):
+        seen["state"] = (partial / "last" / "state.json").is_file()
+        seen["resume"] = kw.get("resume")
+        return real_fit(config, **kw)
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", real_evaluate)
+    monkeypatch.setattr(train, "fit", resumed_fit)
+    run = embedded_backbone("cnn", cache_dir=tmp_path, progress=False)
+    assert seen == {"state": True, "resume": None}  # the engine resumes from the partial folder's state
+    assert _ok(run) and not partial.exists()
+
+
+def _ok(run):
+    return (run / "model.safetensors").is_file() and "test_top1" in json.loads((run / "embedded.json").read_text())
 
 
 def test_force_retrains_and_replaces(tmp_path, tiny_recipe):
@@ -132,6 +164,23 @@ def test_cache_location_and_recipe_key(tmp_path, monkeypatch):
     assert embedded.recipe_key(recipe("vit")) != a
     with pytest.raises(UserError, match="kind must be one of vit, cnn"):
         embedded_backbone("mlp", cache_dir=tmp_path)
+
+
+def test_broad_breadth_is_its_own_recipe_and_folder(shared_cache, tmp_path, monkeypatch):
+    standard = recipe("vit")
+    assert "breadth" not in standard  # the standard key is unchanged by the breadth option
+    broad = recipe("vit", "broad")
+    assert broad["breadth"] == "broad" and broad["collection"]["species"] == 200
+    assert embedded.recipe_key(broad) != embedded.recipe_key(standard)
+    with pytest.raises(UserError, match="breadth must be one of standard, broad"):
+        recipe("vit", "wide")
+    monkeypatch.setattr(embedded, "BROAD_COLLECTION", dict(TINY_COLLECTION, species=8))
+    monkeypatch.setattr(embedded, "BROAD_TRAINING", {"vit": TINY_TRAINING, "cnn": TINY_TRAINING})
+    run = embedded_backbone("vit", cache_dir=tmp_path, progress=False, breadth="broad")
+    assert run.name.startswith("embedded-vit-broad-")
+    assert json.loads((run / "model.json").read_text())["num_classes"] == 8
+    assert json.loads((run / "embedded.json").read_text())["recipe"] == recipe("vit", "broad")
+    assert embedded_backbone("vit", cache_dir=tmp_path, progress=False, breadth="broad") == run  # reused
 
 
 @pytest.fixture(scope="module")
