@@ -201,3 +201,17 @@ def test_real_recipe_learns_its_collection(real_cache, kind):
     model = load_embedded(kind, num_classes=12, cache_dir=real_cache)
     summary = model.traitlens_weights  # everything but the 18-class head ("head." or "fc.") came back
     assert len(summary.missing) == 2 and summary.missing == summary.dropped_head and summary.unexpected == []
+
+
+def test_cli_pretrains_prints_and_records_the_weights(tmp_path, tiny_recipe, capsys):
+    from traitlens.backbones import create
+    from traitlens.cli import main
+
+    args = ["backbone", "embedded", "--kind", "cnn", "--cache-dir", str(tmp_path), "--no-progress"]
+    assert main(args + ["--json", str(tmp_path / "record.json")]) == 0
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["weights"] in capsys.readouterr().out and record["recipe"] == recipe("cnn")
+    model = create("tiny-cnn", num_classes=3, weights=record["weights"])  # what --weights gets
+    assert model.traitlens_weights.dropped_head and model.get_classifier().out_features == 3
+    with pytest.raises(SystemExit):
+        main(["backbone", "embedded", "--breadth", "wide"])

@@ -1,27 +1,34 @@
 """The issue's claims for Prompt-CAM and INTR on a synthetic collection, with the demo's CPU recipes.
 
 The collection is ``demo.CLAIMS_COLLECTION``: the demo's 12 species (same generator, seed and taxonomy,
-so the embedded backbone never saw them) with 300 images a species (180 train / 60 val / 60 test)
+so the embedded backbones never saw them) with 300 images a species (180 train / 60 val / 60 test)
 instead of the demo's 60. At 36 training images a species every model here is data-limited (the demo's
 fine-tuned tiny ViT: 0.81 validation top-1; INTR: 0.83 test top-1).
 
-One model of each is trained per test session (module fixture; cached under the session's TRAITLENS_CACHE,
-so a development run with TRAITLENS_TEST_CACHE=~/.cache/traitlens trains once): Prompt-CAM-Deep on the
-frozen embedded tiny ViT, INTR (d=64, 1+2 layers, 4 heads) on the same ViT, fine-tuned.
+Three models are trained per test session (module fixture; cached under the session's TRAITLENS_CACHE,
+so a development run with TRAITLENS_TEST_CACHE=~/.cache/traitlens trains once): Prompt-CAM-Deep frozen on
+the broad embedded tiny ViT (``embedded_backbone("vit", breadth="broad")``: 200 pretraining species),
+Prompt-CAM-Deep frozen on the standard one (18 species, the demo's), and INTR (d=64, 1+2 layers, 4
+heads) on the standard one, fine-tuned.
 
-Recipes: ``demo.CLAIMS_RUNS`` (the demo's; Prompt-CAM takes batches of 16 at 2e-2 for 10 epochs on this
-5× larger collection). Measured (2 shared CPU cores, one thread, seed 0; bit-identical in two fresh
-caches; `python -m pytest -q tests/models/test_claims.py -m slow`: 6.5 min in a fresh cache, of which
-Prompt-CAM trains 96 s and INTR 177 s, the rest is scoring, rendering the 3,600 images and pretraining
-the embedded ViT):
+Recipes: ``demo.CLAIMS_BROAD_PROMPT_CAM`` (AdamW 5e-2, batches of 16, 20 epochs) and ``demo.CLAIMS_RUNS``.
+Measured (2 shared CPU cores, seed 0; `python -m pytest -q tests/models/test_claims.py -m slow`): the
+broad backbone pretrains once in 24.6 min on two threads (12,000 training images, 30 epochs; 0.978 test
+top-1 on its own 200 species), the rest runs on one thread: Prompt-CAM on it trains ~200 s, on the
+standard one 96 s, INTR 177 s.
 
-=============  ======  ==================  ============================  ======================
-model          top-1   best-head trait     p drop top 10% / random 10%   top hurts more than
-               (720)   share / uniform     (correct images, mean; median) random (share)
-=============  ======  ==================  ============================  ======================
-Prompt-CAM     0.663   5.44                0.75 / 0.07; 0.97 / 0.01      0.89
-INTR           0.932   6.07                0.38 / 0.04; 0.23 / 0.00      0.88
-=============  ======  ==================  ============================  ======================
+======================  ======  ==================  ============================  ======================
+model (backbone)        top-1   best-head trait     p drop top 10% / random 10%   top hurts more than
+                        (720)   share / uniform     (correct images, mean; median) random (share)
+======================  ======  ==================  ============================  ======================
+Prompt-CAM (broad)      0.914   3.40                0.56 / 0.06; 0.73 / 0.00      0.84
+Prompt-CAM (standard)   0.663   5.44                0.75 / 0.07; 0.97 / 0.01      0.89
+INTR (standard)         0.932   6.07                0.38 / 0.04; 0.23 / 0.00      0.88
+======================  ======  ==================  ============================  ======================
+
+On the broad backbone the claims recipe for the standard one (2e-2, 10 epochs) reaches 0.847: the
+prompts need the higher rate and the longer schedule there. The trait share is the thinnest margin (3.40
+against the claim's 3): the broad backbone's heads spread attention wider than the 18-species one's.
 
 For the spread: at seed 1 (`ctx.seed`) INTR reaches 0.964, trait ratio 4.51, mean drop 0.33 vs 0.05,
 and Prompt-CAM 0.607, 5.50, 0.57 vs 0.06. INTR on 200 images a species: 0.900-0.925 test top-1 (12 and
@@ -29,8 +36,8 @@ and Prompt-CAM 0.607, 5.50, 0.57 vs 0.06. INTR on 200 images a species: 0.900-0.
 mean drop 0.41-0.53 vs 0.04-0.05. INTR's trait ratio on the demo collection (144 test images, 0.83
 top-1) once measured 2.70; on 480-720 test images it never fell below 4 in six runs.
 
-Prompt-CAM does not reach 90% on the frozen embedded tiny ViT; nothing found in the implementation causes
-it: it is held back by the frozen features. A linear probe on them (max-pooled, as pretrained) reaches
+How the broad backbone was found. Prompt-CAM does not reach 90% on the frozen standard tiny ViT; nothing
+found in the implementation causes it: it is held back by the frozen features. A linear probe on them (max-pooled, as pretrained) reaches
 0.77 test top-1 with 36 training images a species and 0.81 with 120; Prompt-CAM reads the image only
 through the last block's attention and a shared scorer and lands below that: at most 0.67 on the demo
 collection (up to 60 epochs; training accuracy only 0.80 after 60), 0.67-0.70 with 120 a species (15-20
@@ -90,8 +97,7 @@ takes Prompt-CAM to 0.907 test top-1 here (lr 5e-2, 20 epochs; 0.886 with 2e-2 f
 0.922; 200 species with half the images and epochs gives 0.85-0.86. So Prompt-CAM reaches the 90% with a
 frozen backbone once the pretraining is broad enough. On this machine's 2 cores (same script, `--device
 cpu`): 100 species, 20 epochs, 6 min of pretraining: 0.881; 200 species, 20 epochs, 12 min: 0.893 (train
-0.91). The 30 epochs that reach 0.907 on the GPU would take ~18 min here and land within a point of the
-threshold, so the CPU claims keep the embedded backbone and the xfail below.
+0.91). Through the engine, 30 epochs (the broad recipe) give the 0.914 above.
 """
 
 import pytest
@@ -111,48 +117,60 @@ def scores():
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    # The broad backbone pretrains on both cores (24.6 min; the measurements above were taken so): its
+    # batches of 128 gain from two threads, the small runs below do not.
+    torch.set_num_threads(2)
     try:
+        broad = embedded_backbone("vit", breadth="broad", progress=False)
+        torch.set_num_threads(1)
         data = generate_collection(cache_dir("datasets") / f"synth-{recipe_key(demo.CLAIMS_COLLECTION)}",
                                    SynthConfig(**demo.CLAIMS_COLLECTION), progress=False)
-        ctx = DemoContext(out=cache_dir("models-claims"), cache=cache_dir("models-claims"), data=data,
-                          traits=load_traits(data), checkpoints={"backbone-vit": embedded_backbone("vit", progress=False)})
-        yield {name: demo.train_and_score(ctx, name, recipe) for name, recipe in demo.CLAIMS_RUNS.items()}
+
+        def context(backbone):
+            return DemoContext(out=cache_dir("models-claims"), cache=cache_dir("models-claims"), data=data,
+                               traits=load_traits(data), checkpoints={"backbone-vit": backbone})
+
+        standard = context(embedded_backbone("vit", progress=False))
+        out = {name: demo.train_and_score(standard, name, recipe) for name, recipe in demo.CLAIMS_RUNS.items()}
+        out["prompt-cam-broad"] = demo.train_and_score(context(broad), "prompt-cam", demo.CLAIMS_BROAD_PROMPT_CAM)
+        yield out
     finally:
         torch.set_num_threads(threads)
 
 
-# Chance is 1/12; 720 test images (binomial standard error ~0.009 at 0.93, ~0.018 at 0.66).
+# Chance is 1/12; 720 test images (binomial standard error ~0.010 at 0.91-0.93, ~0.018 at 0.66).
 def test_intr_reaches_90_percent(scores):
     assert scores["intr"]["n"] == 720
     assert scores["intr"]["top1"] >= 0.90  # measured 0.932
 
 
-def test_prompt_cam_accuracy(scores):
+def test_prompt_cam_reaches_90_percent_on_the_broad_backbone(scores):
+    assert scores["prompt-cam-broad"]["n"] == 720
+    assert scores["prompt-cam-broad"]["top1"] >= 0.90  # measured 0.914
+
+
+def test_pretraining_breadth_is_what_frozen_prompt_cam_needs(scores):
     assert scores["prompt-cam"]["n"] == 720
     assert scores["prompt-cam"]["top1"] >= 0.55  # measured 0.663 (seed 1: 0.607; 200 a species: 0.68-0.70)
+    assert scores["prompt-cam-broad"]["top1"] >= scores["prompt-cam"]["top1"] + 0.15  # measured +0.25
 
 
-@pytest.mark.xfail(reason="Prompt-CAM on the frozen embedded tiny ViT levels off near 0.70; 0.907 with a "
-                          "200-species pretraining on a GPU (see module doc)",
-                   strict=True)  # reaching 90% turns this into a failure: then drop the marker
-def test_prompt_cam_reaches_90_percent(scores):
-    assert scores["prompt-cam"]["top1"] >= 0.90
+MODELS = ["prompt-cam-broad", "prompt-cam", "intr"]
 
 
-@pytest.mark.parametrize("name", ["prompt-cam", "intr"])
+@pytest.mark.parametrize("name", MODELS)
 def test_best_head_looks_at_the_traits(scores, name):
-    # The claim: ≥ 3× the uniform share. Measured 5.44 and 6.07 (INTR: 4.1-6.4 over six runs).
+    # The claim: ≥ 3× the uniform share. Measured 3.40, 5.44 and 6.07 (INTR: 4.1-6.4 over six runs).
     assert scores[name]["trait_ratio"] >= 3.0
 
 
-@pytest.mark.parametrize("name", ["prompt-cam", "intr"])
+@pytest.mark.parametrize("name", MODELS)
 def test_removing_the_attended_region_hurts_more_than_a_random_one(scores, name):
     s = scores[name]
-    # Measured: means 0.75 / 0.38 vs 0.07 / 0.04 (INTR seed 1: 0.33 vs 0.05); 89% / 88% of the images
-    # (INTR seed 1: 74%). Medians are not asserted: a confident INTR keeps p ≈ 1 whatever 10% is
-    # removed (median drop 0.97 / 0.23 here, 0.01 vs 0.00 at seed 1, where 96% of the images are right),
-    # and ties count as "not more" in the share.
+    # Measured: means 0.56 / 0.75 / 0.38 vs 0.06 / 0.07 / 0.04 (INTR seed 1: 0.33 vs 0.05); 84% / 89% /
+    # 88% of the images (INTR seed 1: 74%). Medians are not asserted: a confident INTR keeps p ≈ 1
+    # whatever 10% is removed (median drop 0.97 / 0.23 here, 0.01 vs 0.00 at seed 1, where 96% of the
+    # images are right), and ties count as "not more" in the share.
     assert s["drop_top"] >= s["drop_random"] + 0.2
     assert s["drop_top"] >= 4 * s["drop_random"]
     assert s["drop_top_median"] >= s["drop_random_median"]
