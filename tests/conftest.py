@@ -17,11 +17,15 @@ from traitlens.data.synthetic import SynthConfig, generate_collection
 from traitlens.data.traits import TraitTable, load_traits
 
 
+_OWN_CACHE = []  # the temporary cache this session made (removed when it ends)
+
+
 def pytest_configure(config):
     if "TRAITLENS_TEST_CACHE" in os.environ:  # reuse a cache across runs while developing
         os.environ["TRAITLENS_CACHE"] = os.environ["TRAITLENS_TEST_CACHE"]
     else:
         os.environ["TRAITLENS_CACHE"] = tempfile.mkdtemp(prefix="traitlens-test-cache-")
+        _OWN_CACHE.append(os.environ["TRAITLENS_CACHE"])
     os.environ["TRAITLENS_QUIET"] = "1"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The tests' models are tiny: one thread is faster than two fighting over shared cores (measured
@@ -29,6 +33,13 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    for path in _OWN_CACHE:  # a full session writes ~0.7 GB there (collections, backbones, runs)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 TINY_CONFIG = dict(species=6, per_species=10, size=32, seed=0)

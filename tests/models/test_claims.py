@@ -22,9 +22,13 @@ model (backbone)        top-1   best-head trait     p drop top 10% / random 10% 
                         (720)   share / uniform     (correct images, mean; median) random (share)
 ======================  ======  ==================  ============================  ======================
 Prompt-CAM (broad)      0.914   3.40                0.56 / 0.06; 0.73 / 0.00      0.84
-Prompt-CAM (standard)   0.663   5.44                0.75 / 0.07; 0.97 / 0.01      0.89
+Prompt-CAM (standard)   0.667   5.44                0.76 / 0.07; 0.97 / 0.01      0.90
 INTR (standard)         0.932   6.07                0.38 / 0.04; 0.23 / 0.00      0.88
 ======================  ======  ==================  ============================  ======================
+
+(The standard row measured 0.663 / 0.75 / 0.89 before the last release's ``run_block``: float-level
+changes move a few of the 720 images.) Measured twice from a fresh cache, the second time by the full
+suite: the broad backbone's training losses and the broad Prompt-CAM's figures came back bit for bit.
 
 On the broad backbone the claims recipe for the standard one (2e-2, 10 epochs) reaches 0.847: the
 prompts need the higher rate and the longer schedule there. The trait share is the thinnest margin (3.40
@@ -151,7 +155,7 @@ def test_prompt_cam_reaches_90_percent_on_the_broad_backbone(scores):
 
 def test_pretraining_breadth_is_what_frozen_prompt_cam_needs(scores):
     assert scores["prompt-cam"]["n"] == 720
-    assert scores["prompt-cam"]["top1"] >= 0.55  # measured 0.663 (seed 1: 0.607; 200 a species: 0.68-0.70)
+    assert scores["prompt-cam"]["top1"] >= 0.55  # measured 0.667 (seed 1: 0.607; 200 a species: 0.68-0.70)
     assert scores["prompt-cam-broad"]["top1"] >= scores["prompt-cam"]["top1"] + 0.15  # measured +0.25
 
 
@@ -167,7 +171,7 @@ def test_best_head_looks_at_the_traits(scores, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_removing_the_attended_region_hurts_more_than_a_random_one(scores, name):
     s = scores[name]
-    # Measured: means 0.56 / 0.75 / 0.38 vs 0.06 / 0.07 / 0.04 (INTR seed 1: 0.33 vs 0.05); 84% / 89% /
+    # Measured: means 0.56 / 0.76 / 0.38 vs 0.06 / 0.07 / 0.04 (INTR seed 1: 0.33 vs 0.05); 84% / 90% /
     # 88% of the images (INTR seed 1: 74%). Medians are not asserted: a confident INTR keeps p ≈ 1
     # whatever 10% is removed (median drop 0.97 / 0.23 here, 0.01 vs 0.00 at seed 1, where 96% of the
     # images are right), and ties count as "not more" in the share.
