@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from traitlens.backbones import create
-from traitlens.backbones.embedded import PRETRAIN_COLLECTION, TARGET_COLLECTION
+from traitlens.backbones.embedded import BROAD_COLLECTION, BROAD_TRAINING, PRETRAIN_COLLECTION, TARGET_COLLECTION
 from traitlens.data.synthetic import SynthConfig, generate_arrays, make_taxonomy
 from traitlens.models import PromptCAM
 from traitlens.models import demo_section as demo
@@ -50,10 +50,11 @@ WIDTHS = {"tiny": {}, "192": dict(embed_dim=192, depth=6, num_heads=6)}
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--species", type=int, default=200, help="pretraining species (default 200)")
-    ap.add_argument("--per-species", type=int, default=100,
+    ap.add_argument("--species", type=int, default=BROAD_COLLECTION["species"],
+                    help="pretraining species (default: the broad embedded backbone's, 200)")
+    ap.add_argument("--per-species", type=int, default=BROAD_COLLECTION["per_species"],
                     help="images a species, 60%% of them for training (default 100)")
-    ap.add_argument("--epochs", type=int, default=30, help="pretraining epochs (default 30)")
+    ap.add_argument("--epochs", type=int, default=BROAD_TRAINING["vit"]["epochs"], help="pretraining epochs (default 30)")
     ap.add_argument("--widths", nargs="+", default=["tiny", "192"], choices=sorted(WIDTHS))
     ap.add_argument("--quick", action="store_true", help="4 species, 20 claims images a species, one epoch each")
     args = ap.parse_args(argv)

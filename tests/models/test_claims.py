@@ -129,10 +129,11 @@ def scores():
         torch.set_num_threads(1)
         data = generate_collection(cache_dir("datasets") / f"synth-{recipe_key(demo.CLAIMS_COLLECTION)}",
                                    SynthConfig(**demo.CLAIMS_COLLECTION), progress=False)
+        traits = load_traits(data)
 
         def context(backbone):
             return DemoContext(out=cache_dir("models-claims"), cache=cache_dir("models-claims"), data=data,
-                               traits=load_traits(data), checkpoints={"backbone-vit": backbone})
+                               traits=traits, checkpoints={"backbone-vit": backbone})
 
         standard = context(embedded_backbone("vit", progress=False))
         out = {name: demo.train_and_score(standard, name, recipe) for name, recipe in demo.CLAIMS_RUNS.items()}

@@ -64,7 +64,7 @@ BREADTHS = ("standard", "broad")
 RECORD = "embedded.json"
 
 
-def _check_kind(kind: str, breadth: str = "standard") -> None:
+def _check(kind: str, breadth: str = "standard") -> None:
     if kind not in KINDS:
         raise UserError(f"embedded backbone kind must be one of {', '.join(KINDS)}, not {kind!r}")
     if breadth not in BREADTHS:
@@ -81,7 +81,7 @@ def recipe(kind: str, breadth: str = "standard") -> dict:
     """Everything that decides the embedded backbone's weights (its cache key is a hash of this)."""
     from traitlens.data.synthetic import RENDER_VERSION
 
-    _check_kind(kind, breadth)
+    _check(kind, breadth)
     collection, training = _plan(kind, breadth)
     spec = {
         "version": EMBEDDED_VERSION,
@@ -147,8 +147,13 @@ def embedded_backbone(kind: str = "vit", cache_dir: Optional[Path] = None, force
         tmp = root / (f".{final.name}.partial" if alone else f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if force:
             shutil.rmtree(tmp, ignore_errors=True)
-        record = _pretrain(kind, spec, data, tmp, device, progress, started)
-        _publish(tmp, final, replace=force)
+        try:
+            record = _pretrain(kind, spec, data, tmp, device, progress, started)
+            _publish(tmp, final, replace=force)
+        except BaseException:
+            if not alone:  # a per-process copy no later call would resume
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log(f"embedded tiny {kind.upper()}: test top-1 {record['test_top1']:.3f} on its own collection "
         f"in {record['seconds']:.0f}s")
     return final
@@ -177,8 +182,7 @@ def _pretrain(kind: str, spec: dict, data: Path, tmp: Path, device: str, progres
     from traitlens.engine.evaluate import evaluate_checkpoint
     from traitlens.engine.train import fit
 
-    training = {k: v for k, v in spec["training"].items()}
-    config = TrainConfig(data=str(data), out=str(tmp), backbone=spec["preset"], device=device, **training)
+    config = TrainConfig(data=str(data), out=str(tmp), backbone=spec["preset"], device=device, **spec["training"])
     result = fit(config, progress=progress, resume=None)  # resumes an interrupted pretraining
     test = evaluate_checkpoint(tmp, data, split="test", device=device, show_progress=False)
     if not (tmp / WEIGHTS).is_file():

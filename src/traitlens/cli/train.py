@@ -80,8 +80,7 @@ def run_train(args) -> int:
     if args.classes:
         values["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     config = load_config(args.config, args.overrides, **values)
-    finished = False
-    try:
+    with distributed.leaving():
         result = fit(config, progress=not args.no_progress, resume=args.resume)
         if distributed.is_main():
             best = result["best"] or {}
@@ -91,9 +90,6 @@ def run_train(args) -> int:
                 line += f", val top-1 {metrics['val_top1']:.4f}"
             print(line)
             write_json(args.json, result)
-        finished = True
-    finally:
-        distributed.cleanup(sync=finished)
     return 0
 
 
@@ -103,15 +99,11 @@ def run_evaluate(args) -> int:
 
     if distributed.env_world() > 1:
         distributed.setup(args.device)
-    finished = False
-    try:
+    with distributed.leaving():
         result = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, device=args.device,
                                      batch_size=args.batch_size, num_workers=args.num_workers)
         if distributed.is_main():
             print(f"{args.split}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} on {result['n']} images"
                   + (f" ({len(result['skipped'])} unreadable skipped)" if result.get("skipped") else ""))
             write_json(args.json, result)
-        finished = True
-    finally:
-        distributed.cleanup(sync=finished)
     return 0

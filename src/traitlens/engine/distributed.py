@@ -12,6 +12,7 @@ batch at step k; with a mean loss per rank and DDP's gradient averaging, the upd
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,6 +89,18 @@ def cleanup(sync: bool = True) -> None:
         if sync and world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def leaving() -> Iterator[None]:
+    """Run a command's body, then leave the process group: in step with the other ranks when the body
+    finished, at once when it raised (:func:`cleanup`)."""
+    try:
+        yield
+    except BaseException:
+        cleanup(sync=False)
+        raise
+    cleanup()
 
 
 def rank() -> int:
