@@ -39,10 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from traitlens.backbones import create
-from traitlens.backbones.embedded import BROAD_COLLECTION, BROAD_TRAINING, PRETRAIN_COLLECTION, TARGET_COLLECTION
+from traitlens.studies.embedded import BROAD_COLLECTION, BROAD_TRAINING, PRETRAIN_COLLECTION, TARGET_COLLECTION
 from traitlens.data.synthetic import SynthConfig, generate_arrays, make_taxonomy
 from traitlens.models import PromptCAM
-from traitlens.models import demo_section as demo
+from traitlens.studies.demo import interpretable as demo
 
 WIDTHS = {"tiny": {}, "192": dict(embed_dim=192, depth=6, num_heads=6)}
 

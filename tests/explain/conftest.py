@@ -66,30 +66,3 @@ def gap_linear():
     with torch.no_grad():
         model.fc.weight.mul_(5)
     return model
-
-
-@pytest.fixture(scope="session")
-def collection(tmp_path_factory):
-    """A tiny synthetic collection on disk (6 species, 5 images each, 32 px)."""
-    from traitlens.data.synthetic import SynthConfig, generate_collection
-
-    return generate_collection(tmp_path_factory.mktemp("synth") / "c", SynthConfig(species=6, per_species=5, size=32,
-                                                                                  seed=0), progress=False)
-
-
-@pytest.fixture(scope="session")
-def checkpoint(collection, tmp_path_factory):
-    """A random tiny-cnn classifier checkpoint for the collection (logits scaled to be moderate)."""
-    from traitlens.data.traits import load_traits
-    from traitlens.engine.checkpoint import save_checkpoint
-    from traitlens.engine.config import TrainConfig
-    from traitlens.engine.methods import build_model
-
-    torch.manual_seed(0)
-    config = TrainConfig(data=str(collection), out="x", method="finetune", backbone="tiny-cnn", image_size=32,
-                         epochs=1, seed=0)
-    model, _ = build_model(config, 6)
-    with torch.no_grad():
-        model.get_classifier().weight.mul_(20)
-    run = tmp_path_factory.mktemp("run")
-    return save_checkpoint(run, model.eval(), {"config": config, "class_names": load_traits(collection).class_names})

@@ -1,6 +1,6 @@
 """The Finer-CAM claims on ground truth, with the demo's classifiers (tiny ViT and tiny CNN fine-tuned from the
 embedded pretrained backbones on the 12-species, 64 px demo collection; trained once per test session by
-``traitlens.demo.prepare``, reused from ``$TRAITLENS_TEST_CACHE`` while developing).
+``traitlens.studies.demo.prepare``, reused from ``$TRAITLENS_TEST_CACHE`` while developing).
 
 Protocol (as the paper): correctly classified test images, target = the predicted species, references = its
 sibling species (every demo species has two), α = 1, the 144 test images; the numbers below are what
@@ -36,7 +36,7 @@ CLAIM_METRICS = ["drop", "contrastive_drop", "diagnostic_energy", "diagnostic_li
 
 @pytest.fixture(scope="module")
 def demo():
-    from traitlens.demo import prepare
+    from traitlens.studies.demo import prepare
 
     torch.set_num_threads(1)
     return prepare()

@@ -106,12 +106,12 @@ cpu`): 100 species, 20 epochs, 6 min of pretraining: 0.881; 200 species, 20 epoc
 
 import pytest
 
-from traitlens.backbones.embedded import embedded_backbone
+from traitlens.studies.embedded import embedded_backbone
 from traitlens.cache import cache_dir, recipe_key
 from traitlens.data.synthetic import SynthConfig, generate_collection
 from traitlens.data.traits import load_traits
-from traitlens.demo import DemoContext
-from traitlens.models import demo_section as demo
+from traitlens.studies.demo import DemoContext
+from traitlens.studies.demo import interpretable as demo
 
 pytestmark = pytest.mark.slow
 

@@ -16,14 +16,14 @@ from typing import Any
 from torch import nn
 
 from traitlens.backbones.layout import TokenLayout, data_config, find_backbone, get_module, layout
+from traitlens.backbones.embedded import find_embedded
 from traitlens.backbones.presets import PRESETS, Preset, get_preset
 from traitlens.backbones.weights import LoadSummary, load_state_dict, load_weights, read_state_dict, run_folder_spec
 from traitlens.errors import UserError
 
 __all__ = [
     "PRESETS", "Preset", "TokenLayout", "LoadSummary", "create", "create_from_spec", "layout", "data_config",
-    "get_module", "find_backbone", "load_weights", "read_state_dict", "load_state_dict", "embedded_backbone",
-    "load_embedded",
+    "get_module", "find_backbone", "load_weights", "read_state_dict", "load_state_dict", "find_embedded",
 ]
 
 
@@ -126,12 +126,3 @@ def create_from_spec(spec: dict, num_classes: int | None = None, weights=None) -
         raise UserError(f"not a traitlens backbone spec: {spec!r}")
     n = spec.get("num_classes", 0) if num_classes is None else num_classes
     return create(spec["name"], num_classes=n, weights=weights, **dict(spec.get("overrides") or {}))
-
-
-def __getattr__(attr):
-    # embedded.py needs the data and engine packages; import it only when asked for.
-    if attr in ("embedded_backbone", "load_embedded"):
-        from traitlens.backbones import embedded
-
-        return getattr(embedded, attr)
-    raise AttributeError(f"module 'traitlens.backbones' has no attribute '{attr}'")

@@ -22,7 +22,7 @@ from traitlens.progress import log
 # The reference recipe of Mai et al. (full fine-tuning, SGD + Nesterov, backbone at 0.1× the head's lr, weight
 # decay 5e-4, batch 64, cosine). The reference head lr is 1e-3 over thousands of steps on a foundation model; a
 # tiny CPU backbone fine-tuned for a few epochs on a few hundred images needs a larger step: FINETUNE_LR, as in
-# the calibrate experiment (traitlens.calibrate.experiment), where 0.01 already scrambled the absent classes'
+# the calibrate experiment (traitlens.studies.calibration), where 0.01 already scrambled the absent classes'
 # logits among themselves (embedded ViT, seed 0: their u/u fell from 72% to 62%) while 0.003 kept it (76%).
 REFERENCE_LR = 1e-3
 FINETUNE_LR = 0.003
@@ -119,11 +119,24 @@ def finetune_subset(checkpoint, data, classes, out, *, epochs=None, lr=None, bat
 
 
 # --------------------------------------------------------------------------------------- outputs
+def model_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(logits N×C, pooled features N×D) of a timm classifier on normalised images N×3×H×W, in eval mode."""
+    was = model.training
+    model.eval()
+    logits, feats = [], []
+    with torch.no_grad():
+        for i in range(0, images.shape[0], batch_size):
+            f = model.forward_features(images[i:i + batch_size])
+            feats.append(model.forward_head(f, pre_logits=True))
+            logits.append(model.forward_head(f))
+    model.train(was)
+    return torch.cat(logits), torch.cat(feats)
+
+
 def dataset_outputs(model: nn.Module, dataset, device="cpu", batch_size: int = 128) -> Tuple[torch.Tensor, ...]:
     """(logits N×C, pooled features N×D, labels N) of a timm classifier over a traitlens dataset."""
     from torch.utils.data import DataLoader
 
-    from traitlens.calibrate.experiment import model_outputs
     from traitlens.data.folders import collate
 
     logits, feats, labels = [], [], []

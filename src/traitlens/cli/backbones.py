@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def _embedded(args) -> int:
-    from traitlens.backbones.embedded import RECORD, embedded_backbone
+    from traitlens.studies.embedded import RECORD, embedded_backbone
     from traitlens.engine.checkpoint import WEIGHTS
 
     run = embedded_backbone(args.kind, cache_dir=args.cache_dir, force=args.force, device=args.device,

@@ -20,7 +20,7 @@ def register(sub) -> None:
 
 
 def _demo(args) -> int:
-    from traitlens.demo import run_demo
+    from traitlens.studies.demo import run_demo
     from traitlens.engine.distributed import resolve_device
 
     sections = None if args.sections == "all" else [s.strip() for s in args.sections.split(",") if s.strip()]

@@ -6,7 +6,7 @@ import json
 import math
 from dataclasses import asdict
 
-from traitlens.calibrate.experiment import ExperimentConfig, run_experiment, summary_rows
+from traitlens.studies.calibration import ExperimentConfig, run_experiment, summary_rows
 
 # The experiment's defaults (the demo's collection, embedded tiny ViT): about a minute on 2 CPU cores once the
 # embedded backbone is cached; cached under ctx.cache after the first run.
@@ -16,7 +16,7 @@ DEMO_EXPERIMENT: dict = {}
 def _start_recipe(backbone: str):
     """What decides the starting weights (the embedded backbone's recipe), so a new one invalidates the cache."""
     if backbone.startswith("embedded-"):
-        from traitlens.backbones.embedded import recipe
+        from traitlens.studies.embedded import recipe
 
         return recipe(backbone[len("embedded-"):])
     return None

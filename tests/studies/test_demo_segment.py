@@ -13,7 +13,7 @@ from traitlens.report import write_page
 
 @pytest.mark.slow
 def test_demo_section_measures_and_caches(tmp_path):
-    from traitlens.segment.demo_section import demo_section
+    from traitlens.studies.demo.segment import demo_section
 
     ctx = SimpleNamespace(out=tmp_path / "report", cache=tmp_path / "cache", data=tmp_path, traits=None,
                           device="cpu", seed=0, checkpoints={})

@@ -50,7 +50,7 @@ COMPARE = dict(alpha=1.0, references="logit-distance", steps=10, top_k=4, limit=
 def _backbone_run(ctx) -> Path:
     run = ctx.checkpoints.get("backbone-vit")
     if run is None:
-        from traitlens.backbones.embedded import embedded_backbone
+        from traitlens.studies.embedded import embedded_backbone
 
         run = embedded_backbone("vit", device=ctx.device, progress=False)
     return Path(run)

@@ -7,10 +7,10 @@ import pytest
 
 from traitlens.data.synthetic import SynthConfig, generate_collection
 from traitlens.data.traits import load_traits
-from traitlens.demo import DemoContext
+from traitlens.studies.demo import DemoContext
 from traitlens.engine.config import load_config
 from traitlens.engine.train import fit
-from traitlens.models import demo_section as demo
+from traitlens.studies.demo import interpretable as demo
 from traitlens.report import write_page
 
 os.environ.setdefault("TRAITLENS_QUIET", "1")
@@ -42,9 +42,9 @@ def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
 def test_claims_collection_has_the_species_the_embedded_backbone_avoids():
     # The claims are measured on more images of the demo's species; the embedded ViT was pretrained on
     # species chosen to differ from exactly these (TARGET_COLLECTION's taxonomy), so it never saw them.
-    from traitlens.backbones.embedded import TARGET_COLLECTION
+    from traitlens.studies.embedded import TARGET_COLLECTION
     from traitlens.data.synthetic import make_taxonomy
-    from traitlens.demo import DEMO_COLLECTION
+    from traitlens.studies.demo import DEMO_COLLECTION
 
     claims = make_taxonomy(SynthConfig(**demo.CLAIMS_COLLECTION)).fingerprint()
     assert claims == make_taxonomy(SynthConfig(**TARGET_COLLECTION)).fingerprint()

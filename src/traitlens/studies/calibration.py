@@ -1,6 +1,6 @@
 """The paper's experiment on the synthetic collection, small enough for a CPU.
 
-Start from a "foundation model" (the embedded pretrained tiny backbone, :mod:`traitlens.backbones.embedded`,
+Start from a "foundation model" (the embedded pretrained tiny backbone, :mod:`traitlens.studies.embedded`,
 trained on species none of which is in this collection); pre-train it with a fresh head on every species
 rendered in domain A; fully fine-tune it in domain B on half of the species (cross-entropy over all species);
 test on every species in domain B. Mai et al. (2024) find that the absent species' accuracy collapses after
@@ -29,6 +29,7 @@ from torch import nn
 from traitlens.calibrate.accuracy import accuracy_table, ncm_logits
 from traitlens.calibrate.bias import alg_gamma, pcv_gamma
 from traitlens.calibrate.confidence import expected_calibration_error, fit_temperature
+from traitlens.calibrate.finetuning import model_outputs
 from traitlens.calibrate.seen_unseen import ausuc, oracle_gamma, seen_unseen_curve
 
 
@@ -80,27 +81,13 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
 
     torch.manual_seed(cfg.seed)  # the head's initial weights
     if cfg.backbone.startswith("embedded-"):
-        from traitlens.backbones.embedded import load_embedded
+        from traitlens.studies.embedded import load_embedded
 
         return load_embedded(cfg.backbone[len("embedded-"):], num_classes=cfg.species)
     return backbones.create(cfg.backbone, num_classes=cfg.species)
 
 
 # --------------------------------------------------------------------------------------- model I/O
-def model_outputs(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(logits N×C, pooled features N×D) of a timm classifier on normalised images N×3×H×W, in eval mode."""
-    was = model.training
-    model.eval()
-    logits, feats = [], []
-    with torch.no_grad():
-        for i in range(0, images.shape[0], batch_size):
-            f = model.forward_features(images[i:i + batch_size])
-            feats.append(model.forward_head(f, pre_logits=True))
-            logits.append(model.forward_head(f))
-    model.train(was)
-    return torch.cat(logits), torch.cat(feats)
-
-
 def _train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
            optimizer: str, backbone_lr_scale: float, weight_decay: float, momentum: float, batch_size: int,
            seed: int, colour_jitter: float = 0.0) -> None:

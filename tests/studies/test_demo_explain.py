@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 from traitlens.data.traits import load_traits
-from traitlens.demo import DemoContext
+from traitlens.studies.demo import DemoContext
 from traitlens.report import write_page
 
 
 def test_demo_section_renders_and_caches(collection, checkpoint, tmp_path):
-    from traitlens.explain.demo_section import demo_section
+    from traitlens.studies.demo.explain import demo_section
 
     ctx = DemoContext(out=tmp_path / "out", cache=tmp_path / "cache", data=collection,
                       traits=load_traits(collection), checkpoints={"cnn": checkpoint})

@@ -2,7 +2,7 @@
 
 The demo makes (or reuses from the cache) the synthetic specimen collection and the tiny pretrained
 backbones, trains the demo's classifiers, then runs one section per method. Each method area adds a
-``demo_section(ctx)`` in ``traitlens/<area>/demo_section.py``; a section that fails is shown as failed
+``demo_section(ctx)`` in ``traitlens/studies/demo/<area>.py``; a section that fails is shown as failed
 in the report and makes the command exit non-zero, but never stops the other sections.
 """
 
@@ -28,11 +28,11 @@ DEMO_TRAINING = dict(epochs=12, batch_size=64, lr=1e-3, optimizer="adamw", weigh
 
 # Method sections in report order: (name, module). Missing modules are skipped.
 SECTIONS = [
-    ("explain", "traitlens.explain.demo_section"),
-    ("models", "traitlens.models.demo_section"),
-    ("segment", "traitlens.segment.demo_section"),
-    ("calibrate", "traitlens.calibrate.demo_section"),
-    ("compbench", "traitlens.compbench.demo_section"),
+    ("explain", "traitlens.studies.demo.explain"),
+    ("models", "traitlens.studies.demo.interpretable"),
+    ("segment", "traitlens.studies.demo.segment"),
+    ("calibrate", "traitlens.studies.demo.calibrate"),
+    ("compbench", "traitlens.studies.demo.compbench"),
 ]
 
 @dataclass
@@ -67,7 +67,7 @@ def _within(path: Path, root: Path) -> bool:
 
 def prepare(device: str = "cpu", seed: int = 0, cache: Optional[Path] = None) -> DemoContext:
     """Make or reuse the collection, the embedded backbones and the demo classifiers."""
-    from traitlens.backbones.embedded import embedded_backbone
+    from traitlens.studies.embedded import embedded_backbone
     from traitlens.data.synthetic import SynthConfig, generate_collection
     from traitlens.data.traits import load_traits
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from traitlens.backbones import embedded
-from traitlens.backbones.embedded import embedded_backbone, load_embedded, recipe
+from traitlens.studies import embedded
+from traitlens.studies.embedded import embedded_backbone, load_embedded, recipe
 from traitlens.errors import UserError
 
 
@@ -69,7 +69,7 @@ def test_pretraining_species_are_disjoint_from_the_demo(shared_cache):
     run = shared_cache[1]["cnn"]
     collection = load_traits(json.loads((run / "embedded.json").read_text())["collection"])
     demo = make_taxonomy(SynthConfig(**embedded.TARGET_COLLECTION))
-    from traitlens.demo import DEMO_COLLECTION
+    from traitlens.studies.demo import DEMO_COLLECTION
 
     assert embedded.TARGET_COLLECTION == DEMO_COLLECTION  # the species avoided are the demo's
     assert not set(collection.names) & set(demo.names)
@@ -215,3 +215,16 @@ def test_cli_pretrains_prints_and_records_the_weights(tmp_path, tiny_recipe, cap
     assert model.traitlens_weights.dropped_head and model.get_classifier().out_features == 3
     with pytest.raises(SystemExit):
         main(["backbone", "embedded", "--breadth", "wide"])
+
+
+def test_backbones_finds_what_the_study_published_and_makes_nothing(shared_cache, tmp_path):
+    from traitlens.backbones import find_embedded
+
+    root, runs = shared_cache
+    assert find_embedded("vit", cache_dir=root) == runs["vit"]
+    assert find_embedded("cnn", cache_dir=root) == runs["cnn"]
+    with pytest.raises(UserError, match="no embedded tiny VIT backbone \\(broad\\)"):
+        find_embedded("vit", breadth="broad", cache_dir=root)
+    with pytest.raises(UserError, match="no embedded tiny CNN backbone"):
+        find_embedded("cnn", cache_dir=tmp_path)  # an empty cache: nothing is pretrained on the way
+    assert not list(tmp_path.glob("embedded-*"))

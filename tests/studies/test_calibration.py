@@ -27,7 +27,7 @@ import json
 import pytest
 import torch
 
-from traitlens.calibrate.experiment import ExperimentConfig, run_experiment
+from traitlens.studies.calibration import ExperimentConfig, run_experiment
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_calibration_restores_absent_classes(one_thread):
 
 
 def test_demo_section_runs_small_and_caches(tmp_path, monkeypatch, one_thread):
-    from traitlens.calibrate import demo_section as ds
+    from traitlens.studies.demo import calibrate as ds
     from traitlens.report import write_page
 
     monkeypatch.setattr(ds, "DEMO_EXPERIMENT", dict(species=6, per_species=12, size=32, backbone="tiny-cnn",

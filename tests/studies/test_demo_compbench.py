@@ -3,7 +3,7 @@
 import time
 from types import SimpleNamespace
 
-from traitlens.compbench.demo_section import demo_section
+from traitlens.studies.demo.compbench import demo_section
 from traitlens.data.traits import load_traits
 from traitlens.report import write_page
 
