@@ -1,7 +1,7 @@
 """How broad a frozen backbone's pretraining must be for Prompt-CAM to reach 90% on the synthetic collection.
 
 Pretrains the tiny ViT preset (or a wider one) from scratch on N synthetic species disjoint from the demo's,
-freezes it, trains Prompt-CAM-Deep on ``demo.CLAIMS_COLLECTION`` (the demo's 12 species, 300 images each)
+freezes it, trains Prompt-CAM-Deep on ``traitlens.studies.recipes.CLAIMS_COLLECTION`` (the demo's 12 species, 300 images each)
 and prints test top-1. A plain loop on in-memory tensors (AdamW, cosine with one warm-up epoch, 70-100%
 crops and flips), not the engine: it is an experiment on the backbone, not a recipe.
 
@@ -39,22 +39,24 @@ import torch
 import torch.nn.functional as F
 
 from traitlens.backbones import create
-from traitlens.studies.embedded import BROAD_COLLECTION, BROAD_TRAINING, PRETRAIN_COLLECTION, TARGET_COLLECTION
+from traitlens.studies.recipes import CLAIMS_COLLECTION, pretraining
 from traitlens.data.synthetic import SynthConfig, generate_arrays, make_taxonomy
 from traitlens.models import PromptCAM
-from traitlens.studies.demo import interpretable as demo
 
 WIDTHS = {"tiny": {}, "192": dict(embed_dim=192, depth=6, num_heads=6)}
+
+
+BROAD = pretraining("vit", "broad")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--species", type=int, default=BROAD_COLLECTION["species"],
+    ap.add_argument("--species", type=int, default=BROAD.collection.species,
                     help="pretraining species (default: the broad embedded backbone's, 200)")
-    ap.add_argument("--per-species", type=int, default=BROAD_COLLECTION["per_species"],
+    ap.add_argument("--per-species", type=int, default=BROAD.collection.per_species,
                     help="images a species, 60%% of them for training (default 100)")
-    ap.add_argument("--epochs", type=int, default=BROAD_TRAINING["vit"]["epochs"], help="pretraining epochs (default 30)")
+    ap.add_argument("--epochs", type=int, default=BROAD.training.epochs, help="pretraining epochs (default 30)")
     ap.add_argument("--widths", nargs="+", default=["tiny", "192"], choices=sorted(WIDTHS))
     ap.add_argument("--quick", action="store_true", help="4 species, 20 claims images a species, one epoch each")
     args = ap.parse_args(argv)
@@ -69,11 +71,12 @@ def main(argv=None) -> None:
         return (images - mean) / std, torch.from_numpy(arrays[2].astype(np.int64)).to(dev)
 
     start = time.time()
-    target = make_taxonomy(SynthConfig(**TARGET_COLLECTION))
+    target = make_taxonomy(SynthConfig(**BROAD.avoid.as_dict()))
     species, per = (4, 10) if args.quick else (args.species, args.per_species)
-    pcfg = SynthConfig(**dict(PRETRAIN_COLLECTION, species=species, per_species=per), avoid_species_of=target)
+    pcfg = SynthConfig(**dict(BROAD.collection.as_dict(), species=species, per_species=per), avoid_species_of=target)
     px, py = tensors(generate_arrays(pcfg, "train", make_taxonomy(pcfg)))
-    ccfg = SynthConfig(**(dict(demo.CLAIMS_COLLECTION, per_species=20) if args.quick else demo.CLAIMS_COLLECTION))
+    claims = CLAIMS_COLLECTION.as_dict()
+    ccfg = SynthConfig(**(dict(claims, per_species=20) if args.quick else claims))
     ctable = make_taxonomy(ccfg)
     cx, cy = tensors(generate_arrays(ccfg, "train", ctable))
     tx, ty = tensors(generate_arrays(ccfg, "test", ctable))

@@ -84,7 +84,7 @@ def test_demo_section_runs_small_and_caches(tmp_path, monkeypatch, one_thread):
 
     section = ds.demo_section(Ctx)
     cached = list((tmp_path / "cache").glob("calibrate-experiment-*.json"))
-    assert len(cached) == 1 and "tables" in json.loads(cached[0].read_text())
+    assert len(cached) == 1 and "tables" in json.loads(cached[0].read_text())["result"]
     monkeypatch.setattr(ds, "run_experiment", lambda *a, **k: pytest.fail("cache not used"))
     ds.demo_section(Ctx)
     write_page("calibrate", [section], tmp_path / "index.html")

@@ -21,7 +21,8 @@ def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
     data = generate_collection(tmp_path / "c", SynthConfig(species=3, per_species=5, size=32, seed=0), progress=False)
     backbone = tmp_path / "backbone"
     fit(load_config("tiny-cpu", data=str(data), out=str(backbone), epochs=1, batch_size=8), progress=False)
-    monkeypatch.setattr(demo, "RUNS", {k: {**v, "epochs": 1, "batch_size": 8} for k, v in demo.RUNS.items()})
+    quick = {k: v.with_(epochs=1, batch_size=8) for k, v in demo._recipes().items()}
+    monkeypatch.setattr(demo, "_recipes", lambda scale="standard": quick)
     ctx = DemoContext(out=tmp_path / "report", cache=tmp_path / "cache", data=data, traits=load_traits(data),
                       checkpoints={"backbone-vit": backbone, "vit": backbone})
     (tmp_path / "cache").mkdir()
@@ -30,8 +31,8 @@ def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
     html = page.read_text()
     assert "Prompt-CAM" in html and "best head trait share" in html and html.count("<img") >= 2 * 3 * 4
     assert "Finer-CAM" in html and "INTR best head" in html and "deletion AUC" in html
-    for name in demo.RUNS:
-        assert list((tmp_path / "cache").glob(f"{name}-*.json"))
+    for name in quick:
+        assert list((tmp_path / "cache").glob(f"{name}-scores-*.json"))
     assert list((tmp_path / "cache").glob("compare-*.json"))
     start = time.time()
     demo.train_and_score(ctx, "prompt-cam")
@@ -42,11 +43,10 @@ def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
 def test_claims_collection_has_the_species_the_embedded_backbone_avoids():
     # The claims are measured on more images of the demo's species; the embedded ViT was pretrained on
     # species chosen to differ from exactly these (TARGET_COLLECTION's taxonomy), so it never saw them.
-    from traitlens.studies.embedded import TARGET_COLLECTION
     from traitlens.data.synthetic import make_taxonomy
-    from traitlens.studies.demo import DEMO_COLLECTION
+    from traitlens.studies.recipes import CLAIMS_COLLECTION, DEMO_COLLECTION, pretraining
 
-    claims = make_taxonomy(SynthConfig(**demo.CLAIMS_COLLECTION)).fingerprint()
-    assert claims == make_taxonomy(SynthConfig(**TARGET_COLLECTION)).fingerprint()
-    assert claims == make_taxonomy(SynthConfig(**DEMO_COLLECTION)).fingerprint()
-    assert demo.CLAIMS_COLLECTION["per_species"] > DEMO_COLLECTION["per_species"]
+    claims = make_taxonomy(SynthConfig(**CLAIMS_COLLECTION.as_dict())).fingerprint()
+    assert claims == make_taxonomy(SynthConfig(**pretraining("vit", "broad").avoid.as_dict())).fingerprint()
+    assert claims == make_taxonomy(SynthConfig(**DEMO_COLLECTION.as_dict())).fingerprint()
+    assert CLAIMS_COLLECTION.per_species > DEMO_COLLECTION.per_species

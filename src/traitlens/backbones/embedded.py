@@ -16,7 +16,7 @@ from traitlens.cache import cache_dir as cache_root
 from traitlens.errors import UserError
 
 KINDS = ("vit", "cnn")
-BREADTHS = ("standard", "broad")
+BREADTHS = ("standard", "broad", "tiny")  # tiny: seconds, for tests of the machinery
 RECORD = "embedded.json"
 
 

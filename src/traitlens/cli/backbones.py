@@ -17,9 +17,9 @@ def register(sub) -> None:
                     "model.safetensors (for --weights). Cached: rerunning returns at once; an interrupted "
                     "pretraining resumes.")
     emb.add_argument("--kind", default="vit", choices=["vit", "cnn"], help="tiny-vit or tiny-cnn (default vit)")
-    emb.add_argument("--breadth", default="standard", choices=["standard", "broad"],
+    emb.add_argument("--breadth", default="standard", choices=["standard", "broad", "tiny"],
                      help="standard: 18 species, ~2 min on 2 CPU cores (the demo's); broad: 200 species, 30 "
-                          "epochs, ~25 min on 2 CPU cores, the one to freeze under Prompt-CAM")
+                          "epochs, ~25 min on 2 CPU cores, the one to freeze under Prompt-CAM; tiny: seconds, checks the machinery")
     emb.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to pretrain (default cpu)")
     emb.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                      help="where backbones are cached (default $TRAITLENS_CACHE/backbones)")

@@ -7,8 +7,8 @@ The later methods start from these weights as they would from DINO or CLIP: Prom
 calibration fine-tunes them.
 
 The result is an ordinary traitlens run folder (``model.safetensors`` + ``model.json``, see
-docs/ARCHITECTURE.md), cached under ``cache_dir("backbones")`` in a folder named after a hash of the
-recipe below. It is trained in a hidden sibling folder (``.<name>.partial``) and renamed into place, so
+docs/ARCHITECTURE.md), cached under ``cache_dir("backbones")`` in a folder named after the memo key of its recipe
+(:func:`traitlens.studies.recipes.pretraining` and the code that trains it, :mod:`traitlens.studies.memo`). It is trained in a hidden sibling folder (``.<name>.partial``) and renamed into place, so
 readers never see half a run. An interrupted pretraining resumes from that folder's last epoch on the
 next call. Processes on one machine take turns through a lock file (the second finds the first's result);
 where no lock can be taken (no ``fcntl``), each trains its own copy and the later rename loses: its copy
@@ -28,89 +28,46 @@ from typing import Iterator, Optional
 
 from torch import nn
 
-from traitlens.backbones.embedded import BREADTHS, KINDS, RECORD, backbone_name, backbones_dir, check
+from traitlens.backbones.embedded import RECORD, backbone_name, backbones_dir, check
 from traitlens.backbones.embedded import is_complete as _complete
-from traitlens.cache import recipe_key
+from traitlens.studies.memo import memo_path, plain
+from traitlens.studies.recipes import Pretraining, pretraining
 from traitlens.errors import UserError
 from traitlens.progress import log
 
-# Bump when the recipe's meaning changes without its values changing (e.g. a training-loop fix).
-EMBEDDED_VERSION = 1
-
-# The pretraining collection: more species than the demo (more to learn from), none of the demo's;
-# 100 images a species (60 train / 20 val / 20 test): with fewer, the tiny ViT overfits (36 train
-# images a species gave 72% validation top-1 at 99% train accuracy).
-PRETRAIN_COLLECTION = dict(species=18, per_species=100, size=64, seed=1)
-# The collection whose species the pretraining collection avoids: the demo's (traitlens.studies.demo.DEMO_COLLECTION).
-TARGET_COLLECTION = dict(species=12, per_species=60, size=64, seed=0)
-# Measured on a shared 2-core CPU: ViT test top-1 0.889 (top-5 1.0), CNN 0.933 (top-5 1.0); about
-# 6 s an epoch for the ViT and 8 s for the CNN when the machine is quiet, plus ~16 s to render the
-# collection once for both.
-PRETRAIN_TRAINING = {
-    "vit": dict(epochs=15, batch_size=64, lr=2e-3, backbone_lr_scale=1.0, weight_decay=0.05, warmup_epochs=1.0),
-    "cnn": dict(epochs=12, batch_size=64, lr=3e-3, backbone_lr_scale=1.0, weight_decay=0.05, warmup_epochs=1.0),
-}
-# The broad pretraining: the same preset on 200 species, for a frozen backbone that has to carry a
-# readout on its own (Prompt-CAM's claims, tests/models/test_claims.py). A frozen backbone is only as
-# good as the breadth of its pretraining: on the 18 species above, Prompt-CAM levels off near 0.66
-# test top-1 on the claims collection; after this one, ~0.9. It costs ~20-30 min on 2 CPU cores
-# (12,000 training images, 30 epochs), once, so the demo keeps the standard one.
-BROAD_COLLECTION = dict(species=200, per_species=100, size=64, seed=1)
-BROAD_TRAINING = {
-    "vit": dict(epochs=30, batch_size=128, lr=2e-3, backbone_lr_scale=1.0, weight_decay=0.05, warmup_epochs=1.0),
-    "cnn": dict(epochs=20, batch_size=128, lr=3e-3, backbone_lr_scale=1.0, weight_decay=0.05, warmup_epochs=1.0),
-}
-
-
-def _plan(kind: str, breadth: str):
-    if breadth == "broad":
-        return BROAD_COLLECTION, BROAD_TRAINING[kind]
-    return PRETRAIN_COLLECTION, PRETRAIN_TRAINING[kind]
-
-
-def recipe(kind: str, breadth: str = "standard") -> dict:
-    """Everything that decides the embedded backbone's weights (its cache key is a hash of this)."""
-    from traitlens.data.synthetic import RENDER_VERSION
-
+def recipe(kind: str = "vit", breadth: str = "standard") -> Pretraining:
+    """Everything that decides the embedded backbone's weights (its cache key is :func:`memo_key` of this)."""
     check(kind, breadth)
-    collection, training = _plan(kind, breadth)
-    spec = {
-        "version": EMBEDDED_VERSION,
-        "render_version": RENDER_VERSION,
-        "preset": f"tiny-{kind}",
-        "collection": dict(collection),
-        "avoid_species_of": dict(TARGET_COLLECTION),
-        "training": dict(training, method="finetune", optimizer="adamw", seed=0),
-    }
-    if breadth != "standard":  # the standard recipe (and so its cache key) is as before breadths existed
-        spec["breadth"] = breadth
-    return spec
+    return pretraining(kind, breadth)
 
 
-def _pretraining_collection(root: Path, collection: dict, progress: bool) -> Path:
+def _pretraining_collection(root: Path, spec: Pretraining, progress: bool) -> Path:
     from traitlens.data.synthetic import SynthConfig, generate_collection, make_taxonomy
 
-    target = make_taxonomy(SynthConfig(**TARGET_COLLECTION))  # only the taxonomy: nothing is rendered
-    cfg = SynthConfig(**collection, avoid_species_of=target)
-    key = recipe_key({"collection": collection, "avoid": TARGET_COLLECTION})
-    return generate_collection(root / f"pretrain-synth-{key}", cfg, progress=progress)
+    target = make_taxonomy(SynthConfig(**spec.avoid.as_dict()))  # only the taxonomy: nothing is rendered
+    cfg = SynthConfig(**spec.collection.as_dict(), avoid_species_of=target)
+    return generate_collection(memo_path(root, "pretrain-synth", (spec.collection, spec.avoid)), cfg,
+                               progress=progress)
 
 
 def embedded_backbone(kind: str = "vit", cache_dir: Optional[Path] = None, force: bool = False,
-                      device: str = "cpu", progress: bool = True, breadth: str = "standard") -> Path:
+                      device: str = "cpu", progress: bool = True, breadth: str = "standard",
+                      spec: Optional[Pretraining] = None) -> Path:
     """The run folder of the embedded tiny ``kind`` ("vit" or "cnn") backbone, pretraining it if needed.
 
     ``cache_dir`` defaults to ``$TRAITLENS_CACHE/backbones`` (``~/.cache/traitlens/backbones``);
-    ``force=True`` pretrains again even when a cached copy exists. ``breadth="broad"`` pretrains on
-    :data:`BROAD_COLLECTION` (200 species) instead of :data:`PRETRAIN_COLLECTION` (18): the backbone to
-    freeze when the readout has to rely on its features alone. The folder holds ``model.safetensors``,
+    ``force=True`` pretrains again even when a cached copy exists. ``breadth="broad"`` pretrains on 200
+    species instead of 18 (:func:`traitlens.studies.recipes.pretraining`): the backbone to freeze when the
+    readout has to rely on its features alone; ``spec`` replaces the recipe altogether (the tests' tiny
+    one). The folder holds ``model.safetensors``,
     ``model.json`` (the engine's checkpoint) and ``embedded.json`` (the recipe, test accuracy on the
     pretraining collection, seconds taken).
     """
-    spec = recipe(kind, breadth)
+    spec = recipe(kind, breadth) if spec is None else spec
+    kind, breadth = spec.kind, spec.breadth
     root = backbones_dir(cache_dir)
     name = backbone_name(kind, breadth)
-    final = root / f"{name}-{recipe_key(spec)}"
+    final = memo_path(root, name, spec)
     if _complete(final) and not force:
         _point(root, name, final)
         return final
@@ -121,8 +78,8 @@ def embedded_backbone(kind: str = "vit", cache_dir: Optional[Path] = None, force
             return final
         started = time.time()
         log(f"pretraining the embedded tiny {kind.upper()} backbone{'' if breadth == 'standard' else f' ({breadth})'} "
-            f"on {spec['collection']['species']} species (once; cached in {final})")
-        data = _pretraining_collection(root, spec["collection"], progress)
+            f"on {spec.collection.species} species (once; cached in {final})")
+        data = _pretraining_collection(root, spec, progress)
         tmp = root / (f".{final.name}.partial" if alone else f".{final.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         if force:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -166,14 +123,15 @@ def _turn(lock: Path) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _pretrain(kind: str, spec: dict, data: Path, tmp: Path, device: str, progress: bool, started: float) -> dict:
+def _pretrain(kind: str, spec: Pretraining, data: Path, tmp: Path, device: str, progress: bool, started: float) -> dict:
     """Train (or resume training) the recipe into ``tmp``; score it on the test split; write the record."""
     from traitlens.engine.checkpoint import WEIGHTS
     from traitlens.engine.config import TrainConfig
     from traitlens.engine.evaluate import evaluate_checkpoint
     from traitlens.engine.train import fit
 
-    config = TrainConfig(data=str(data), out=str(tmp), backbone=spec["preset"], device=device, **spec["training"])
+    config = TrainConfig(data=str(data), out=str(tmp), backbone=spec.preset, device=device, seed=spec.seed,
+                         **spec.training.config())
     result = fit(config, progress=progress, resume=None)  # resumes an interrupted pretraining
     test = evaluate_checkpoint(tmp, data, split="test", device=device, show_progress=False)
     if not (tmp / WEIGHTS).is_file():
@@ -181,7 +139,7 @@ def _pretrain(kind: str, spec: dict, data: Path, tmp: Path, device: str, progres
     shutil.rmtree(tmp / "last", ignore_errors=True)  # optimizer state: not needed once pretrained
     record = {
         "kind": kind,
-        "recipe": spec,
+        "recipe": plain(spec),
         "collection": str(data),
         "test_top1": test["top1"],
         "test_top5": test["top5"],
@@ -211,15 +169,16 @@ def _publish(tmp: Path, final: Path, replace: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)  # the other process's copy stands
 
 
-def embedded_info(kind: str = "vit", cache_dir: Optional[Path] = None) -> dict:
+def embedded_info(kind: str = "vit", cache_dir: Optional[Path] = None, breadth: str = "standard") -> dict:
     """The record (recipe, test accuracy, seconds) of the embedded backbone, pretraining it if needed."""
-    run = embedded_backbone(kind, cache_dir=cache_dir)
+    run = embedded_backbone(kind, cache_dir=cache_dir, breadth=breadth)
     return json.loads((run / RECORD).read_text())
 
 
-def load_embedded(kind: str = "vit", num_classes: int = 0, cache_dir: Optional[Path] = None) -> nn.Module:
+def load_embedded(kind: str = "vit", num_classes: int = 0, cache_dir: Optional[Path] = None,
+                  breadth: str = "standard") -> nn.Module:
     """The tiny ``kind`` backbone with its pretrained weights and a fresh ``num_classes`` head (0: none)."""
     from traitlens.backbones import create
 
-    run = embedded_backbone(kind, cache_dir=cache_dir)
+    run = embedded_backbone(kind, cache_dir=cache_dir, breadth=breadth)
     return create(f"tiny-{kind}", num_classes=num_classes, weights=run)

@@ -13,18 +13,15 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from traitlens.cache import cache_dir, recipe_key
+from traitlens.cache import cache_dir
 from traitlens.progress import log
 from traitlens.report import Section, write_page
-
-# The embedded default: small enough for a 2-core CPU, fine-grained enough to need the traits.
-DEMO_COLLECTION = dict(species=12, per_species=60, size=64, seed=0)
-DEMO_TRAINING = dict(epochs=12, batch_size=64, lr=1e-3, optimizer="adamw", weight_decay=0.05,
-                     warmup_epochs=1, backbone_lr_scale=0.5)
+from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.recipes import DEMO_CLASSIFIER, DEMO_COLLECTION, Collection
 
 # Method sections in report order: (name, module). Missing modules are skipped.
 SECTIONS = [
@@ -67,14 +64,12 @@ def _within(path: Path, root: Path) -> bool:
 
 def prepare(device: str = "cpu", seed: int = 0, cache: Optional[Path] = None) -> DemoContext:
     """Make or reuse the collection, the embedded backbones and the demo classifiers."""
-    from traitlens.studies.embedded import embedded_backbone
-    from traitlens.data.synthetic import SynthConfig, generate_collection
     from traitlens.data.traits import load_traits
+    from traitlens.studies.embedded import embedded_backbone
 
     root = Path(cache) if cache else cache_dir("demo")
     root.mkdir(parents=True, exist_ok=True)
-    cfg = SynthConfig(**DEMO_COLLECTION)
-    data = generate_collection(cache_dir("datasets") / f"synth-{recipe_key(DEMO_COLLECTION)}", cfg)
+    data = collection(DEMO_COLLECTION)
     traits = load_traits(data)
     checkpoints: Dict[str, Path] = {}
     for kind in ("vit", "cnn"):
@@ -84,15 +79,23 @@ def prepare(device: str = "cpu", seed: int = 0, cache: Optional[Path] = None) ->
                        checkpoints=checkpoints)
 
 
+def collection(recipe: Collection, progress: bool = True) -> Path:
+    """The synthetic collection of ``recipe``, rendered once into the cache (``datasets/``)."""
+    from traitlens.data.synthetic import SynthConfig, generate_collection
+
+    return generate_collection(memo_path(cache_dir("datasets"), "synth", recipe), SynthConfig(**recipe.as_dict()),
+                               progress=progress)
+
+
 def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, device: str, seed: int) -> Path:
     """Fine-tune the embedded backbone on the demo collection (cached by recipe)."""
     from traitlens.engine.config import TrainConfig
     from traitlens.engine.train import fit
 
-    recipe = dict(DEMO_TRAINING, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
-    run_dir = root / "runs" / f"classifier-{kind}-{recipe_key(recipe)}"
-    config = TrainConfig(data=str(data), out=str(run_dir), method="finetune", backbone=f"tiny-{kind}",
-                         weights=str(backbone), seed=seed, device=str(device), **DEMO_TRAINING)
+    recipe = dict(training=DEMO_CLASSIFIER, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
+    run_dir = memo_path(root / "runs", f"classifier-{kind}", recipe)
+    config = TrainConfig(data=str(data), out=str(run_dir), backbone=f"tiny-{kind}",
+                         weights=str(backbone), seed=seed, device=str(device), **DEMO_CLASSIFIER.config())
     # fit() returns at once for a finished run and resumes an interrupted one.
     fit(config)
     return run_dir
@@ -103,7 +106,6 @@ def foundation_section(ctx: DemoContext) -> Section:
     from PIL import Image
 
     from traitlens.data.traits import colourise_parts
-    from traitlens.engine.evaluate import evaluate_checkpoint
     from traitlens.report import confusion_matrix_plot
 
     traits = ctx.traits
@@ -129,8 +131,8 @@ def foundation_section(ctx: DemoContext) -> Section:
     s.table([{"species": traits.name(i), "genus": traits.genus_of(i), **traits.attributes(i)}
              for i in range(traits.num_species)], caption="Species, genera and trait values (traits.json)")
     for kind in ("vit", "cnn"):
-        result = _cached_json(ctx.cache / f"eval-{kind}-{ctx.checkpoints[kind].name}.json", lambda: evaluate_checkpoint(
-            ctx.checkpoints[kind], ctx.data, split="test", device=str(ctx.device)))
+        result = memo_json(ctx.cache, f"eval-{kind}", dict(run=ctx.checkpoints[kind].name, split="test"),
+                           lambda: _evaluation(ctx.checkpoints[kind], ctx.data, ctx.device))
         s.text(f"Tiny {kind.upper()} fine-tuned from the embedded backbone: top-1 {result['top1']:.3f}, "
                f"top-5 {result['top5']:.3f} on {result['n']} test images.")
         s.figure(confusion_matrix_plot(np.array(result["confusion"]), traits.class_names,
@@ -138,16 +140,13 @@ def foundation_section(ctx: DemoContext) -> Section:
     return s
 
 
-def _cached_json(path: Path, compute: Callable[[], dict]) -> dict:
-    import json
+def _evaluation(run: Path, data: Path, device) -> dict:
+    """The test-split figures of a classifier run that the report shows (JSON-able)."""
+    from traitlens.engine.evaluate import evaluate_checkpoint
 
-    if path.exists():
-        return json.loads(path.read_text())
-    result = compute()
+    result = evaluate_checkpoint(run, data, split="test", device=str(device))
     keep = {k: v for k, v in result.items() if k in ("top1", "top5", "n", "confusion", "per_class")}
-    keep = {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in keep.items()}
-    path.write_text(json.dumps(keep))
-    return keep
+    return {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in keep.items()}
 
 
 def run_demo(out: Path, device: str = "cpu", seed: int = 0, sections: Optional[List[str]] = None,

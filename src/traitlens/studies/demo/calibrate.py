@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict
 
 from traitlens.studies.calibration import ExperimentConfig, run_experiment, summary_rows
+from traitlens.studies.memo import memo_json
 
 # The experiment's defaults (the demo's collection, embedded tiny ViT): about a minute on 2 CPU cores once the
 # embedded backbone is cached; cached under ctx.cache after the first run.
@@ -30,18 +29,11 @@ def _describe(backbone: str) -> str:
 
 
 def demo_section(ctx):
-    from traitlens.cache import recipe_key
     from traitlens.report import Section, bar_plot, line_plot
 
     cfg = ExperimentConfig(**DEMO_EXPERIMENT, seed=int(ctx.seed))
-    key = recipe_key(dict(asdict(cfg), version=2, start=_start_recipe(cfg.backbone)))
-    path = ctx.cache / f"calibrate-experiment-{key}.json"
-    if path.is_file():
-        result = json.loads(path.read_text())
-    else:
-        result = run_experiment(cfg, log=ctx.log)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
+    result = memo_json(ctx.cache, "calibrate-experiment", dict(experiment=cfg, start=_start_recipe(cfg.backbone)),
+                       lambda: run_experiment(cfg, log=ctx.log))
 
     t, g = result["tables"], result["gamma"]
     s = Section("Fine-tuning without forgetting: calibrated fine-tuning",

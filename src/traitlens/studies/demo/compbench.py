@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from traitlens.report import Section
+from traitlens.studies.memo import memo_path
+from traitlens.studies.recipes import COMPBENCH_BUILD
 
 BASELINES = [("always-left", "scripted:left"), ("random", "scripted:random"), ("oracle", "scripted:oracle")]
 
@@ -17,16 +19,13 @@ def _benchmark(ctx) -> Path:
     """Build (or reuse) the benchmark under ``ctx.cache``; rebuilt when the collection changes."""
     from traitlens.compbench.build import build_benchmark
 
-    bench = Path(ctx.cache) / "benchmark"
-    key = {"traits": ctx.traits.fingerprint() if hasattr(ctx.traits, "fingerprint") else None,
-           "data": str(Path(ctx.data).resolve()), "seed": ctx.seed, "version": 1}
-    info = bench / "benchmark_info.json"
-    stamp = Path(ctx.cache) / "benchmark_key.json"  # beside, not inside: the folder holds only records
-    if info.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
+    study = dict(build=COMPBENCH_BUILD, data=str(Path(ctx.data).resolve()), seed=ctx.seed)
+    bench = memo_path(ctx.cache, "benchmark", study)
+    if (bench / "benchmark_info.json").is_file():  # written last by build_benchmark
         return bench
-    build_benchmark(ctx.data, Path(ctx.data) / "traits.json", bench, pairs_per_attribute=3, split="test",
+    build_benchmark(ctx.data, Path(ctx.data) / "traits.json", bench,
+                    pairs_per_attribute=COMPBENCH_BUILD.pairs_per_attribute, split=COMPBENCH_BUILD.split,
                     feature="pixels", task="specimen_attributes", noun="specimen", seed=ctx.seed)
-    stamp.write_text(json.dumps(key))
     return bench
 
 

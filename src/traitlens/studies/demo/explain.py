@@ -3,24 +3,12 @@ the diagnostic parts of ``traits.json``. The metric table and the overlays are c
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from traitlens.cache import recipe_key
 from traitlens.report import Section
-
-METHODS = "gradcam,finer-gradcam"
-CLAIM_METRICS = ["drop", "contrastive_drop", "diagnostic_energy", "diagnostic_lift", "diagnostic_fraction",
-                 "diagnostic_density"]
-# Deletion/insertion cost 2·(steps+1) forwards per method: only for the (cheap) CNN.
-METRICS = {"cnn": CLAIM_METRICS + ["energy", "pointing", "deletion", "insertion"], "vit": CLAIM_METRICS}
-# The protocol of tests/explain/test_synthetic_claim.py: explain the prediction of correctly classified images
-# against the target's sibling species, at the layer and scale traitlens recommends for small parts.
-RECIPE = dict(methods=METHODS, metrics=METRICS, alpha=1.0, references="taxonomy", target="predicted",
-              only_correct=True, steps=10, limit=144, v=2)
+from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.recipes import FINER_CAM_EVALUATION as RECIPE
 
 
 def _dataset(ctx, model, meta):
@@ -33,29 +21,29 @@ def _dataset(ctx, model, meta):
 
 
 def _table(ctx, kind: str) -> dict:
+    study = dict(evaluation=RECIPE, checkpoint=str(ctx.checkpoints[kind]), seed=ctx.seed)
+    return memo_json(ctx.cache, f"table-{kind}", study, lambda: _evaluate(ctx, kind))
+
+
+def _evaluate(ctx, kind: str) -> dict:
     from traitlens.data.folders import collate
     from traitlens.engine.checkpoint import load_model
     from traitlens.explain.engine import resolve_layer
     from traitlens.explain.evaluate import evaluate_explanations
 
-    key = recipe_key(dict(RECIPE, checkpoint=str(ctx.checkpoints[kind]), seed=ctx.seed))
-    path = Path(ctx.cache) / f"table-{kind}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     model, meta = load_model(ctx.checkpoints[kind], device=ctx.device)
     data = _dataset(ctx, model, meta)
     # An even spread over species: every k-th test image.
-    step = max(1, len(data) // RECIPE["limit"])
-    subset = torch.utils.data.Subset(data, list(range(0, len(data), step))[:RECIPE["limit"]])
+    step = max(1, len(data) // RECIPE.limit)
+    subset = torch.utils.data.Subset(data, list(range(0, len(data), step))[:RECIPE.limit])
     loader = torch.utils.data.DataLoader(subset, batch_size=48, collate_fn=collate)
     settings = _settings(model, data)
-    res = evaluate_explanations(model, loader, METHODS, metrics=METRICS.get(kind, CLAIM_METRICS),
-                                alpha=RECIPE["alpha"], references=RECIPE["references"], target=RECIPE["target"],
-                                only_correct=RECIPE["only_correct"], steps=RECIPE["steps"], traits=ctx.traits,
+    res = evaluate_explanations(model, loader, RECIPE.methods, metrics=RECIPE.metrics(kind),
+                                alpha=RECIPE.alpha, references=RECIPE.references, target=RECIPE.target,
+                                only_correct=RECIPE.only_correct, steps=RECIPE.steps, traits=ctx.traits,
                                 class_names=meta["class_names"], **settings)
     payload = res.to_json()
     payload["settings"] = {"layer": resolve_layer(model, settings["target_layer"]).name, "scale": settings["scale"]}
-    path.write_text(json.dumps(payload))
     return payload
 
 
@@ -73,8 +61,8 @@ def _pairs(ctx, kind: str, per_genus: int = 1):
     from traitlens.explain.metrics import diagnostic_masks, diagnostic_table
     from traitlens.report.overlay import overlay
 
-    key = recipe_key(dict(RECIPE, checkpoint=str(ctx.checkpoints[kind]), what="pairs"))
-    path = Path(ctx.cache) / f"pairs-{kind}-{key}.npz"
+    path = memo_path(ctx.cache, f"pairs-{kind}", dict(evaluation=RECIPE, checkpoint=str(ctx.checkpoints[kind]),
+                                                     per_genus=per_genus), ".npz")
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             return [tuple(z[f"{i}_{j}"] for j in range(4)) + (str(z[f"{i}_caption"]),)
@@ -120,7 +108,9 @@ def _pairs(ctx, kind: str, per_genus: int = 1):
         for j in range(4):
             arrays[f"{i}_{j}"] = row[j]
         arrays[f"{i}_caption"] = np.array(row[4])
-    np.savez_compressed(path, **arrays)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)  # whole or not at all
     return out
 
 

@@ -3,48 +3,28 @@ their maps against Grad-CAM and Finer-CAM on the same test images.
 
 Prompt-CAM runs on the frozen embedded tiny ViT (only prompts and scorer train); INTR puts a tiny
 DETR-style transformer on the same pretrained ViT and fine-tunes everything. Both train through the
-engine with the recipes in :data:`RUNS` (tuned on CPU, see tests/models/test_claims.py for what they
-reach); runs, scores and the comparison table are cached under ``ctx.cache``, keyed by recipe, so a
-second demo run only draws.
+engine with the recipes of :func:`traitlens.studies.recipes.interpretable` (tuned on CPU; the claims
+tier measures what they reach at full scale); runs, scores and the comparison table are cached under
+``ctx.cache`` by :mod:`traitlens.studies.memo`, so a second demo run only draws.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 
-# CPU recipes, tuned on 2 loaded cores. The demo trains them on its collection (36 training images a
-# species); tests/models/test_claims.py measures the issue's claims with these recipes (CLAIMS_RUNS) on
-# CLAIMS_COLLECTION, the demo's 12 species drawn by the same generator with 300 images a species (180 to
-# train): at 36 a species every model here is data-limited (the fine-tuned tiny ViT reaches 0.81
-# validation top-1). Prompt-CAM: AdamW at a high rate moves the prompts fastest (SGD at 0.05 reached 50%
-# after 8 epochs, at 0.5 it diverged); the frozen tiny ViT caps it near 0.70 test top-1 however it is
-# trained (see the test module). INTR fine-tunes the backbone at half rate.
-RUNS = {
-    "prompt-cam": dict(method="prompt-cam", optimizer="adamw", lr=5e-2, weight_decay=0.0, batch_size=32,
-                       epochs=20, warmup_epochs=1, scheduler="cosine", method_options={"mode": "deep"}),
-    "intr": dict(method="intr", optimizer="adamw", lr=1e-3, backbone_lr_scale=0.5, weight_decay=1e-4,
-                 grad_clip=0.1, batch_size=32, epochs=12, warmup_epochs=1, scheduler="cosine",
-                 method_options={"d_model": 64, "num_heads": 4, "num_encoder_layers": 1,
-                                 "num_decoder_layers": 2, "dim_feedforward": 128, "dropout": 0.0}),
-}
-CLAIMS_COLLECTION = dict(species=12, per_species=300, size=64, seed=0)
-# On the 5× larger collection Prompt-CAM takes half the epochs in batches of 16 at 2e-2 (~100 s on one
-# thread): 0.663 test top-1; the demo's recipe reaches 0.685 there but takes 200 s.
-CLAIMS_RUNS = {**RUNS, "prompt-cam": dict(RUNS["prompt-cam"], lr=2e-2, batch_size=16, epochs=10)}
-# Prompt-CAM frozen on the broad embedded backbone (200 pretraining species, ``embedded_backbone("vit",
-# breadth="broad")``): the claims' 90%. Measured 0.914 test top-1 (5e-2 for 20 epochs, ~200 s on one
-# thread); the 2e-2 / 10 epochs above reach only 0.847 there.
-CLAIMS_BROAD_PROMPT_CAM = dict(CLAIMS_RUNS["prompt-cam"], lr=5e-2, epochs=20)
+from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.recipes import MAP_COMPARISON, Training, interpretable
+
 LABELS = {"prompt-cam": "Prompt-CAM", "intr": "INTR"}
-# The comparison: the explain section's settings (Finer-CAM α = 1 against the 3 closest classes by logit,
-# deletion/insertion with 10 steps), the diagnostic parts of each image's closest class by the classifier;
-# every k-th test image up to ``limit`` (an even spread over the species) keeps it to ~40 s on 2 cores.
-COMPARE = dict(alpha=1.0, references="logit-distance", steps=10, top_k=4, limit=72, v=2)
+
+
+def _recipes(scale: str = "standard") -> Dict[str, Training]:
+    spec = interpretable(scale)
+    return {"prompt-cam": spec.prompt_cam, "intr": spec.intr}
 
 
 def _backbone_run(ctx) -> Path:
@@ -56,16 +36,9 @@ def _backbone_run(ctx) -> Path:
     return Path(run)
 
 
-# Bump when a model's forward changes without its recipe changing, so cached runs are not reused
-# (2: Prompt-CAM normalises the prompt outputs with a max-pooled ViT's fc_norm).
-MODELS_VERSION = 2
-
-
-def _key(ctx, recipe: dict) -> str:
-    from traitlens.cache import recipe_key
-
-    return recipe_key(dict(recipe, backbone=str(_backbone_run(ctx)), data=str(ctx.data), seed=ctx.seed,
-                           version=MODELS_VERSION))
+def _study(ctx, recipe: Training) -> dict:
+    """What decides a trained model: its recipe, the backbone it starts from, the data and the seed."""
+    return dict(training=recipe, backbone=str(_backbone_run(ctx)), data=str(ctx.data), seed=ctx.seed)
 
 
 def _test_set(ctx, model, meta):
@@ -77,31 +50,32 @@ def _test_set(ctx, model, meta):
                               classes=meta["class_names"], masks="auto")
 
 
-def train_and_score(ctx, name: str, recipe: Optional[dict] = None) -> dict:
-    """Train (or reuse) one model on ``ctx.data`` with ``recipe`` (default ``RUNS[name]``) and score it on
-    the test split; cached as JSON."""
-    from traitlens.engine.checkpoint import load_model
-    from traitlens.engine.config import load_config
-    from traitlens.engine.train import fit
-    from traitlens.models.trait_scores import score_dataset
+def train_and_score(ctx, name: str, recipe: Optional[Training] = None) -> dict:
+    """Train (or reuse) one model on ``ctx.data`` with ``recipe`` (default: the standard scale's) and score
+    it on the test split; the run folder and the scores are cached by :mod:`traitlens.studies.memo`."""
+    recipe = _recipes()[name] if recipe is None else recipe
+    study = _study(ctx, recipe)
+    run = memo_path(ctx.cache, name, study)
 
-    cache = Path(ctx.cache)
-    recipe = RUNS[name] if recipe is None else recipe
-    key = _key(ctx, recipe)
-    record = cache / f"{name}-{key}.json"
-    run = cache / f"{name}-{key}"
-    if record.is_file() and (run / "model.json").is_file():
-        return json.loads(record.read_text())
-    config = load_config(None, **recipe, backbone="tiny-vit", weights=str(_backbone_run(ctx)),
-                         data=str(ctx.data), out=str(run), device=ctx.device, amp="off", seed=ctx.seed)
-    ctx.log(f"demo: training {name} on {ctx.data}")
-    fit(config, progress=False)
-    model, meta = load_model(run, device=ctx.device)
-    scores = score_dataset(model, _test_set(ctx, model, meta), ctx.traits, meta["class_names"], seed=ctx.seed,
-                           device=ctx.device)
-    scores["run"] = str(run)
-    scores["seconds_per_epoch"] = _epoch_seconds(run)
-    record.write_text(json.dumps(scores, indent=1) + "\n")
+    def train_and_measure() -> dict:
+        from traitlens.engine.checkpoint import load_model
+        from traitlens.engine.config import load_config
+        from traitlens.engine.train import fit
+        from traitlens.models.trait_scores import score_dataset
+
+        config = load_config(None, **recipe.config(), backbone="tiny-vit", weights=str(_backbone_run(ctx)),
+                             data=str(ctx.data), out=str(run), device=ctx.device, amp="off", seed=ctx.seed)
+        ctx.log(f"demo: training {name} on {ctx.data}")
+        fit(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
+        model, meta = load_model(run, device=ctx.device)
+        scores = score_dataset(model, _test_set(ctx, model, meta), ctx.traits, meta["class_names"],
+                               seed=ctx.seed, device=ctx.device)
+        return dict(scores, run=str(run), seconds_per_epoch=_epoch_seconds(run))
+
+    scores = memo_json(ctx.cache, f"{name}-scores", study, train_and_measure)
+    if not (Path(scores["run"]) / "model.json").is_file():  # the run folder was removed: train again
+        memo_path(ctx.cache, f"{name}-scores", study, ".json").unlink()
+        scores = memo_json(ctx.cache, f"{name}-scores", study, train_and_measure)
     return scores
 
 
@@ -134,7 +108,12 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
     energy: the parts in which the species differs from the class the classifier finds closest).
     Returns ``{"rows": [{"method", "model", metric means...}], "n": images}``; cached as JSON.
     """
-    from traitlens.cache import recipe_key
+    classifier_run = Path(ctx.checkpoints["vit"])
+    study = dict(comparison=MAP_COMPARISON, classifier=str(classifier_run), runs=runs, seed=ctx.seed)
+    return memo_json(ctx.cache, "compare", study, lambda: _compare(ctx, classifier_run, runs, batch_size))
+
+
+def _compare(ctx, classifier_run: Path, runs: Dict[str, str], batch_size: int) -> dict:
     from traitlens.data.folders import collate
     from traitlens.engine.checkpoint import load_model
     from traitlens.explain import explain
@@ -142,11 +121,7 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
                                            diagnostic_trait_energy, pointing_game)
     from traitlens.explain.targets import select_references
 
-    classifier_run = Path(ctx.checkpoints["vit"])
-    key = recipe_key(dict(COMPARE, classifier=str(classifier_run), runs=runs, seed=ctx.seed))
-    path = Path(ctx.cache) / f"compare-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    cmp = MAP_COMPARISON
 
     models = {"classifier": load_model(classifier_run, device=ctx.device)}
     models.update({name: load_model(run, device=ctx.device) for name, run in runs.items()})
@@ -156,7 +131,7 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
             raise ValueError(f"{name} was trained on other classes than the demo classifier")
     sets = {name: _test_set(ctx, m, meta) for name, (m, meta) in models.items()}
     n = len(sets["classifier"])
-    keep = list(range(0, n, max(1, n // COMPARE["limit"])))[:COMPARE["limit"]]
+    keep = list(range(0, n, max(1, n // cmp.limit)))[:cmp.limit]
     loaders = {name: torch.utils.data.DataLoader(torch.utils.data.Subset(ds, keep), batch_size=batch_size,
                                                  collate_fn=collate) for name, ds in sets.items()}
     table = diagnostic_table(ctx.traits, names)
@@ -175,14 +150,14 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
         x, labels, parts = first["image"].to(ctx.device), first["label"].to(ctx.device), first["mask"].to(ctx.device)
         with torch.no_grad():
             logits = clf(x)
-        other = select_references(logits, labels, COMPARE["references"], k=1)[:, 0]
+        other = select_references(logits, labels, cmp.references, k=1)[:, 0]
         maps = {("Grad-CAM", "classifier"): explain(clf, x, finer=False, target=labels).maps,
-                ("Finer-CAM", "classifier"): explain(clf, x, finer=True, alpha=COMPARE["alpha"], target=labels,
-                                                     references=COMPARE["references"]).maps}
+                ("Finer-CAM", "classifier"): explain(clf, x, finer=True, alpha=cmp.alpha, target=labels,
+                                                     references=cmp.references).maps}
         for name in runs:
             model = models[name][0].eval()
             xm = batches[name]["image"].to(ctx.device)
-            for which, m in _head_maps(model, xm, labels, COMPARE["top_k"]).items():
+            for which, m in _head_maps(model, xm, labels, cmp.top_k).items():
                 maps[(f"{LABELS.get(name, name)} {which}", name)] = m
         for name, (model, _) in models.items():
             with torch.no_grad():
@@ -191,7 +166,7 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
         for (method, owner), m in maps.items():
             model = models[owner][0].eval()
             xm = batches[owner]["image"].to(ctx.device)
-            values = deletion_insertion(model, xm, m, labels, steps=COMPARE["steps"])
+            values = deletion_insertion(model, xm, m, labels, steps=cmp.steps)
             values["pointing"] = pointing_game(m, parts > 0)
             values["diagnostic_energy"] = diagnostic_trait_energy(m, parts, labels, other, table)
             values["diagnostic_lift"] = diagnostic_lift(m, parts, labels, other, table)
@@ -205,9 +180,7 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
         for m in ("diagnostic_energy", "diagnostic_lift", "pointing", "deletion", "insertion"):
             row[m] = float(np.nanmean(values[m]))
         rows.append(row)
-    result = {"rows": rows, "n": len(correct["classifier"])}
-    path.write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return {"rows": rows, "n": len(correct["classifier"])}
 
 
 def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
@@ -247,7 +220,7 @@ def demo_section(ctx):
               "(the embedded tiny ViT), INTR a class query per species to a DETR-style decoder. Greedy head "
               "blurring ranks the attention heads by how much the true class needs them; the best head should "
               "look at the parts that tell a species from its siblings.")
-    results = {name: train_and_score(ctx, name) for name in RUNS}
+    results = {name: train_and_score(ctx, name, recipe) for name, recipe in _recipes().items()}
     section.table([{"model": LABELS.get(name, name), "test top-1": r["top1"],
                     "best head trait share / uniform": r["trait_ratio"],
                     "p drop, top 10% removed": r["drop_top"], "p drop, random 10% removed": r["drop_random"],

@@ -1,29 +1,27 @@
 """The demo's segmentation section: one labelled specimen per species segments the others (SST).
 
-Uses its own small synthetic collection (the demo's species and taxonomy, rendered at ``SIZE`` px so that
+Uses its own small synthetic collection (the demo's species and taxonomy, rendered at 128 px, :data:`traitlens.studies.recipes.SEGMENTATION`, so that
 small traits are several pixels wide), label propagation with registration on colour/position features, and
-the "copy the support mask" baseline. Results and overlays are cached under ``ctx.cache``.
+the "copy the support mask" baseline. Results and overlays are cached under ``ctx.cache`` by :mod:`traitlens.studies.memo`.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from traitlens.report import Section
-
-SIZE = 128
-PER_SPECIES = 4  # the first image of each species is the support, the others are segmented
-VERSION = 4
+from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.recipes import SEGMENTATION
 
 
 def _settings(ctx) -> dict:
-    return {"version": VERSION, "size": SIZE, "per_species": PER_SPECIES, "seed": int(ctx.seed),
-            "species": int(getattr(ctx.traits, "num_species", 12) or 12)}
+    recipe = replace(SEGMENTATION, seed=int(ctx.seed), species=int(getattr(ctx.traits, "num_species", 12) or 12))
+    return asdict(recipe)
 
 
 def _run(ctx, cache: Path, settings: dict) -> dict:
@@ -36,14 +34,15 @@ def _run(ctx, cache: Path, settings: dict) -> dict:
     from traitlens.segment.runner import overlay_labels
     from traitlens.segment.tracking import track
 
-    cfg = SynthConfig(species=settings["species"], per_species=PER_SPECIES, size=SIZE, seed=settings["seed"],
-                      split=(1 / PER_SPECIES, 0.0, 1 - 1 / PER_SPECIES))
+    size, per_species = settings["size"], settings["per_species"]
+    cfg = SynthConfig(species=settings["species"], per_species=per_species, size=size, seed=settings["seed"],
+                      split=(1 / per_species, 0.0, 1 - 1 / per_species))
     table = make_taxonomy(cfg)
     tr_i, tr_l, tr_s = generate_arrays(cfg, "train", table)
     te_i, te_l, te_s = generate_arrays(cfg, "test", table)
     k = 1 + int(max(tr_l.max(), te_l.max()))
     frame = lambda a: torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255  # noqa: E731
-    prop = LabelPropagation(ColourPositionFeatures(), work_size=(SIZE, SIZE), align=True, local=3)
+    prop = LabelPropagation(ColourPositionFeatures(), work_size=(size, size), align=True, local=settings["local"])
     cm, cm_copy = torch.zeros(k, k, dtype=torch.long), torch.zeros(k, k, dtype=torch.long)
     gallery = []
     start = time.time()
@@ -74,14 +73,10 @@ def _run(ctx, cache: Path, settings: dict) -> dict:
 
 
 def demo_section(ctx) -> Section:
-    cache = Path(ctx.cache)
-    cache.mkdir(parents=True, exist_ok=True)
     settings = _settings(ctx)
-    stamp = cache / "segment_results.json"
-    result = json.loads(stamp.read_text()) if stamp.is_file() else None
-    if result is None or result.get("settings") != settings:
-        result = _run(ctx, cache, settings)
-        stamp.write_text(json.dumps(result, indent=2))
+    cache = memo_path(ctx.cache, "segment-gallery", settings)  # the gallery's PNGs, beside the figures
+    cache.mkdir(parents=True, exist_ok=True)
+    result = memo_json(ctx.cache, "segment", settings, lambda: _run(ctx, cache, settings))
     s = Section("Segmenting traits by tracking (SST)",
                 intro="One labelled specimen per species is the support; its part map is propagated to the "
                       "species' other specimens, which differ in pose (rotation ±35°, scale, position), shape "
@@ -89,7 +84,7 @@ def demo_section(ctx) -> Section:
                       "exp(f·f/0.1)) on colour and position features, after registering the support onto "
                       "each query, with the query's own frame border as background and an edge-aware clean-up on the "
                       "query; the baseline copies the support's mask unchanged.")
-    s.text(f"{result['queries']} specimens at {SIZE} px segmented in {result['seconds']:.0f} s: trait mIoU "
+    s.text(f"{result['queries']} specimens at {settings['size']} px segmented in {result['seconds']:.0f} s: trait mIoU "
            f"{result['miou']:.3f} with label propagation vs {result['miou_copy']:.3f} for copy-the-mask.")
     s.table([{"part": p["part"], "IoU": p["iou"], "IoU (copy the mask)": p["iou_copy"]} for p in result["parts"]],
             caption="Per-part IoU over all segmented specimens")
