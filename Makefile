@@ -1,10 +1,11 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`; `make claims` checks the papers' claims at
+# full scale. Both test tiers run on two pytest workers (pytest-xdist, one torch thread each).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean bench
+.PHONY: demo test claims install clean bench
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "python3.11 not found; run: make PYTHON=python3 ..."; exit 1; }
@@ -20,8 +21,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/traitlens demo --out demo-report
 
+# Unit and contract tests, and every claim at tiny scale (direction and margin of each effect).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 -m "not claims"
+
+# The claims at full scale: the figures README quotes. Each module's claims run on one worker (loadgroup)
+# so that two workers never train the same cached model. TRAITLENS_TEST_CACHE keeps what they make (keyed by
+# recipe and source, so only the same code reuses it).
+TRAITLENS_TEST_CACHE ?= $(HOME)/.cache/traitlens-claims
+claims: $(STAMP)
+	TRAITLENS_TEST_CACHE=$(TRAITLENS_TEST_CACHE) $(BIN)/python -m pytest -q -n 2 --dist loadgroup -m claims
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f; done

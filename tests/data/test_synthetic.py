@@ -309,7 +309,6 @@ def test_cli_synth_and_info(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------- learnability
-@pytest.mark.slow
 def test_a_small_cnn_learns_it_and_confuses_siblings_first():
     """Issue 2: a simple classifier reaches >= 95% top-1 on test; before it converges, its errors stay
     within genera far more often than chance."""

@@ -58,7 +58,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_gloo_processes_match_the_single_process_run(tiny_data, tmp_path):
     args = ["train", "--data", str(tiny_data), "--method", "finetune", "--backbone", "tiny-vit", "--epochs", "3",
             "--batch-size", "8", "--image-size", "32", "--device", "cpu", "--no-progress",

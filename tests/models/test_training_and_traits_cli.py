@@ -54,7 +54,6 @@ def test_build_hooks_and_options():
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 4)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("method,backbone,options", [
     ("prompt-cam", "tiny-vit", {}),
     ("intr", "tiny-cnn", TINY_INTR),

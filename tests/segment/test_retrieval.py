@@ -13,7 +13,6 @@ from traitlens.segment.retrieval import cycle_score, precision_at, retrieve
 EYE_RING = 9
 
 
-@pytest.mark.slow
 def test_precision_at_10_is_one_when_half_lack_the_trait(synth64):
     tr_i, tr_l, tr_s = synth64["train"]
     te_i, te_l, te_s = synth64["test"]

@@ -16,7 +16,6 @@ from traitlens.report import write_page
 os.environ.setdefault("TRAITLENS_QUIET", "1")
 
 
-@pytest.mark.slow
 def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
     data = generate_collection(tmp_path / "c", SynthConfig(species=3, per_species=5, size=32, seed=0), progress=False)
     backbone = tmp_path / "backbone"

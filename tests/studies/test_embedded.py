@@ -176,26 +176,6 @@ def test_breadths_are_their_own_recipes_and_folders(shared_cache):
     assert json.loads((run / "model.json").read_text())["num_classes"] == 6
 
 
-@pytest.fixture(scope="module")
-def real_cache():
-    # The session's cache (tests/conftest.py): the demo, explain, models and calibrate tests reuse what
-    # this test pretrains instead of pretraining it again.
-    return None
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["vit", "cnn"])
-def test_real_recipe_learns_its_collection(real_cache, kind):
-    """The shipped recipe: measured test top-1 0.89 (ViT) and 0.93-0.94 (CNN) on 18 held-out-species classes."""
-    run = embedded_backbone(kind, cache_dir=real_cache, progress=False)
-    record = json.loads((run / "embedded.json").read_text())
-    assert record["test_top1"] >= 0.85, record
-    assert record["test_top5"] >= 0.99, record
-    model = load_embedded(kind, num_classes=12, cache_dir=real_cache)
-    summary = model.traitlens_weights  # everything but the 18-class head ("head." or "fc.") came back
-    assert len(summary.missing) == 2 and summary.missing == summary.dropped_head and summary.unexpected == []
-
-
 def test_cli_pretrains_prints_and_records_the_weights(tmp_path, tiny_recipe, capsys):
     from traitlens.backbones import create
     from traitlens.cli import main

@@ -64,7 +64,10 @@ class Training:
         return replace(self, **changes)
 
 
-# ------------------------------------------------------------------------------ the demo's collection
+# ------------------------------------------------------------------------------ the collections
+# The tiny scale's collection: the first 6 species of the demo's taxonomy, 40 images each (24 train / 8 val /
+# 8 test), 32 px.
+_TINY_COLLECTION = Collection(species=6, per_species=40, size=32, seed=0)
 # The embedded default: small enough for a 2-core CPU, fine-grained enough to need the traits.
 DEMO_COLLECTION = Collection(species=12, per_species=60, size=64, seed=0)
 DEMO_CLASSIFIER = Training(epochs=12, batch_size=64, lr=1e-3, weight_decay=0.05, warmup_epochs=1,
@@ -121,14 +124,17 @@ def pretraining(kind: str = "vit", breadth: str = "standard") -> Pretraining:
 # ------------------------------------------------------------------------------ Prompt-CAM and INTR
 @dataclass(frozen=True)
 class Interpretable:
-    """Prompt-CAM (frozen embedded tiny ViT) and INTR (fine-tuned on it) trained on ``collection``.
+    """Prompt-CAM (frozen tiny ViT) and INTR (fine-tuned on it) trained on ``collection``.
 
-    ``prompt_cam_broad``: Prompt-CAM frozen on the broad embedded ViT (only at broad scale)."""
+    The tiny ViT is the standard embedded backbone, or at tiny scale (``backbone`` set) the tiny-vit preset
+    trained on ``collection`` itself for that long (an embedded backbone at tiny scale would be too weak to
+    freeze). ``prompt_cam_broad``: Prompt-CAM frozen on the broad embedded ViT (broad scale only)."""
 
     collection: Collection
     prompt_cam: Training
     intr: Training
     prompt_cam_broad: Optional[Training] = None
+    backbone: Optional[Training] = None
     seeds: Tuple[int, ...] = (0,)
 
 
@@ -148,9 +154,10 @@ _INTR = Training(method="intr", lr=1e-3, backbone_lr_scale=0.5, weight_decay=1e-
 # the demo's rate and length (5e-2, 20 epochs: 0.914; 2e-2 for 10 epochs gives 0.847 there).
 CLAIMS_COLLECTION = Collection(species=12, per_species=300, size=64, seed=0)
 _INTERPRETABLE = {
-    "tiny": Interpretable(collection=Collection(species=6, per_species=40, size=64, seed=0),
-                          prompt_cam=_PROMPT_CAM.with_(epochs=6, batch_size=16),
-                          intr=_INTR.with_(epochs=6, batch_size=16), seeds=(0, 1, 2)),
+    # tiny: 6 species, 24 training images each, 32 px; seconds a model on one thread
+    "tiny": Interpretable(collection=_TINY_COLLECTION, prompt_cam=_PROMPT_CAM.with_(epochs=10, batch_size=16),
+                          intr=_INTR.with_(epochs=6, batch_size=16), seeds=(0, 1, 2),
+                          backbone=Training(epochs=25, batch_size=32, lr=3e-3)),
     "standard": Interpretable(collection=DEMO_COLLECTION, prompt_cam=_PROMPT_CAM, intr=_INTR),
     "broad": Interpretable(collection=CLAIMS_COLLECTION, prompt_cam=_PROMPT_CAM.with_(lr=2e-2, batch_size=16, epochs=10),
                            intr=_INTR, prompt_cam_broad=_PROMPT_CAM.with_(batch_size=16), seeds=(0, 1, 2)),
@@ -203,6 +210,31 @@ class FinerCamEvaluation:
 FINER_CAM_EVALUATION = FinerCamEvaluation()
 
 
+@dataclass(frozen=True)
+class FinerCamClaim:
+    """Finer-CAM against Grad-CAM on ground truth (:class:`FinerCamEvaluation`'s protocol, every test image).
+
+    ``classifiers``: the demo's classifiers (fine-tuned from the embedded backbones on ``collection``), or at
+    tiny scale (``training`` set) the tiny-vit and tiny-cnn presets trained from scratch on ``collection``."""
+
+    collection: Collection
+    training: Optional[Dict[str, Training]] = None
+    seeds: Tuple[int, ...] = (0, 1, 2)
+
+
+_FINER_CAM = {
+    "tiny": FinerCamClaim(collection=_TINY_COLLECTION,
+                          training={"vit": Training(epochs=10, batch_size=32, lr=3e-3),
+                                    "cnn": Training(epochs=8, batch_size=32, lr=3e-3)}),
+    "standard": FinerCamClaim(collection=DEMO_COLLECTION, seeds=(0,)),
+    "broad": FinerCamClaim(collection=DEMO_COLLECTION),
+}
+
+
+def finer_cam(scale: str = "broad") -> FinerCamClaim:
+    return _FINER_CAM[check_scale(scale)]
+
+
 # ------------------------------------------------------------------------------ segmentation by tracking
 @dataclass(frozen=True)
 class Segmentation:
@@ -217,6 +249,13 @@ class Segmentation:
 
 
 SEGMENTATION = Segmentation()
+# broad: the claim's collection, 12 species with 4 queries each at 128 px (the demo segments 3 of each)
+_SEGMENTATION = {"tiny": Segmentation(species=6, per_species=3, size=64), "standard": SEGMENTATION,
+                 "broad": Segmentation(per_species=5)}
+
+
+def segmentation(scale: str = "standard") -> Segmentation:
+    return _SEGMENTATION[check_scale(scale)]
 
 
 # ------------------------------------------------------------------------------ CompBench
@@ -233,6 +272,6 @@ COMPBENCH_BUILD = CompBenchBuild()
 
 
 __all__ = ["SCALES", "Collection", "Training", "Pretraining", "Interpretable", "MapComparison",
-           "FinerCamEvaluation", "Segmentation", "CompBenchBuild", "DEMO_COLLECTION", "DEMO_CLASSIFIER",
+           "FinerCamEvaluation", "FinerCamClaim", "Segmentation", "CompBenchBuild", "DEMO_COLLECTION", "DEMO_CLASSIFIER",
            "CLAIMS_COLLECTION", "MAP_COMPARISON", "FINER_CAM_EVALUATION", "SEGMENTATION", "COMPBENCH_BUILD",
-           "pretraining", "interpretable", "check_scale"]
+           "pretraining", "interpretable", "finer_cam", "segmentation", "check_scale"]

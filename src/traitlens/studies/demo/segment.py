@@ -24,7 +24,9 @@ def _settings(ctx) -> dict:
     return asdict(recipe)
 
 
-def _run(ctx, cache: Path, settings: dict) -> dict:
+def segment_specimens(settings: dict, cache: Path) -> dict:
+    """Segment the specimens of the :class:`~traitlens.studies.recipes.Segmentation` ``settings`` (as a dict);
+    the gallery's PNGs go to ``cache``. Returns mIoU, copy-the-mask mIoU, per-part IoU, seconds."""
     from PIL import Image
 
     from traitlens.data.synthetic import SynthConfig, generate_arrays, make_taxonomy
@@ -76,7 +78,7 @@ def demo_section(ctx) -> Section:
     settings = _settings(ctx)
     cache = memo_path(ctx.cache, "segment-gallery", settings)  # the gallery's PNGs, beside the figures
     cache.mkdir(parents=True, exist_ok=True)
-    result = memo_json(ctx.cache, "segment", settings, lambda: _run(ctx, cache, settings))
+    result = memo_json(ctx.cache, "segment", settings, lambda: segment_specimens(settings, cache))
     s = Section("Segmenting traits by tracking (SST)",
                 intro="One labelled specimen per species is the support; its part map is propagated to the "
                       "species' other specimens, which differ in pose (rotation ±35°, scale, position), shape "

@@ -18,29 +18,45 @@ The same with ``backbone="embedded-cnn"`` (not asserted; why the ViT is the defa
     NCM u/u:     pre-trained 79.2/75.0/87.5, fine-tuned 81.9/68.1/79.2
     ALG:         γ 6.97/7.87/6.36 (oracle 5.95/8.13/6.79), u/y 47.2/34.7/40.3, s/y 76.4/76.4/75.0
 
-The test runs seed 0; every margin below holds for all three seeds with room for the small numeric drift of an
+The tests run seeds 0, 1 and 2; every margin below holds for all three with room for the small numeric drift of an
 embedded backbone pretrained afresh in the test session (1 test image = 1.4 points of u/y or s/y).
 """
 
-import json
-
 import pytest
-import torch
 
-from traitlens.studies.calibration import ExperimentConfig, run_experiment
+from traitlens.studies import claims
 
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than 2 contended threads for these tiny models
-    yield
-    torch.set_num_threads(before)
+# make claims runs each group on one worker (--dist loadgroup): the Prompt-CAM/INTR claims on one, these on the other
+pytestmark = pytest.mark.xdist_group("other-claims")
 
 
-@pytest.mark.slow
-def test_calibration_restores_absent_classes(one_thread):
-    r = run_experiment(ExperimentConfig(seed=0))  # the session's embedded ViT: pretrained once per session
+def _report(scale, seed, r):
+    t = r["tables"]
+    print(f"{scale} seed {seed}: " + ", ".join(f"{k} u/y {t[k]['u/y']:.3f} s/y {t[k]['s/y']:.3f}" for k in t)
+          + f"; gamma {r['gamma']}; ECE {r['ece']}")
+
+
+# Tiny (make test): the tiny CNN from random weights, 6 species at 32 px, pre-trained 15 epochs in domain A
+# (A y/y 0.46 / 0.27 / 0.38 at seeds 0 / 1 / 2, chance 0.17), fine-tuned on 3 species. Measured: absent
+# species' u/y 0.21 / 0.38 / 0.21 → 0.00 / 0.00 / 0.00 after fine-tuning; ALG brings 0.21 / 0.25 / 0.17 back,
+# PCV 0.08 / 0.29 / 0.25; the over-confident fine-tuned model's ECE 0.29 / 0.27 / 0.25 falls to 0.17 / 0.06 /
+# 0.13 with temperature scaling. (24 absent test images: one image is 0.04 of u/y.)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tiny_fine_tuning_forgets_and_one_bias_restores(seed):
+    r = claims.calibration("tiny", seed)
+    _report("tiny", seed, r)
+    t = r["tables"]
+    assert t["fine-tuned"]["u/y"] <= t["pre-trained"]["u/y"] - 0.15
+    assert t["alg"]["u/y"] >= t["fine-tuned"]["u/y"] + 0.1
+    assert t["pcv"]["u/y"] >= t["fine-tuned"]["u/y"] + 0.04
+    assert r["ece"]["fine-tuned + temperature"] < r["ece"]["fine-tuned"] - 0.05
+
+
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_calibration_restores_absent_classes(seed):
+    r = claims.calibration("broad", seed)  # the session's embedded ViT: pretrained once per session
+    _report("broad", seed, r)
     t, ncm = r["tables"], r["ncm"]
     # a moderate domain gap: the pre-trained model is good in A and still far above chance (8%) in B
     assert t["pre-trained (domain A)"]["y/y"] > 0.75 and 0.35 < t["pre-trained"]["y/y"] < 0.65
@@ -63,30 +79,4 @@ def test_calibration_restores_absent_classes(one_thread):
     assert 0 < r["gamma"]["alg"] < r["gamma"]["oracle"]
     assert r["ausuc"]["fine-tuned"] > r["ausuc"]["pre-trained"] + 0.1
     assert r["mean_logit"]["fine-tuned absent"] < r["mean_logit"]["fine-tuned seen"]
-    # temperature scaling calibrates confidence but never changes a prediction
-    assert r["ece"]["fine-tuned + temperature"] < r["ece"]["fine-tuned"]
-
-
-def test_demo_section_runs_small_and_caches(tmp_path, monkeypatch, one_thread):
-    from traitlens.studies.demo import calibrate as ds
-    from traitlens.report import write_page
-
-    monkeypatch.setattr(ds, "DEMO_EXPERIMENT", dict(species=6, per_species=12, size=32, backbone="tiny-cnn",
-                                                    pretrain_epochs=2, finetune_epochs=1))
-
-    class Ctx:
-        cache = tmp_path / "cache"
-        seed = 0
-
-        @staticmethod
-        def log(msg):
-            pass
-
-    section = ds.demo_section(Ctx)
-    cached = list((tmp_path / "cache").glob("calibrate-experiment-*.json"))
-    assert len(cached) == 1 and "tables" in json.loads(cached[0].read_text())["result"]
-    monkeypatch.setattr(ds, "run_experiment", lambda *a, **k: pytest.fail("cache not used"))
-    ds.demo_section(Ctx)
-    write_page("calibrate", [section], tmp_path / "index.html")
-    html = (tmp_path / "index.html").read_text()
-    assert "calibrated fine-tuning" in html and "data:image/png;base64" in html
+    # Temperature scaling's ECE is not asserted here: it is fragile (module docstring).

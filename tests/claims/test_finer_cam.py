@@ -1,12 +1,14 @@
-"""The Finer-CAM claims on ground truth, with the demo's classifiers (tiny ViT and tiny CNN fine-tuned from the
-embedded pretrained backbones on the 12-species, 64 px demo collection; trained once per test session by
-``traitlens.studies.demo.prepare``, reused from ``$TRAITLENS_TEST_CACHE`` while developing).
+"""The Finer-CAM claims on ground truth (:func:`traitlens.studies.claims.finer_cam`).
+
+Broad scale (``make claims``): the demo's classifiers (tiny ViT and tiny CNN fine-tuned from the embedded
+pretrained backbones on the 12-species, 64 px demo collection, ``traitlens.studies.demo.prepare(seed)``), for
+the seeds of ``recipes.finer_cam("broad")``. Tiny scale (``make test``): the tiny-vit and tiny-cnn presets
+trained from scratch on 6 species at 32 px (10 and 8 epochs, seconds), the same protocol.
 
 Protocol (as the paper): correctly classified test images, target = the predicted species, references = its
-sibling species (every demo species has two), α = 1, the 144 test images; the numbers below are what
-``evaluate_explanations`` gave exactly as called here (``pytest -s`` prints them).
+sibling species (every demo species has two), α = 1, every test image; ``pytest -s`` prints the figures.
 
-Findings, Grad-CAM → Finer-CAM (mean over the scored images; paired win rate in brackets):
+Findings at broad scale, seed 0, Grad-CAM → Finer-CAM (mean over the scored images; paired win rate in brackets):
 
 ViT, last block output at 2× input (16×16 grid, top-1 0.771, 111 images scored):
     diagnostic energy 0.018 → 0.067, lift 1.68 → 6.53 (0.78), diagnostic share of the specimen's energy
@@ -24,64 +26,59 @@ So the claim holds clearly for the ViT where the map resolves the traits and rea
 read (not at an 8×8 norm1 map), and only partly for the CNN. Margins are about half the measured effects.
 """
 
-from __future__ import annotations
-
-import numpy as np
 import pytest
-import torch
 
-CLAIM_METRICS = ["drop", "contrastive_drop", "diagnostic_energy", "diagnostic_lift", "diagnostic_fraction",
-                 "diagnostic_density"]
+from traitlens.studies import claims
 
+# make claims runs each group on one worker (--dist loadgroup): the Prompt-CAM/INTR claims on one, these on the other
+pytestmark = pytest.mark.xdist_group("other-claims")
+from traitlens.studies.recipes import finer_cam
 
-@pytest.fixture(scope="module")
-def demo():
-    from traitlens.studies.demo import prepare
-
-    torch.set_num_threads(1)
-    return prepare()
-
-
-def _batch(ctx, kind):
-    from traitlens.data.folders import ImageFolderDataset, collate
-    from traitlens.engine.checkpoint import config_from_meta, load_model
-    from traitlens.engine.train import eval_transform
-
-    model, meta = load_model(ctx.checkpoints[kind])
-    data = ImageFolderDataset(ctx.data, split="test", transform=eval_transform(model, config_from_meta(meta)),
-                              classes=meta["class_names"], masks="auto")
-    return model.eval(), meta, collate([data[i] for i in range(len(data))])
-
-
-def _evaluate(ctx, model, meta, batch, **settings):
-    from traitlens.explain.evaluate import evaluate_explanations
-
-    res = evaluate_explanations(model, [batch], "gradcam,finer-gradcam", metrics=CLAIM_METRICS, alpha=1.0,
-                                references="taxonomy", target="predicted", only_correct=True, traits=ctx.traits,
-                                class_names=meta["class_names"], **settings)
-    out = {"n": res.counts["scored"], "acc": res.counts["correct"] / res.counts["images"]}
-    for m in CLAIM_METRICS:
-        g = np.array(res.per_image["gradcam"][m])
-        f = np.array(res.per_image["finer-gradcam"][m])
-        ok = ~(np.isnan(g) | np.isnan(f))
-        out[m] = (float(g[ok].mean()), float(f[ok].mean()), float(np.mean(f[ok] > g[ok])))
-    return out
+METRICS = ["diagnostic_energy", "diagnostic_lift", "diagnostic_fraction", "diagnostic_density", "drop",
+           "contrastive_drop"]
 
 
 def _report(name, r):
     print(f"{name}: acc {r['acc']:.3f} n {r['n']} " + " ".join(
-        f"{m} {g:.3f}->{f:.3f} (win {w:.2f})" for m, (g, f, w) in ((m, r[m]) for m in CLAIM_METRICS)))
+        f"{m} {g:.3f}->{f:.3f} (win {w:.2f})" for m, (g, f, w) in ((m, r[m]) for m in METRICS)))
 
 
-@pytest.mark.slow
-def test_vit_finer_cam_moves_energy_to_diagnostic_traits_and_is_more_faithful(demo):
-    from traitlens.explain.evaluate import recommended_settings
+# ------------------------------------------------------------------------------------------ tiny (make test)
+# Measured, seeds 0 / 1 / 2 (ViT at blocks.3, 2× input; 16-20 correctly classified test images of 48, top-1
+# 0.33-0.42): diagnostic fraction 0.048 → 0.187 / 0.047 → 0.203 / 0.071 → 0.158 (win 0.80-0.94), contrastive
+# drop +0.141 / +0.362 / +0.140, relative drop +0.087 / +0.294 / +0.074. CNN (layer4, 26-39 images): fraction
+# +0.041 / +0.022 / +0.036, density ×1.8 / ×1.4 / ×1.8, relative drop lower (−0.078 / −0.069 / −0.062), as at
+# broad scale. Margins: about half the smallest measured effect.
+@pytest.mark.parametrize("seed", finer_cam("tiny").seeds)
+def test_tiny_finer_cam_points_at_the_diagnostic_parts(seed):
+    r = claims.finer_cam("tiny", seed)
+    vit, cnn = r["vit"], r["cnn"]
+    _report(f"tiny vit seed {seed}", vit)
+    _report(f"tiny cnn seed {seed}", cnn)
+    assert vit["n"] >= 10 and cnn["n"] >= 15
+    g, f, win = vit["diagnostic_fraction"]
+    assert f > g + 0.04 and win > 0.65
+    g, f, win = vit["contrastive_drop"]
+    assert f > g + 0.07
+    g, f, win = vit["drop"]
+    assert f > g + 0.03
+    g, f, win = cnn["diagnostic_fraction"]
+    assert f > g + 0.01
+    g, f, win = cnn["diagnostic_density"]
+    assert f > 1.2 * g
+    g, f, win = cnn["drop"]  # the finding that does not reproduce on the CNN, pinned at both scales
+    assert f < g + 0.02
 
-    model, meta, batch = _batch(demo, "vit")
-    settings = recommended_settings(model, batch["image"].shape[-2:])
-    assert settings == {"target_layer": "blocks.3", "scale": 2.0}
-    best = _evaluate(demo, model, meta, batch, **settings)
-    _report("vit recommended", best)
+
+# ------------------------------------------------------------------------------------------ broad (make claims)
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", finer_cam("broad").seeds)
+def test_vit_finer_cam_moves_energy_to_diagnostic_traits_and_is_more_faithful(seed):
+    r = claims.finer_cam("broad", seed)
+    best, default = r["vit"], r["vit default layer"]
+    _report(f"vit recommended seed {seed}", best)
+    _report(f"vit default seed {seed}", default)
+    assert best["settings"] == {"target_layer": "blocks.3", "scale": 2.0}
     assert best["acc"] > 0.7 and best["n"] >= 90  # measured 0.771, 111
     g, f, win = best["diagnostic_energy"]
     assert f > 2 * g and win > 0.65  # measured 0.018 → 0.067, win 0.78
@@ -97,8 +94,6 @@ def test_vit_finer_cam_moves_energy_to_diagnostic_traits_and_is_more_faithful(de
     assert f > g + 0.06 and win > 0.7  # measured 0.067 → 0.195 (+0.128 ± 0.029), win 0.84
 
     # The layout's default (norm1 of the last block, 8×8): the effect mostly disappears.
-    default = _evaluate(demo, model, meta, batch)
-    _report("vit default", default)
     g, f, _ = default["drop"]
     assert abs(f - g) < 0.08  # measured −0.009 ± 0.042
     gain_default = default["diagnostic_lift"][1] - default["diagnostic_lift"][0]
@@ -106,8 +101,9 @@ def test_vit_finer_cam_moves_energy_to_diagnostic_traits_and_is_more_faithful(de
     assert gain_best > 2 * gain_default  # measured +4.85 vs +0.73
 
 
-@pytest.mark.slow
-def test_cnn_finer_cam_shifts_energy_but_not_the_relative_drop(demo):
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", finer_cam("broad").seeds)
+def test_cnn_finer_cam_shifts_energy_but_not_the_relative_drop(seed):
     """Tiny CNN, layout default (layer4, 8×8; top-1 0.750, 108 images scored), Grad-CAM → Finer-CAM:
     diagnostic share of the specimen's energy 0.076 → 0.109 (win 0.70), density over shared parts 1.33 → 2.20
     (win 0.70), contrastive drop 0.249 → 0.315 (+0.066 ± 0.036, win 0.60) — but raw diagnostic energy only
@@ -116,12 +112,9 @@ def test_cnn_finer_cam_shifts_energy_but_not_the_relative_drop(demo):
     +0.022; layer2: relative drop −0.109; 2× input: accuracy 0.583. Layer-CAM at layer1 localises best (lift
     6.7 → 8.1 with Finer, win 0.71) but its relative drop is also lower (−0.035).
     """
-    from traitlens.explain.evaluate import recommended_settings
-
-    model, meta, batch = _batch(demo, "cnn")
-    assert recommended_settings(model, batch["image"].shape[-2:]) == {"target_layer": None, "scale": 1.0}
-    r = _evaluate(demo, model, meta, batch)
-    _report("cnn default", r)
+    r = claims.finer_cam("broad", seed)["cnn"]
+    _report(f"cnn default seed {seed}", r)
+    assert r["settings"] == {}
     assert r["acc"] > 0.65 and r["n"] >= 90  # measured 0.750, 108
     g, f, win = r["diagnostic_fraction"]
     assert f > g + 0.015 and win > 0.6  # measured 0.076 → 0.109, win 0.70

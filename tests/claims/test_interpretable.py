@@ -1,18 +1,21 @@
-"""The issue's claims for Prompt-CAM and INTR on a synthetic collection, with the demo's CPU recipes.
+"""The claims for Prompt-CAM and INTR (:func:`traitlens.studies.claims.interpretable`).
 
-The collection is ``demo.CLAIMS_COLLECTION``: the demo's 12 species (same generator, seed and taxonomy,
+Tiny scale (``make test``): 6 species at 32 px; the tiny-vit preset trained 25 epochs on them is the backbone
+(frozen under Prompt-CAM, fine-tuned by INTR); seconds a model. Broad scale (``make claims``): the collection
+is ``recipes.CLAIMS_COLLECTION``: the demo's 12 species (same generator, seed and taxonomy,
 so the embedded backbones never saw them) with 300 images a species (180 train / 60 val / 60 test)
 instead of the demo's 60. At 36 training images a species every model here is data-limited (the demo's
 fine-tuned tiny ViT: 0.81 validation top-1; INTR: 0.83 test top-1).
 
-Three models are trained per test session (module fixture; cached under the session's TRAITLENS_CACHE,
-so a development run with TRAITLENS_TEST_CACHE=~/.cache/traitlens trains once): Prompt-CAM-Deep frozen on
+Three models are trained per seed (memoized under the session's TRAITLENS_CACHE, so a development run with
+TRAITLENS_TEST_CACHE=~/.cache/traitlens trains once): Prompt-CAM-Deep frozen on
 the broad embedded tiny ViT (``embedded_backbone("vit", breadth="broad")``: 200 pretraining species),
 Prompt-CAM-Deep frozen on the standard one (18 species, the demo's), and INTR (d=64, 1+2 layers, 4
 heads) on the standard one, fine-tuned.
 
-Recipes: ``demo.CLAIMS_BROAD_PROMPT_CAM`` (AdamW 5e-2, batches of 16, 20 epochs) and ``demo.CLAIMS_RUNS``.
-Measured (2 shared CPU cores, seed 0; `python -m pytest -q tests/models/test_claims.py -m slow`): the
+Recipes: ``recipes.interpretable("broad")`` (Prompt-CAM on the broad backbone: AdamW 5e-2, batches of 16, 20
+epochs; on the standard one 2e-2 for 10 epochs). Measured (2 shared CPU cores, seed 0;
+`python -m pytest -q tests/claims/test_interpretable.py -m claims`): the
 broad backbone pretrains once in 24.6 min on two threads (12,000 training images, 30 epochs; 0.978 test
 top-1 on its own 200 species), the rest runs on one thread: Prompt-CAM on it trains ~200 s, on the
 standard one 96 s, INTR 177 s.
@@ -64,10 +67,10 @@ validation; Prompt-CAM: this collection's test split, seed 0 unless noted.
 pretraining            pretrain  own    probe  Prompt-CAM top-1 (recipe)
                        seconds   top-1  top-1
 =====================  ========  =====  =====  ===================================================
-18 species, 15 epochs  ~90       0.889  0.840  0.663 (CLAIMS_RUNS)
-48 species, 15 epochs  262+30    0.917  0.863  0.757 (CLAIMS_RUNS); 0.835, seed 1 0.819 (lr 5e-2,
+18 species, 15 epochs  ~90       0.889  0.840  0.663 (standard recipe)
+48 species, 15 epochs  262+30    0.917  0.863  0.757 (standard recipe); 0.835, seed 1 0.819 (lr 5e-2,
                                                 20 epochs, batch 16, ~200 s); 0.760 (same, batch 8)
-72 species, 10 epochs  268+39    0.883  0.888  0.743 (CLAIMS_RUNS); 0.726 (lr 5e-2, 20 epochs)
+72 species, 10 epochs  268+39    0.883  0.888  0.743 (standard recipe); 0.726 (lr 5e-2, 20 epochs)
 =====================  ========  =====  =====  ===================================================
 
 (pretrain seconds: training + rendering the collection.) The probe does not predict Prompt-CAM (the
@@ -85,7 +88,7 @@ disjoint species (own top-1 on the pretraining collection's test split, then fro
 ==========================================================  =====  =============================
 pretraining                                                 own    Prompt-CAM (train)
 ==========================================================  =====  =============================
-tiny ViT, 18 species, + per-patch part and colour targets   0.917  0.664 (engine, CLAIMS_RUNS)
+tiny ViT, 18 species, + per-patch part and colour targets   0.917  0.664 (engine, standard recipe)
 tiny ViT, 18 species, + a CLS-token head next to max-pool   0.856  0.61-0.62 (loop, 8 epochs)
 ViT 192-d, 6 blocks, 6 heads, 18 species                    0.931  0.739 (0.71)
 ViT 192-d, 6 blocks, 6 heads, 48 species, lr 5e-2, 20 ep.   0.938  0.837 (0.91)
@@ -106,72 +109,91 @@ cpu`): 100 species, 20 epochs, 6 min of pretraining: 0.881; 200 species, 20 epoc
 
 import pytest
 
-from traitlens.studies.embedded import embedded_backbone
-from traitlens.cache import cache_dir, recipe_key
-from traitlens.data.synthetic import SynthConfig, generate_collection
-from traitlens.data.traits import load_traits
-from traitlens.studies.demo import DemoContext
-from traitlens.studies.demo import interpretable as demo
+from traitlens.studies import claims
+from traitlens.studies.recipes import interpretable
 
-pytestmark = pytest.mark.slow
+# make claims runs each group on one worker (--dist loadgroup): the broad backbone's pretraining and the models
+# frozen on it are the longest group
+pytestmark = pytest.mark.xdist_group("interpretable")
 
 
-@pytest.fixture(scope="module")
-def scores():
-    import torch
-
-    threads = torch.get_num_threads()
-    # The broad backbone pretrains on both cores (24.6 min; the measurements above were taken so): its
-    # batches of 128 gain from two threads, the small runs below do not.
-    torch.set_num_threads(2)
-    try:
-        broad = embedded_backbone("vit", breadth="broad", progress=False)
-        torch.set_num_threads(1)
-        data = generate_collection(cache_dir("datasets") / f"synth-{recipe_key(demo.CLAIMS_COLLECTION)}",
-                                   SynthConfig(**demo.CLAIMS_COLLECTION), progress=False)
-        traits = load_traits(data)
-
-        def context(backbone):
-            return DemoContext(out=cache_dir("models-claims"), cache=cache_dir("models-claims"), data=data,
-                               traits=traits, checkpoints={"backbone-vit": backbone})
-
-        standard = context(embedded_backbone("vit", progress=False))
-        out = {name: demo.train_and_score(standard, name, recipe) for name, recipe in demo.CLAIMS_RUNS.items()}
-        out["prompt-cam-broad"] = demo.train_and_score(context(broad), "prompt-cam", demo.CLAIMS_BROAD_PROMPT_CAM)
-        yield out
-    finally:
-        torch.set_num_threads(threads)
+def _report(scale, seed, scores):
+    for name, s in scores.items():
+        print(f"{scale} seed {seed} {name}: top-1 {s['top1']:.3f} (n {s['n']}), trait share {s['trait_ratio']:.2f}, "
+              f"drop {s['drop_top']:.3f} vs {s['drop_random']:.3f}, top beats random {s['top_beats_random']:.2f}")
 
 
-# Chance is 1/12; 720 test images (binomial standard error ~0.010 at 0.91-0.93, ~0.018 at 0.66).
-def test_intr_reaches_90_percent(scores):
-    assert scores["intr"]["n"] == 720
-    assert scores["intr"]["top1"] >= 0.90  # measured 0.932
+# ------------------------------------------------------------------------------------------ tiny (make test)
+# Measured, seeds 0 / 1 / 2 (48 test images, chance 1/6): INTR top-1 0.69 / 0.65 / 0.73, trait share 4.96 /
+# 6.34 / 4.69, drop top 0.49 / 0.69 / 0.65 vs random 0.05 / 0.05 / 0.06, top beats random on 91-97%.
+# Prompt-CAM, frozen on the small backbone: top-1 0.27 / 0.50 / 0.58, drop 0.27 / 0.10 / 0.22 vs 0.04 / 0.03 /
+# 0.08 (62-86%); its best head's trait share (0.22 / 0.94 / 1.93) does not reach the claim at this scale: a
+# frozen backbone this small carries little, so only the broad scale asserts Prompt-CAM's trait share.
+@pytest.mark.parametrize("seed", interpretable("tiny").seeds)
+def test_tiny_intr_heads_find_traits_and_prompt_cam_learns(seed):
+    scores = claims.interpretable("tiny", seed)
+    _report("tiny", seed, scores)
+    intr, pcam = scores["intr"], scores["prompt-cam"]
+    assert intr["n"] == pcam["n"] == 48
+    assert intr["top1"] >= 0.5
+    assert intr["trait_ratio"] >= 2.5
+    assert intr["drop_top"] >= intr["drop_random"] + 0.2 and intr["top_beats_random"] >= 0.8
+    assert pcam["top1"] >= 1 / 6 + 0.05
+    assert pcam["drop_top"] >= pcam["drop_random"] + 0.03 and pcam["top_beats_random"] >= 0.55
 
 
-def test_prompt_cam_reaches_90_percent_on_the_broad_backbone(scores):
-    assert scores["prompt-cam-broad"]["n"] == 720
-    assert scores["prompt-cam-broad"]["top1"] >= 0.90  # measured 0.914
-
-
-def test_pretraining_breadth_is_what_frozen_prompt_cam_needs(scores):
-    assert scores["prompt-cam"]["n"] == 720
-    assert scores["prompt-cam"]["top1"] >= 0.55  # measured 0.667 (seed 1: 0.607; 200 a species: 0.68-0.70)
-    assert scores["prompt-cam-broad"]["top1"] >= scores["prompt-cam"]["top1"] + 0.15  # measured +0.25
-
-
+# ------------------------------------------------------------------------------------------ broad (make claims)
+BROAD_SEEDS = interpretable("broad").seeds
 MODELS = ["prompt-cam-broad", "prompt-cam", "intr"]
 
 
+@pytest.fixture(scope="module")
+def broad():
+    """Every seed's scores (the broad backbone pretrains once, ~25 min on 2 CPU cores)."""
+    out = {}
+    for seed in BROAD_SEEDS:
+        out[seed] = claims.interpretable("broad", seed)
+        _report("broad", seed, out[seed])
+    return out
+
+
+# Chance is 1/12; 720 test images (binomial standard error ~0.010 at 0.91-0.93, ~0.018 at 0.66).
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", BROAD_SEEDS)
+def test_intr_reaches_90_percent(broad, seed):
+    assert broad[seed]["intr"]["n"] == 720
+    assert broad[seed]["intr"]["top1"] >= 0.90  # measured 0.932
+
+
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", BROAD_SEEDS)
+def test_prompt_cam_reaches_90_percent_on_the_broad_backbone(broad, seed):
+    assert broad[seed]["prompt-cam-broad"]["n"] == 720
+    assert broad[seed]["prompt-cam-broad"]["top1"] >= 0.90  # measured 0.914
+
+
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", BROAD_SEEDS)
+def test_pretraining_breadth_is_what_frozen_prompt_cam_needs(broad, seed):
+    s = broad[seed]
+    assert s["prompt-cam"]["n"] == 720
+    assert s["prompt-cam"]["top1"] >= 0.55  # measured 0.667 (seed 1: 0.607; 200 a species: 0.68-0.70)
+    assert s["prompt-cam-broad"]["top1"] >= s["prompt-cam"]["top1"] + 0.15  # measured +0.25
+
+
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", BROAD_SEEDS)
 @pytest.mark.parametrize("name", MODELS)
-def test_best_head_looks_at_the_traits(scores, name):
+def test_best_head_looks_at_the_traits(broad, name, seed):
     # The claim: ≥ 3× the uniform share. Measured 3.40, 5.44 and 6.07 (INTR: 4.1-6.4 over six runs).
-    assert scores[name]["trait_ratio"] >= 3.0
+    assert broad[seed][name]["trait_ratio"] >= 3.0
 
 
+@pytest.mark.claims
+@pytest.mark.parametrize("seed", BROAD_SEEDS)
 @pytest.mark.parametrize("name", MODELS)
-def test_removing_the_attended_region_hurts_more_than_a_random_one(scores, name):
-    s = scores[name]
+def test_removing_the_attended_region_hurts_more_than_a_random_one(broad, name, seed):
+    s = broad[seed][name]
     # Measured: means 0.56 / 0.76 / 0.38 vs 0.06 / 0.07 / 0.04 (INTR seed 1: 0.33 vs 0.05); 84% / 90% /
     # 88% of the images (INTR seed 1: 74%). Medians are not asserted: a confident INTR keeps p ≈ 1
     # whatever 10% is removed (median drop 0.97 / 0.23 here, 0.01 vs 0.00 at seed 1, where 96% of the

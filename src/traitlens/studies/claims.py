@@ -1,0 +1,169 @@
+"""The papers' claims, measured: one function per claim, at a scale (:data:`~traitlens.studies.recipes.SCALES`)
+and a seed, memoized under ``$TRAITLENS_CACHE/claims``.
+
+Each function returns the figures its claim is judged on; the claims tests (``tests/claims``) assert the
+direction of each effect with a margin at ``tiny`` scale (``make test``) and the published figures at
+``broad`` scale (``make claims``), for every seed of the recipe.
+
+    >>> from traitlens.studies import claims
+    >>> claims.segmentation("tiny", seed=1)["miou"]        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import torch
+
+from traitlens.cache import cache_dir
+from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.recipes import Training, check_scale, finer_cam as finer_cam_recipe
+from traitlens.studies.recipes import FINER_CAM_EVALUATION, interpretable as interpretable_recipe
+from traitlens.studies.recipes import segmentation as segmentation_recipe
+
+# The calibration experiment's settings a scale changes (``ExperimentConfig`` holds the rest). tiny: the tiny
+# CNN from random weights on 6 species at 32 px (pre-trained 15 epochs in domain A; seconds); broad: the demo's
+# experiment (the embedded tiny ViT, 12 species at 64 px).
+CALIBRATION = {"tiny": dict(species=6, per_species=40, size=32, backbone="tiny-cnn", pretrain_epochs=15,
+                            finetune_epochs=10),
+               "standard": {}, "broad": {}}
+
+
+def _root() -> Path:
+    return cache_dir("claims")
+
+
+def _collection(recipe) -> Path:
+    from traitlens.studies.demo import collection
+
+    return collection(recipe, progress=False)
+
+
+def _train(run: Path, data: Path, preset: str, recipe: Training, seed: int, weights=None) -> Path:
+    from traitlens.engine.config import TrainConfig
+    from traitlens.engine.train import fit
+
+    config = TrainConfig(data=str(data), out=str(run), backbone=preset, weights=None if weights is None else str(weights),
+                         seed=seed, device="cpu", amp="off", **recipe.config())
+    fit(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
+    return run
+
+
+# ------------------------------------------------------------------------------------------ Finer-CAM
+def _finer_cam_figures(run: Path, data: Path, traits, settings: str) -> dict:
+    """Grad-CAM → Finer-CAM on every test image of ``data``: for each claim metric [Grad-CAM mean, Finer-CAM
+    mean, share of images where Finer-CAM is higher], and the classifier's accuracy and scored images."""
+    from traitlens.data.folders import ImageFolderDataset, collate
+    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.train import eval_transform
+    from traitlens.explain.evaluate import evaluate_explanations, recommended_settings
+
+    protocol = FINER_CAM_EVALUATION
+    model, meta = load_model(run)
+    model.eval()
+    test = ImageFolderDataset(data, split="test", transform=eval_transform(model, config_from_meta(meta)),
+                              classes=meta["class_names"], masks="auto")
+    batch = collate([test[i] for i in range(len(test))])
+    chosen = recommended_settings(model, batch["image"].shape[-2:]) if settings == "recommended" else {}
+    metrics = list(protocol.claim_metrics)
+    res = evaluate_explanations(model, [batch], protocol.methods, metrics=metrics, alpha=protocol.alpha,
+                                references=protocol.references, target=protocol.target,
+                                only_correct=protocol.only_correct, traits=traits, class_names=meta["class_names"],
+                                **chosen)
+    out = {"n": res.counts["scored"], "acc": res.counts["correct"] / res.counts["images"], "settings": chosen}
+    for m in metrics:
+        g = np.array(res.per_image["gradcam"][m], dtype=float)
+        f = np.array(res.per_image["finer-gradcam"][m], dtype=float)
+        ok = ~(np.isnan(g) | np.isnan(f))
+        out[m] = [float(g[ok].mean()), float(f[ok].mean()), float(np.mean(f[ok] > g[ok]))]
+    return out
+
+
+def finer_cam(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
+    """Finer-CAM against Grad-CAM on ground truth: ``{"vit": ..., "vit default layer": ..., "cnn": ...}`` (the
+    ViT at the layer and scale traitlens recommends for small parts, and at its layout's default layer)."""
+    from traitlens.data.traits import load_traits
+
+    recipe = finer_cam_recipe(scale)
+
+    def measure() -> dict:
+        torch.manual_seed(seed)
+        if recipe.training is None:  # the demo's classifiers, fine-tuned from the embedded backbones
+            from traitlens.studies.demo import prepare
+
+            ctx = prepare(seed=seed)
+            data, runs = ctx.data, {k: ctx.checkpoints[k] for k in ("vit", "cnn")}
+        else:
+            data = _collection(recipe.collection)
+            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (recipe, seed)), data, f"tiny-{kind}",
+                                 training, seed) for kind, training in recipe.training.items()}
+        traits = load_traits(data)
+        return {"vit": _finer_cam_figures(runs["vit"], data, traits, "recommended"),
+                "vit default layer": _finer_cam_figures(runs["vit"], data, traits, "default"),
+                "cnn": _finer_cam_figures(runs["cnn"], data, traits, "default")}
+
+    return memo_json(_root(), f"finer-cam-{scale}-seed{seed}", (recipe, FINER_CAM_EVALUATION, seed), measure)
+
+
+# ------------------------------------------------------------------------------------ Prompt-CAM, INTR
+def interpretable(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
+    """Prompt-CAM and INTR trained and scored (:func:`traitlens.models.trait_scores.score_dataset`):
+    ``{"prompt-cam": ..., "intr": ...}`` and at broad scale ``"prompt-cam-broad"`` (frozen on the broad
+    embedded ViT). Each: test top-1, best-head trait share over uniform, probability drops when the top or a
+    random 10% of the image is removed."""
+    from traitlens.data.traits import load_traits
+    from traitlens.studies.demo import DemoContext
+    from traitlens.studies.demo.interpretable import train_and_score
+    from traitlens.studies.embedded import embedded_backbone
+
+    recipe = interpretable_recipe(check_scale(scale))
+    data = _collection(recipe.collection)
+    traits = load_traits(data)
+    root = _root() / f"interpretable-{scale}"
+    root.mkdir(parents=True, exist_ok=True)
+
+    def context(backbone: Path) -> DemoContext:
+        return DemoContext(out=root, cache=root, data=data, traits=traits, seed=seed,
+                           checkpoints={"backbone-vit": backbone})
+
+    if recipe.backbone is not None:
+        backbone = _train(memo_path(root, "backbone", (recipe.collection, recipe.backbone, seed)), data, "tiny-vit",
+                          recipe.backbone, seed)
+    else:
+        backbone = embedded_backbone("vit", progress=False)
+    out = {"prompt-cam": train_and_score(context(backbone), "prompt-cam", recipe.prompt_cam),
+           "intr": train_and_score(context(backbone), "intr", recipe.intr)}
+    if recipe.prompt_cam_broad is not None:
+        broad = embedded_backbone("vit", breadth="broad", progress=False)
+        out["prompt-cam-broad"] = train_and_score(context(broad), "prompt-cam", recipe.prompt_cam_broad)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ SST
+def segmentation(scale: str = "broad", seed: int = 0) -> dict:
+    """One labelled specimen per species segments the others: trait mIoU of label propagation and of copying
+    the support's mask, per-part IoU (the demo section's study at ``scale``)."""
+    from traitlens.studies.demo.segment import segment_specimens
+
+    recipe = replace(segmentation_recipe(scale), seed=seed)
+    settings = asdict(recipe)
+    gallery = memo_path(_root(), "segmentation-gallery", settings)
+    gallery.mkdir(parents=True, exist_ok=True)
+    return memo_json(_root(), f"segmentation-{scale}", settings, lambda: segment_specimens(settings, gallery))
+
+
+# ------------------------------------------------------------------------------------------ calibration
+def calibration(scale: str = "broad", seed: int = 0) -> dict:
+    """The calibrated fine-tuning experiment (:func:`traitlens.studies.calibration.run_experiment`)."""
+    from traitlens.studies.calibration import ExperimentConfig, run_experiment
+
+    cfg = ExperimentConfig(**CALIBRATION[check_scale(scale)], seed=seed)
+    start = None
+    if cfg.backbone.startswith("embedded-"):
+        from traitlens.studies.embedded import recipe
+
+        start = recipe(cfg.backbone[len("embedded-"):])
+    return memo_json(_root(), f"calibration-{scale}", dict(experiment=cfg, start=start), lambda: run_experiment(cfg))
