@@ -91,7 +91,7 @@ def test_second_writer_keeps_the_first_copy(tmp_path, tiny_recipe, monkeypatch):
     def fit_while_another_process_publishes(config, **kw):
         result = real_fit(config, **kw)
         # Another process finishes first: its complete folder appears under the final name.
-        final = embedded.memo_path(tmp_path, "embedded-cnn-tiny", recipe("cnn", TINY))
+        final = embedded.memo_path(tmp_path, "embedded-cnn-tiny", recipe("cnn", TINY), code=embedded.TRAINING)
         final.mkdir()
         for name in ("model.safetensors", "model.json"):
             shutil.copy(config.out + "/" + name, final / name)
@@ -118,7 +118,7 @@ def test_interrupted_pretraining_resumes(tmp_path, tiny_recipe, monkeypatch):
     monkeypatch.setattr(evaluate, "evaluate_checkpoint", interrupted)  # stopped after training, before publishing
     with pytest.raises(KeyboardInterrupt):
         embedded_backbone("cnn", cache_dir=tmp_path, progress=False, breadth=TINY)
-    final = embedded.memo_path(tmp_path, "embedded-cnn-tiny", recipe("cnn", TINY))
+    final = embedded.memo_path(tmp_path, "embedded-cnn-tiny", recipe("cnn", TINY), code=embedded.TRAINING)
     partial = tmp_path / f".{final.name}.partial"
     assert (partial / "last" / "state.json").is_file()  # the trained epochs are kept
     seen = {}
@@ -154,11 +154,14 @@ def test_cache_location_and_recipe_key(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path / "c"))
     assert embedded.backbones_dir() == tmp_path / "c" / "backbones"
     standard = recipe("vit")
-    a = memo.memo_key(standard)
-    assert memo.memo_key(replace(standard, collection=replace(standard.collection, seed=9))) != a
-    assert memo.memo_key(replace(standard, training=standard.training.with_(lr=1e-2))) != a
-    monkeypatch.setattr(memo, "source_digest", lambda: "other code")  # the same recipe run by changed code
-    assert memo.memo_key(standard) != a
+    a = memo.memo_key(standard, memo.TRAINING)
+    assert memo.memo_key(replace(standard, collection=replace(standard.collection, seed=9)), memo.TRAINING) != a
+    assert memo.memo_key(replace(standard, training=standard.training.with_(lr=1e-2)), memo.TRAINING) != a
+    # pretraining runs no explanation, segmentation or calibration code: their changes keep the backbone
+    assert {"engine", "data", "backbones", "models"} <= set(memo.TRAINING)
+    assert not {"explain", "segment", "calibrate", "compbench", "runs", "report", "cli"} & set(memo.TRAINING)
+    monkeypatch.setattr(memo, "source_digest", lambda code=None: "other code")  # the same recipe, changed code
+    assert memo.memo_key(standard, memo.TRAINING) != a
     with pytest.raises(UserError, match="kind must be one of vit, cnn"):
         embedded_backbone("mlp", cache_dir=tmp_path)
 

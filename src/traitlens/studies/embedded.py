@@ -30,7 +30,7 @@ from torch import nn
 
 from traitlens.backbones.embedded import RECORD, backbone_name, backbones_dir, check
 from traitlens.backbones.embedded import is_complete as _complete
-from traitlens.studies.memo import memo_path, plain
+from traitlens.studies.memo import TRAINING, memo_path, plain
 from traitlens.studies.recipes import Pretraining, pretraining
 from traitlens.errors import UserError
 from traitlens.progress import log
@@ -46,7 +46,7 @@ def _pretraining_collection(root: Path, spec: Pretraining, progress: bool) -> Pa
 
     target = make_taxonomy(SynthConfig(**spec.avoid.as_dict()))  # only the taxonomy: nothing is rendered
     cfg = SynthConfig(**spec.collection.as_dict(), avoid_species_of=target)
-    return generate_collection(memo_path(root, "pretrain-synth", (spec.collection, spec.avoid)), cfg,
+    return generate_collection(memo_path(root, "pretrain-synth", (spec.collection, spec.avoid), code=TRAINING), cfg,
                                progress=progress)
 
 
@@ -67,7 +67,7 @@ def embedded_backbone(kind: str = "vit", cache_dir: Optional[Path] = None, force
     kind, breadth = spec.kind, spec.breadth
     root = backbones_dir(cache_dir)
     name = backbone_name(kind, breadth)
-    final = memo_path(root, name, spec)
+    final = memo_path(root, name, spec, code=TRAINING)
     if _complete(final) and not force:
         _point(root, name, final)
         return final

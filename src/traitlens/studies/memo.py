@@ -22,21 +22,25 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Tuple
 
 from traitlens.cache import recipe_key
 
 # The packages whose code decides a study's numbers (relative to the traitlens package folder).
 COMPUTING = ("data", "backbones", "models", "engine", "explain", "segment", "calibrate", "compbench", "studies",
              "cache.py", "methods.py", "configs")
+# What training a model from a recipe depends on (the embedded pretraining: no explanation, segmentation,
+# calibration or benchmark code runs there, so changing those does not pretrain it again).
+TRAINING = ("data", "backbones", "models", "engine", "cache.py", "methods.py", "configs", "studies/memo.py",
+            "studies/recipes.py", "studies/embedded.py")
 
 
-@functools.lru_cache(maxsize=1)
-def source_digest() -> str:
-    """A hash of the source files of :data:`COMPUTING` (paths and bytes), computed once a process."""
+@functools.lru_cache(maxsize=None)
+def source_digest(entries: Tuple[str, ...] = COMPUTING) -> str:
+    """A hash of the source files of ``entries`` (paths and bytes), computed once a process."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for entry in COMPUTING:
+    for entry in entries:
         path = root / entry
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
                                                      and p.suffix in (".py", ".yaml", ".json"))
@@ -61,14 +65,14 @@ def plain(recipe: Any) -> Any:
     return recipe
 
 
-def memo_key(recipe: Any) -> str:
-    """The cache key of ``recipe``: its content and the computing code's :func:`source_digest`."""
-    return recipe_key({"recipe": plain(recipe), "source": source_digest()})
+def memo_key(recipe: Any, code: Tuple[str, ...] = COMPUTING) -> str:
+    """The cache key of ``recipe``: its content and the :func:`source_digest` of the ``code`` that makes it."""
+    return recipe_key({"recipe": plain(recipe), "source": source_digest(tuple(code))})
 
 
-def memo_path(folder: Path, name: str, recipe: Any, suffix: str = "") -> Path:
+def memo_path(folder: Path, name: str, recipe: Any, suffix: str = "", code: Tuple[str, ...] = COMPUTING) -> Path:
     """``folder/<name>-<memo key><suffix>``: where the result of ``recipe`` lives (a run folder or a file)."""
-    return Path(folder) / f"{name}-{memo_key(recipe)}{suffix}"
+    return Path(folder) / f"{name}-{memo_key(recipe, code)}{suffix}"
 
 
 def write_atomic(path: Path, text: str) -> None:
