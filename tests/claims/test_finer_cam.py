@@ -30,9 +30,10 @@ import pytest
 
 from traitlens.studies import claims
 
+from traitlens.studies.recipes import finer_cam
+
 # make claims runs each group on one worker (--dist loadgroup): the Prompt-CAM/INTR claims on one, these on the other
 pytestmark = pytest.mark.xdist_group("other-claims")
-from traitlens.studies.recipes import finer_cam
 
 METRICS = ["diagnostic_energy", "diagnostic_lift", "diagnostic_fraction", "diagnostic_density", "drop",
            "contrastive_drop"]
