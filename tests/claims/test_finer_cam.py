@@ -29,7 +29,6 @@ read (not at an 8×8 norm1 map), and only partly for the CNN. Margins are about 
 import pytest
 
 from traitlens.studies import claims
-
 from traitlens.studies.recipes import finer_cam
 
 # make claims runs each group on one worker (--dist loadgroup): the Prompt-CAM/INTR claims on one, these on the other
