@@ -44,7 +44,8 @@ def demo():
 
 def _batch(ctx, kind):
     from traitlens.data.folders import ImageFolderDataset, collate
-    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.methods import load_model
     from traitlens.engine.train import eval_transform
 
     model, meta = load_model(ctx.checkpoints[kind])

@@ -80,7 +80,7 @@ def finetune_config(checkpoint, data, classes: Sequence[str], out, *, epochs: Op
                     device: str = "auto", seed: int = 0):
     """The TrainConfig that fine-tunes ``checkpoint`` (all of it, head included) on ``classes`` of ``data``."""
     from traitlens.engine.config import load_config
-    from traitlens.engine.train import split_classes
+    from traitlens.engine.data import split_classes
 
     meta, folder = _plain_checkpoint(checkpoint)
     names = split_classes(Path(data), "train")
@@ -104,7 +104,8 @@ def finetune_subset(checkpoint, data, classes, out, *, epochs=None, lr=None, bat
     ``classes``: a list of class names, or the ``--classes`` spec (N or a file). Returns the engine's result plus
     ``seen`` (names), ``seen_ids`` and ``num_classes``.
     """
-    from traitlens.engine.train import fit, split_classes
+    from traitlens.engine.data import split_classes
+    from traitlens.methods import train
 
     if out is None:
         raise UserError("fine-tuning needs --out (the run folder)")
@@ -112,7 +113,7 @@ def finetune_subset(checkpoint, data, classes, out, *, epochs=None, lr=None, bat
     chosen = parse_classes(classes, names) if isinstance(classes, (str, int)) else list(classes)
     config = finetune_config(checkpoint, data, chosen, out, epochs=epochs, lr=lr, batch_size=batch_size,
                              overrides=overrides, device=str(device), seed=seed)
-    result = fit(config, progress=progress, resume=False)
+    result = train(config, progress=progress, resume=False)
     result.update(seen=chosen, seen_ids=[names.index(c) for c in chosen], num_classes=len(names),
                   pretrained=str(checkpoint))
     return result
@@ -189,8 +190,9 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
     from traitlens.calibrate.bias import pcv_gamma
     from traitlens.calibrate.evaluation import calibration_result, seen_unseen_figure
     from traitlens.calibrate.seen_unseen import ausuc
-    from traitlens.engine.checkpoint import config_from_meta, load_model
-    from traitlens.engine.train import eval_transform, fit, open_split
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.engine.data import eval_transform, open_split
+    from traitlens.methods import load_model, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -232,7 +234,7 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
                                     weights=str(pre_folder), seed=int(seed) + 1000 + int(s), device=str(device),
                                     batch_size=max(1, min(ft_config.batch_size, n_images)))
             log(f"PCV: fine-tuning on {len(train_ids)} of the {len(seen_ids)} classes ({epochs} epochs)")
-            fit(cfg, progress=False, resume=False)
+            train(cfg, progress=False, resume=False)
             m, _ = load_model(run, device)
             return outputs(m, "val", keep=trained)[0]
         pcv = pcv_gamma(refit, vz_pre, vy, seen_ids, seeds=range(max(1, int(pcv_seeds))))

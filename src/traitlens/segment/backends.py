@@ -28,7 +28,7 @@ def build_features(kind: str = "colour", backbone: Union[str, Path, None] = None
         return colour_features()
     if backbone is None:
         raise UserError(f"--features {kind} needs --backbone (a traitlens checkpoint folder)")
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
 
     try:
         model, _ = load_model(backbone)

@@ -87,14 +87,14 @@ def prepare(device: str = "cpu", seed: int = 0, cache: Optional[Path] = None) ->
 def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, device: str, seed: int) -> Path:
     """Fine-tune the embedded backbone on the demo collection (cached by recipe)."""
     from traitlens.engine.config import TrainConfig
-    from traitlens.engine.train import fit
+    from traitlens.methods import train
 
     recipe = dict(DEMO_TRAINING, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
     run_dir = root / "runs" / f"classifier-{kind}-{recipe_key(recipe)}"
     config = TrainConfig(data=str(data), out=str(run_dir), method="finetune", backbone=f"tiny-{kind}",
                          weights=str(backbone), seed=seed, device=str(device), **DEMO_TRAINING)
     # fit() returns at once for a finished run and resumes an interrupted one.
-    fit(config)
+    train(config)
     return run_dir
 
 
@@ -103,7 +103,7 @@ def foundation_section(ctx: DemoContext) -> Section:
     from PIL import Image
 
     from traitlens.data.traits import colourise_parts
-    from traitlens.engine.evaluate import evaluate_checkpoint
+    from traitlens.methods import evaluate_checkpoint
     from traitlens.report import confusion_matrix_plot
 
     traits = ctx.traits

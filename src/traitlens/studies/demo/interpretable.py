@@ -80,9 +80,9 @@ def _test_set(ctx, model, meta):
 def train_and_score(ctx, name: str, recipe: Optional[dict] = None) -> dict:
     """Train (or reuse) one model on ``ctx.data`` with ``recipe`` (default ``RUNS[name]``) and score it on
     the test split; cached as JSON."""
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
     from traitlens.engine.config import load_config
-    from traitlens.engine.train import fit
+    from traitlens.methods import train
     from traitlens.models.trait_scores import score_dataset
 
     cache = Path(ctx.cache)
@@ -95,7 +95,7 @@ def train_and_score(ctx, name: str, recipe: Optional[dict] = None) -> dict:
     config = load_config(None, **recipe, backbone="tiny-vit", weights=str(_backbone_run(ctx)),
                          data=str(ctx.data), out=str(run), device=ctx.device, amp="off", seed=ctx.seed)
     ctx.log(f"demo: training {name} on {ctx.data}")
-    fit(config, progress=False)
+    train(config, progress=False)
     model, meta = load_model(run, device=ctx.device)
     scores = score_dataset(model, _test_set(ctx, model, meta), ctx.traits, meta["class_names"], seed=ctx.seed,
                            device=ctx.device)
@@ -136,7 +136,7 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
     """
     from traitlens.cache import recipe_key
     from traitlens.data.folders import collate
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
     from traitlens.explain import explain
     from traitlens.explain.metrics import (deletion_insertion, diagnostic_lift, diagnostic_table,
                                            diagnostic_trait_energy, pointing_game)
@@ -214,7 +214,7 @@ def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
     """(overlay, caption) tiles: each species' first test image through its true class's top heads."""
     from traitlens.report.overlay import overlay
     from traitlens.data.imageio import load_image
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
 
     model, meta = load_model(run, device=ctx.device)
     test = _test_set(ctx, model, meta)
