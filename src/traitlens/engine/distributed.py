@@ -175,24 +175,22 @@ class ShardedSampler:
 
     Each epoch, the (seed, epoch) permutation of ``n`` indices is truncated to a multiple of the
     global ``batch_size`` and cut into global batches; this rank yields ``batch[rank::world]``
-    (``batch_size / world`` indices). ``drop_last=False`` keeps the last, partial global batch too.
-    Use as ``DataLoader(dataset, batch_sampler=sampler)``.
+    (``batch_size / world`` indices). Use as ``DataLoader(dataset, batch_sampler=sampler)``.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: Optional[int] = None,
-                 world: Optional[int] = None, shuffle: bool = True, drop_last: bool = True):
+                 world: Optional[int] = None, shuffle: bool = True):
         self.n = int(n)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.rank = globals()["rank"]() if rank is None else int(rank)
         self.world = world_size() if world is None else int(world)
         self.shuffle = shuffle
-        self.drop_last = drop_last
         self.epoch = 0
         if self.batch_size % self.world:
             raise UserError(f"batch_size {self.batch_size} is not divisible by the {self.world} processes; "
                             f"use a multiple of {self.world}")
-        if self.n < self.batch_size and drop_last:
+        if self.n < self.batch_size:
             raise UserError(f"batch_size {self.batch_size} is larger than the {self.n} training images; "
                             f"lower batch_size")
 
@@ -200,11 +198,11 @@ class ShardedSampler:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+        return self.n // self.batch_size
 
     def global_batches(self) -> List[List[int]]:
         order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
-        order = order[: len(self) * self.batch_size].tolist()  # the whole order when the last batch is kept
+        order = order[: len(self) * self.batch_size].tolist()
         return [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def __iter__(self) -> Iterator[List[int]]:

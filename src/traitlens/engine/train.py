@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -198,9 +198,8 @@ class Run:
     model: nn.Module          # the plain model (checkpoints, evaluation)
     net: nn.Module            # what the forward pass goes through: the model, or its DDP wrapper
     class_names: List[str]
-    train_set: Dataset
+    batches: "BatchSource"
     val_set: Optional[Dataset]
-    sampler: distributed.ShardedSampler
     optimizer: torch.optim.Optimizer
     scaler: Any
     dtype: Optional[torch.dtype]
@@ -298,14 +297,43 @@ def prepare_run_dir(run: Run, resume: bool) -> None:
     distributed.barrier()
 
 
-def _train_loader(run: Run, epoch: int) -> DataLoader:
-    run.sampler.set_epoch(epoch)
-    if hasattr(run.train_set, "set_epoch"):
-        run.train_set.set_epoch(epoch)
-    config = run.config
-    return DataLoader(run.train_set, batch_sampler=run.sampler, num_workers=config.num_workers,
-                      collate_fn=collate_fn(), pin_memory=run.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
+class BatchSource:
+    """Where an epoch's training batches come from: ``len()`` optimizer steps per epoch, ``epoch(e)`` the
+    collated batches of epoch ``e`` (``image`` B×3×H×W, ``label`` B), and ``classes`` (the label space).
+
+    The default, :class:`SplitBatches`, is a dataset through :class:`~traitlens.engine.distributed.ShardedSampler`;
+    a source of one's own (in-memory arrays with batch-level augmentation) must give each process its share.
+    """
+
+    classes: List[str]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def epoch(self, epoch: int) -> Iterable[dict]:
+        raise NotImplementedError
+
+
+class SplitBatches(BatchSource):
+    """A dataset of sample dicts cut into the same global batches on any number of processes, seeded by (seed,
+    epoch): the order by :class:`~traitlens.engine.distributed.ShardedSampler`, augmentation by the dataset."""
+
+    def __init__(self, dataset: Dataset, config: TrainConfig, ctx: distributed.DistContext):
+        self.dataset, self.config, self.device = dataset, config, ctx.device
+        self.classes = list(dataset.classes)
+        self.sampler = distributed.ShardedSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def epoch(self, epoch: int) -> DataLoader:
+        self.sampler.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        config = self.config
+        return DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=config.num_workers,
+                          collate_fn=collate_fn(), pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch))
 
 
 def _batch_on_device(run: Run, batch: dict) -> Tuple[torch.Tensor, torch.Tensor, float]:
@@ -327,7 +355,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> Dict[str, Any]:
     Returns the epoch's log row so far: ``epoch, step, lr, train_loss, train_acc, train_n`` (over all processes).
     """
     config, optimizer, scaler = run.config, run.optimizer, run.scaler
-    steps_per_epoch = len(run.sampler)
+    steps_per_epoch = len(run.batches)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     set_train_mode(run.model)
     # loss sum, correct, count; kept on the device so a step never waits for the GPU
@@ -335,7 +363,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> Dict[str, Any]:
     epoch_skipped: List = []
     pbar = bar(steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False) \
         if run.show else _NoBar()
-    for batch in _train_loader(run, epoch):
+    for batch in run.batches.epoch(epoch):
         factor = lr_factor(state.step, steps_per_epoch, config)
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
@@ -443,8 +471,8 @@ def finish(run: Run, state: RunState) -> None:
 
 
 def fit(config: TrainConfig, model: nn.Module, param_groups: List[dict], progress: bool = True,
-        resume: Optional[bool] = None, *, train_set: Optional[Dataset] = None, val_set: Optional[Dataset] = None,
-        keep_last_batch: bool = False) -> Dict[str, Any]:
+        resume: Optional[bool] = None, *, train_batches: Optional[BatchSource] = None,
+        val_set: Optional[Dataset] = None) -> Dict[str, Any]:
     """Train the built ``model`` (images B×3×H×W → logits B×C) on ``config.data``; write the run to ``config.out``.
 
     ``param_groups``: the optimizer groups (``{"params": [...], "lr": ...}``) of what is trained.
@@ -453,25 +481,22 @@ def fit(config: TrainConfig, model: nn.Module, param_groups: List[dict], progres
     Under ``torchrun`` every process calls ``fit``; only rank 0 writes. Returns ``{"run_dir", "best": {"epoch",
     "metrics"}, "final": last log row, "history": rows, "class_names", "skipped"}``.
 
-    ``train_set`` (and optionally ``val_set``): datasets of the engine's sample dicts (``image`` 3×H×W, ``label``,
-    ``index``; a ``classes`` list; ``set_epoch`` when they augment), used instead of ``config.data``'s splits,
-    e.g. in-memory arrays. ``keep_last_batch``: also train on the last, partial batch of an epoch (default: the
-    epoch is cut to whole global batches, as DDP needs).
+    ``train_batches`` (and optionally ``val_set``, a dataset of sample dicts): a :class:`BatchSource` used instead
+    of ``config.data``'s splits, e.g. in-memory arrays; ``config.data`` may then be unset.
     """
-    data, run_dir = check_paths(config, need_data=train_set is None)
+    data, run_dir = check_paths(config, need_data=train_batches is None)
     ctx = distributed.setup(config.device)
     resume = decide_resume(run_dir, config, resume)
     model.to(ctx.device)
-    if train_set is None:
+    if train_batches is None:
         class_names = split_classes(data, config.train_split)
         train_set, val_set = open_datasets(config, model, data, class_names, ctx.main)
+        train_batches = SplitBatches(train_set, config, ctx)
     else:
-        class_names = list(train_set.classes)
-    sampler = distributed.ShardedSampler(len(train_set), config.batch_size, config.seed, ctx.rank, ctx.world,
-                                         drop_last=not keep_last_batch)
+        class_names = list(train_batches.classes)
     optimizer, scaler, dtype = make_optimization(param_groups, config, ctx.device)
     run = Run(config=config, run_dir=run_dir, ctx=ctx, model=model, net=model, class_names=class_names,
-              train_set=train_set, val_set=val_set, sampler=sampler, optimizer=optimizer, scaler=scaler,
+              batches=train_batches, val_set=val_set, optimizer=optimizer, scaler=scaler,
               dtype=dtype, show=progress and ctx.main)
     state = restore(run) if resume else RunState()
     prepare_run_dir(run, resume)

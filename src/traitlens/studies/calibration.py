@@ -25,13 +25,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from traitlens.calibrate.accuracy import accuracy_table, ncm_logits
 from traitlens.calibrate.bias import alg_gamma, pcv_gamma
 from traitlens.calibrate.confidence import expected_calibration_error, fit_temperature
 from traitlens.calibrate.finetuning import model_outputs
 from traitlens.calibrate.seen_unseen import ausuc, oracle_gamma, seen_unseen_curve
+from traitlens.engine.config import TrainConfig
+from traitlens.engine.train import BatchSource, fit
 
 
 @dataclass
@@ -89,38 +90,42 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------- training
-class AugmentedArrays(Dataset):
-    """In-memory images (N×3×H×W, normalised) and labels (N) as the engine's sample dicts, augmented per
-    (seed, epoch, index): a horizontal flip with probability 0.5, a shift of up to 2 pixels each way
-    (``torch.roll``), and with ``colour_jitter`` > 0 per-channel gains and offsets of that size (pre-training
-    only, standing in for the broad augmentation of a foundation model's pre-training)."""
+class ArrayBatches(BatchSource):
+    """In-memory images (N×3×H×W, normalised) and labels (N) as the engine's training batches, augmented per batch.
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, seed: int,
+    The experiment's recipe: every epoch a fresh permutation (the last batch may be partial), then per batch a
+    horizontal flip of each image with probability 0.5, one shift of up to 2 pixels each way (``torch.roll``), and
+    with ``colour_jitter`` > 0 per-image channel gains and offsets of that size (pre-training only, standing in for
+    the broad augmentation of a foundation model's pre-training). All draws come from one generator seeded with
+    ``seed``, in order, so a run is reproducible from its start (the experiment never resumes one); one process.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int, seed: int,
                  colour_jitter: float = 0.0):
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.batch_size = images, labels, batch_size
         self.classes = [str(c) for c in range(num_classes)]
-        self.seed, self.colour_jitter, self.epoch = seed, colour_jitter, 0
+        self.colour_jitter = colour_jitter
+        self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return max(1, -(-self.images.shape[0] // self.batch_size))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, i: int) -> Dict[str, Any]:
-        from traitlens.data.transforms import sample_generator
-
-        gen = sample_generator(self.seed, self.epoch, i)
-        x = self.images[i]
-        if torch.rand((), generator=gen) < 0.5:
-            x = x.flip(2)
-        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
-        x = torch.roll(x, shifts=(dy, dx), dims=(1, 2))
-        if self.colour_jitter > 0:
-            gain = 1 + self.colour_jitter * (2 * torch.rand(3, 1, 1, generator=gen) - 1)
-            shift = self.colour_jitter * (2 * torch.rand(3, 1, 1, generator=gen) - 1)
-            x = x * gain + shift
-        return {"image": x, "label": int(self.labels[i]), "index": i, "path": f"array:{i}"}
+    def epoch(self, epoch: int):
+        gen, n = self.gen, self.images.shape[0]
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n, self.batch_size):
+            idx = order[i:i + self.batch_size]
+            x = self.images[idx]
+            flip = torch.rand(idx.numel(), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+            x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            if self.colour_jitter > 0:
+                k = idx.numel()
+                gain = 1 + self.colour_jitter * (2 * torch.rand(k, 3, 1, 1, generator=gen) - 1)
+                shift = self.colour_jitter * (2 * torch.rand(k, 3, 1, 1, generator=gen) - 1)
+                x = x * gain + shift
+            yield {"image": x, "label": self.labels[idx]}
 
 
 def _train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
@@ -129,22 +134,19 @@ def _train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, epoc
     """Train all of ``model`` on ``images`` (N×3×H×W) / ``labels`` (N) through the engine's :func:`fit`: per-step
     cosine lr, cross-entropy over all classes, the body at ``lr × backbone_lr_scale``; the last epoch's weights
     are kept (no validation split). The run folder the engine writes is temporary."""
-    from traitlens.engine.config import TrainConfig
-    from traitlens.engine.train import fit
     from traitlens.methods import finetune_groups
 
     if epochs <= 0:
         return
     num_classes = model.get_classifier().weight.shape[0]
-    data = AugmentedArrays(images, labels, num_classes, seed, colour_jitter)
+    batches = ArrayBatches(images, labels, num_classes, batch_size, seed, colour_jitter)
     with tempfile.TemporaryDirectory(prefix="traitlens-calibration-") as out:
         cfg = TrainConfig(out=out, method="finetune", epochs=epochs, lr=lr, optimizer=optimizer,
                           backbone_lr_scale=backbone_lr_scale, weight_decay=weight_decay, momentum=momentum,
                           nesterov=optimizer == "sgd", batch_size=batch_size, scheduler="cosine", seed=seed,
                           device="cpu", amp="off", val_split=None)
-        # every image counts: the last, partial batch of an epoch is trained on too
         fit(cfg, model, finetune_groups(model, lr, backbone_lr_scale, weight_decay), progress=False, resume=False,
-            train_set=data, keep_last_batch=True)
+            train_batches=batches)
     model.eval()
 
 
