@@ -19,11 +19,11 @@ from torch import nn
 
 from traitlens.errors import UserError
 from traitlens.explain.cams import canonical_method
-from traitlens.explain.engine import METHODS, _classifier_weight, _siblings, explain
+from traitlens.explain.engine import METHODS, explain
 from traitlens.explain.metrics import (confidence_drop, deletion_insertion, diagnostic_lift, diagnostic_table,
                                        diagnostic_trait_energy, diagnostic_vs_shared, energy_in_mask,
                                        pointing_game)
-from traitlens.explain.targets import select_references
+from traitlens.explain.targets import model_references
 
 METRICS = ("drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy", "diagnostic_energy",
            "diagnostic_lift", "diagnostic_fraction", "diagnostic_density")
@@ -187,12 +187,8 @@ def evaluate_explanations(model: nn.Module, batches: Iterable[dict], methods, me
         with torch.no_grad():
             model.eval()
             logits = model(images).float()
-        num_classes = logits.shape[1]
         tgt = labels if target == "label" else logits.argmax(1)
-        other = select_references(logits, tgt, references, k=1,
-                                  classifier_weight=_classifier_weight(model) if references == "weight-cosine" else None,
-                                  siblings=_siblings(traits, num_classes, class_names) if taxonomy else None,
-                                  class_names=class_names)[:, 0]
+        other = model_references(model, logits, tgt, references, 1, class_names, traits)[:, 0]
         correct = logits.argmax(1) == labels
         counts["images"] += int(correct.numel())
         counts["correct"] += int(correct.sum())
