@@ -372,14 +372,14 @@ def _agree(a, b):
 
 
 def _run_labelprop(features, device, align):
-    from traitlens.segment.labelprop import LabelPropagation
+    from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
     from traitlens.segment.tracking import track
 
     img, lab = blob_scene()
     queries = [("a", blob_scene(shift=(5, 3), seed=1)[0]), ("b", blob_scene(shift=(-2, 4), seed=2)[0]),
                ("c", torch.nn.functional.interpolate(blob_scene(shift=(2, 2), seed=3)[0][None], size=(40, 56),
                                                      mode="bilinear", align_corners=False)[0])]
-    prop = LabelPropagation(features, work_size=(48, 48), align=align, device=device)
+    prop = LabelPropagation(features, LabelPropOptions(work_size=(48, 48), align=align), device=device)
     return dict(track(prop, [(img, lab)], queries, order="chain", batch_size=2))
 
 

@@ -1,7 +1,7 @@
 """Measured accuracy on the synthetic collection (one support per species, part maps as ground truth).
 
 Numbers: 128 px, 12 species × 4 test specimens, support = each species' first train image, with
-``LabelPropagation(ColourPositionFeatures(), work_size=(128, 128), align=True, local=3)`` and its defaults
+``LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(128, 128), align=True, local=3))`` and its defaults
 (colour context 1, registration prior σ = 3 cells, the query's frame border as background keys, 8 rounds
 of edge-aware clean-up (``2·(128/64)²``), exact matches keep their label). Trait mIoU 0.930 vs 0.093 for
 copying the support's mask; per part 0.96 body, 0.95 head, 0.98 / 0.96 wings, 0.83 tail, 0.97 wing spot,
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from traitlens.segment.features import ColourPositionFeatures
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 from traitlens.segment.metrics import confusion, iou, iou_from_confusion, mean_iou
 from traitlens.segment.tracking import track
 
@@ -33,7 +33,7 @@ def _support(synth, sp):
 
 
 def _propagator(size: int) -> LabelPropagation:
-    return LabelPropagation(ColourPositionFeatures(), work_size=(size, size), align=True, local=3)
+    return LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(size, size), align=True, local=3))
 
 
 @pytest.mark.parametrize("size", [64, 128])

@@ -9,7 +9,7 @@ import torch
 
 from traitlens.errors import UserError
 from traitlens.segment.features import BackboneFeatures, ColourPositionFeatures, ConcatFeatures
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 
 BACKENDS = ("labelprop", "sam2")
 FEATURES = ("colour", "backbone", "backbone+colour")
@@ -64,8 +64,8 @@ def build_propagator(backend: str = "labelprop", device: Union[str, torch.device
         proj = FeatureProjection(dim)
     if proj is not None:
         proj = proj.to(device)
-    return LabelPropagation(feats, work_size=(work_size, work_size), align=True, local=local,
-                            projection=proj, device=device, memory=memory)
+    options = LabelPropOptions(work_size=(work_size, work_size), align=True, local=local, memory=memory)
+    return LabelPropagation(feats, options, projection=proj, device=device)
 
 
 def load_projection(path: Union[str, Path]):
