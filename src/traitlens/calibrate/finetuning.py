@@ -39,12 +39,12 @@ def parse_classes(spec: str, class_names: Sequence[str]) -> List[str]:
     if spec.isdigit():
         n = int(spec)
         if not 1 <= n < len(class_names):
-            raise UserError(f"--classes {n}: choose between 1 and {len(class_names) - 1} of the {len(class_names)} "
-                            "classes (some must stay absent)")
+            raise UserError(f"classes {n}: choose between 1 and {len(class_names) - 1} of the {len(class_names)} "
+                            "classes (some must stay absent)", option="classes")
         return list(class_names[:n])
     path = Path(spec)
     if not path.is_file():
-        raise UserError(f"--classes {spec}: not a number and no such file")
+        raise UserError(f"classes {spec!r}: neither a number of classes nor a file of class names", option="classes")
     chosen = []
     for raw in path.read_text().splitlines():
         item = raw.strip()
@@ -108,7 +108,7 @@ def finetune_subset(checkpoint, data, classes, out, *, epochs=None, lr=None, bat
     from traitlens.methods import train
 
     if out is None:
-        raise UserError("fine-tuning needs --out (the run folder)")
+        raise UserError("fine-tuning needs an output folder for its run", option="out")
     names = split_classes(Path(data), "train")
     chosen = parse_classes(classes, names) if isinstance(classes, (str, int)) else list(classes)
     config = finetune_config(checkpoint, data, chosen, out, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -163,7 +163,7 @@ def write_calibrated_checkpoint(model: nn.Module, meta: Dict[str, Any], seen_ids
     head = calibrated.get_classifier() if hasattr(calibrated, "get_classifier") else None
     if not isinstance(head, nn.Linear) or head.bias is None:
         raise UserError("the fine-tuned model's head is not a linear layer with a bias; cannot fold γ into it "
-                        "(use --logits with apply_gamma instead)")
+                        "(apply γ to its logits with apply_gamma instead)")
     absent = torch.ones(head.out_features, dtype=torch.bool)
     absent[list(seen_ids)] = False
     with torch.no_grad():
@@ -203,7 +203,7 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
     trained = ft_meta.get("trained_classes") or (ft_meta.get("config") or {}).get("classes")
     if not trained:
         raise UserError(f"checkpoint {finetuned} was trained on all its classes: nothing is absent to calibrate "
-                        "(make it with `traitlens finetune --classes`)")
+                        "(fine-tune it on a subset of its classes first)", option="finetuned")
     if list(pre_meta.get("class_names") or []) != names:
         raise UserError(f"{pretrained} and {finetuned} have different classes")
     seen_ids = [names.index(c) for c in trained]
@@ -256,7 +256,8 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
     pick = apply or next((m for m in ("pcv", "alg", "oracle") if m in chosen), None)
     if pick is not None:
         if pick not in chosen:
-            raise UserError(f"--apply {pick}: that method was not run (see --method)")
+            raise UserError(f"cannot apply {pick}: that method was not run (ran: {', '.join(chosen) or 'none'})",
+                            option="apply")
         path = write_calibrated_checkpoint(ft_model, ft_meta, seen_ids, chosen[pick], out / "calibrated",
                                            {"method": pick, "finetuned": str(finetuned)})
         result["checkpoint"] = str(path)

@@ -114,7 +114,7 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
         if len(missing) == len(records):
             example = next(iter(missing.values()))[0]
             raise UserError(f"none of the {len(records)} records' images were found under {root} (e.g. {example}); "
-                            f"pass --images DIR, the folder the stored image paths are relative to")
+                            f"give the images folder the stored image paths are relative to", option="images")
 
     if resume:
         _repair_tail(results_path)

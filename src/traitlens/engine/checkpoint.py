@@ -267,7 +267,8 @@ def load_training_state(run_dir, model: nn.Module, optimizer: torch.optim.Optimi
     """Restore what :func:`save_training_state` wrote; return its ``info`` (epoch, step, history...)."""
     folder = state_folder(run_dir)
     if folder is None:
-        raise UserError(f"nothing to resume in {run_dir}: no {STATE_DIR}/state.json (start without --resume)")
+        raise UserError(f"nothing to resume in {run_dir}: no {STATE_DIR}/state.json (start afresh instead)",
+                        option="resume")
     info = json.loads((folder / "state.json").read_text())
     tensors = load_file(str(folder / "state.safetensors"), device="cpu")
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

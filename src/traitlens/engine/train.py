@@ -246,7 +246,8 @@ def decide_resume(run_dir: Path, config: TrainConfig, resume: Optional[bool]) ->
     """Whether to continue ``run_dir/last`` (rank 0 decides for all, before anything is cleared)."""
     state_dir = ckpt.state_folder(run_dir)
     if resume is True and state_dir is None:
-        raise UserError(f"nothing to resume in {run_dir}: no last/state.json (start without resuming)")
+        raise UserError(f"nothing to resume in {run_dir}: no last/state.json (start afresh instead)",
+                        option="resume")
     if resume is None:
         resume = state_dir is not None
     resume = bool(distributed.broadcast_object(resume))
@@ -473,7 +474,7 @@ def finish(run: Run, state: RunState) -> None:
 def fit(config: TrainConfig, model: nn.Module, param_groups: List[dict], progress: bool = True,
         resume: Optional[bool] = None, *, train_batches: Optional[BatchSource] = None,
         val_set: Optional[Dataset] = None) -> Dict[str, Any]:
-    """Train the built ``model`` (images B×3×H×W → logits B×C) on ``config.data``; write the run to ``config.out``.
+    """Train the built ``model`` (images B×3×H×W → logits B×C) on ``config.data``; write the run to ``out``.
 
     ``param_groups``: the optimizer groups (``{"params": [...], "lr": ...}``) of what is trained.
     ``resume``: True continues ``out/last`` (error when there is none), False starts afresh (overwriting), None

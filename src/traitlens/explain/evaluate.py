@@ -49,7 +49,7 @@ def parse_methods(spec) -> List[MethodSpec]:
     """``"gradcam,finer-gradcam"`` or a list of names → MethodSpecs (validated)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
-        raise UserError("no explanation method given (e.g. --methods gradcam,finer-gradcam)")
+        raise UserError("no explanation method given (e.g. gradcam,finer-gradcam)", option="methods")
     out = []
     for name in names:
         finer = name.lower().startswith("finer-")
@@ -105,8 +105,9 @@ def recommended_settings(model: nn.Module, input_size: Optional[Sequence[int]] =
     """Where to explain ``model`` when scoring explanations against small parts: ``{"target_layer": path or
     None (the engine's default), "scale": input scale factor}``.
 
-    Two things decide whether any CAM can put its energy on a trait part a few pixels wide (measured on the
-    synthetic collection with the demo classifiers, see tests/explain/test_synthetic_claim.py):
+    Two things decide whether any CAM can put its energy on a trait part a few pixels wide (measured with
+    :func:`evaluate_explanations` on the demo collection's correctly classified test images, references = the
+    sibling species, α = 1, with the demo classifiers of ``traitlens demo``):
 
     - *the layer the logits read.* A ViT that pools its patch tokens (``global_pool`` avg/max) reads the last
       block's output directly; its first norm (the default for CLS-token ViTs, whose patch tokens reach the

@@ -47,9 +47,10 @@ class LabelPropOptions:
     of ``side`` cells, at most 32: a diffusion covers the same share of the frame at any resolution, and the
     rounds reuse one set of affinities, so they cost little). ``exact``: a query location whose best
     key matches at cosine ≥ this takes that key's label (a repeated specimen, the support itself).
-    Measured on the synthetic collection (128 px, one support per species; tests/segment/test_synthetic_accuracy.py):
-    border keys 0.817 → 0.871 trait mIoU at 64 px, clean-up 0.902 → 0.923 at 128 px (2 rounds), 0.930 (8 rounds, the default there); one registration round
-    with 20 candidates scored at half resolution is as accurate as two with 40 at full, and 2.3× faster.
+    Measured on the synthetic collection (12 species, one support per species, ``python benchmarks/segment_seeds.py``
+    at 128 px, ``--size 64`` for 64 px): border keys 0.817 → 0.871 trait mIoU at 64 px, clean-up 0.902 → 0.923
+    at 128 px (2 rounds), 0.930 (8 rounds, the default there); one registration round with 20 candidates scored
+    at half resolution is as accurate as two with 40 at full, and 2.3× faster.
     """
 
     work_size: Tuple[int, int] = (64, 64)
