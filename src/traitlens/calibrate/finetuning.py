@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -178,9 +178,10 @@ def write_calibrated_checkpoint(model: nn.Module, meta: Dict[str, Any], seen_ids
 # --------------------------------------------------------------------------------------- calibrate
 def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv", "oracle"), apply=None,
                           pcv_seeds: int = 1, pcv_epochs: Optional[int] = None, device="cpu",
-                          seed: int = 0) -> Dict[str, Any]:
+                          seed: int = 0, figure: Optional[Callable[[Dict[str, Any]], Any]] = None) -> Dict[str, Any]:
     """Evaluate ``finetuned`` (made by :func:`finetune_subset`) on the test split of ``data`` before and after
-    calibration; write ``out/calibration.json``, ``out/seen_unseen.png`` and ``out/calibrated/`` (checkpoint).
+    calibration; write ``out/calibration.json``, ``out/calibrated/`` (checkpoint) and, given ``figure`` (result →
+    matplotlib Figure, e.g. :func:`traitlens.report.plots.seen_unseen_figure`), ``out/seen_unseen.png``.
 
     ALG reads the fine-tuned model's logits on the fine-tuning classes' *training* images; PCV re-fine-tunes
     ``pretrained`` on halves of those classes (``pcv_seeds`` × 2 engine runs under ``out/pcv/``) and scores
@@ -188,7 +189,7 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
     """
     from traitlens.calibrate.accuracy import accuracy_table, ncm_logits
     from traitlens.calibrate.bias import pcv_gamma
-    from traitlens.calibrate.evaluation import calibration_result, seen_unseen_figure
+    from traitlens.calibrate.evaluation import calibration_result
     from traitlens.calibrate.seen_unseen import ausuc
     from traitlens.engine.checkpoint import config_from_meta
     from traitlens.engine.data import eval_transform, open_split
@@ -249,9 +250,9 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
                   data=str(data), pcv_folds=pcv_record)
     if result["ausuc"] is not None:
         result["ausuc_pretrained"] = ausuc(pz, y, seen_ids)
-        fig = seen_unseen_figure(result)
-        fig.savefig(out / "seen_unseen.png", dpi=120)
-        result["plot"] = str(out / "seen_unseen.png")
+        if figure is not None:  # drawing is the report's: the caller passes it in
+            figure(result).savefig(out / "seen_unseen.png", dpi=120)
+            result["plot"] = str(out / "seen_unseen.png")
     chosen = result["gamma"]
     pick = apply or next((m for m in ("pcv", "alg", "oracle") if m in chosen), None)
     if pick is not None:
