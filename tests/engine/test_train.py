@@ -94,6 +94,25 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
         load_model(tmp_path / "run")
 
 
+def test_the_engine_loads_a_checkpoint_with_the_builder_it_is_given(tmp_path, monkeypatch):
+    from traitlens.engine import checkpoint
+
+    config = _config("d", "o", backbone="tiny-cnn")
+    model, _ = build_model(config, 3)
+    save_checkpoint(tmp_path / "run", model, {"config": config, "class_names": ["a", "b", "c"], "epoch": 1})
+    built = []
+
+    def build(cfg, num_classes, load_weights=True):
+        built.append((cfg.method, num_classes, load_weights))
+        return build_model(cfg, num_classes, load_weights=load_weights)
+
+    loaded, _ = checkpoint.load_model(tmp_path / "run", build=build)
+    assert built == [("finetune", 3, False)] and loaded.traitlens_method == "finetune"
+    monkeypatch.setattr(checkpoint, "_default_build", None)  # the engine itself knows no method
+    with pytest.raises(RuntimeError, match="traitlens.methods.load_model"):
+        checkpoint.load_model(tmp_path / "run")
+
+
 def test_linear_probe_trains_only_the_head_and_keeps_the_backbone_in_eval_mode(tiny_data, tmp_path):
     config = _config(tiny_data, tmp_path / "lp", method="linear-probe", epochs=3, lr=1e-2)
     seed_everything(config.seed)  # as train() seeds before it builds
