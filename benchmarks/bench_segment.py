@@ -78,13 +78,13 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     from traitlens.segment.features import ColourPositionFeatures
-    from traitlens.segment.labelprop import LabelPropagation
+    from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 
     results = []
     for size in [int(s) for s in args.sizes.split(",")]:
         support = pool_of(size, args.pool)
-        prop = LabelPropagation(ColourPositionFeatures(), work_size=(args.work_size, args.work_size), align=True,
-                                local=args.local, device=device)
+        options = LabelPropOptions(work_size=(args.work_size, args.work_size), align=True, local=args.local)
+        prop = LabelPropagation(ColourPositionFeatures(), options, device=device)
         row = {"backend": "labelprop", "image_px": size, "work_px": args.work_size, "device": str(device),
                "threads": torch.get_num_threads(),
                **run(prop, (support[0], support[1]), support[2], args.n, args.batch, device)}

@@ -17,7 +17,7 @@ import torch
 
 from traitlens.data.synthetic import PARTS, SynthConfig, generate_arrays, make_taxonomy
 from traitlens.segment.features import ColourPositionFeatures
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou
 from traitlens.segment.runner import to_frame
 from traitlens.segment.tracking import track
@@ -29,7 +29,7 @@ def measure(seed: int, size: int, refine, species: int = 12) -> dict:
     tr_i, tr_l, tr_s = generate_arrays(cfg, "train", table)
     te_i, te_l, te_s = generate_arrays(cfg, "test", table)
     k = len(PARTS)  # background and the parts
-    prop = LabelPropagation(ColourPositionFeatures(), work_size=(size, size), align=True, local=3, refine=refine)
+    prop = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(size, size), align=True, local=3, refine=refine))
     cm = torch.zeros(k, k, dtype=torch.long)
     cm_copy = torch.zeros(k, k, dtype=torch.long)
     start = time.perf_counter()
@@ -43,7 +43,7 @@ def measure(seed: int, size: int, refine, species: int = 12) -> dict:
             cm_copy += confusion(support[1], truth, k)
     per = iou_from_confusion(cm)
     return {"seed": seed, "miou": float(mean_iou(per)), "copy": float(mean_iou(iou_from_confusion(cm_copy))),
-            "parts": [float(v) for v in per[1:]], "rounds": prop.refine, "seconds": time.perf_counter() - start}
+            "parts": [float(v) for v in per[1:]], "rounds": prop.options.refine, "seconds": time.perf_counter() - start}
 
 
 def main(argv=None) -> None:

@@ -80,7 +80,7 @@ def checkpoint(collection, tmp_path_factory):
     from traitlens.data.traits import load_traits
     from traitlens.engine.checkpoint import save_checkpoint
     from traitlens.engine.config import TrainConfig
-    from traitlens.engine.methods import build_model
+    from traitlens.methods import build_model
 
     torch.manual_seed(0)
     config = TrainConfig(data=str(collection), out="x", method="finetune", backbone="tiny-cnn", image_size=32,

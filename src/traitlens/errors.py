@@ -4,9 +4,19 @@ Raise :class:`UserError` for anything the user can fix (a bad path, a missing fi
 does not fit): the CLI prints its message as one line and exits non-zero, without a traceback.
 """
 
+from typing import Optional
+
 
 class UserError(Exception):
-    """An error the user can act on; its message names the bad input and what to do."""
+    """An error the user can act on; its message names the bad input and what to do.
+
+    ``option``: the parameter the problem is about (``"classes"``, ``"weights"``), so a front end can point at
+    the flag or field the user set; the message itself never names a CLI flag.
+    """
+
+    def __init__(self, message: str = "", option: Optional[str] = None):
+        super().__init__(message)
+        self.option = option
 
 
 class BadImageError(UserError):

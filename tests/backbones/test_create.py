@@ -60,7 +60,7 @@ def test_preset_data_configs():
 def test_unknown_name_and_conflicting_options():
     with pytest.raises(UserError, match="unknown backbone 'no-such-net'"):
         create("no-such-net")
-    with pytest.raises(UserError, match="either --weights FILE or --pretrained"):
+    with pytest.raises(UserError, match="either local weights or pretrained"):
         create("tiny-vit", weights="x.safetensors", pretrained=True)
     with pytest.raises(UserError, match="bad option"):
         create("tiny-cnn", no_such_kwarg=1)
@@ -85,7 +85,8 @@ def test_pretrained_offline_gives_user_error(monkeypatch, name):
         create(name, pretrained=True)
     msg = str(info.value)
     assert msg.startswith(f"could not download pretrained weights for {name}: ")
-    assert "Network is unreachable" in msg and "(offline?)" in msg and msg.endswith("pass --weights FILE")
+    assert "Network is unreachable" in msg and "(offline?)" in msg and msg.endswith("use local weights instead")
+    assert info.value.option == "pretrained"  # the CLI names the flag the user gave
     assert "\n" not in msg
 
 

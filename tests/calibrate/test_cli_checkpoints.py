@@ -15,13 +15,13 @@ from traitlens.errors import UserError
 def runs(tmp_path_factory):
     from traitlens.data.synthetic import SynthConfig, generate_collection
     from traitlens.engine.config import TrainConfig
-    from traitlens.engine.train import fit
+    from traitlens.methods import train
 
     root = tmp_path_factory.mktemp("calib")
     a = generate_collection(root / "A", SynthConfig(species=4, per_species=10, size=32, domain="A"), progress=False)
     b = generate_collection(root / "B", SynthConfig(species=4, per_species=10, size=32, domain="B"), progress=False)
     pre = root / "pre"
-    fit(TrainConfig(data=str(a), out=str(pre), method="finetune", backbone="tiny-cnn", epochs=2, batch_size=16,
+    train(TrainConfig(data=str(a), out=str(pre), method="finetune", backbone="tiny-cnn", epochs=2, batch_size=16,
                     lr=3e-3, device="cpu", image_size=32), progress=False)
     return {"root": root, "A": a, "B": b, "pre": pre}
 
@@ -51,8 +51,9 @@ def test_finetune_then_calibrate(runs, tmp_path, capsys):
     assert res["tables"]["oracle"]["y/y"] >= max(res["tables"][m]["y/y"] for m in ("fine-tuned", "alg", "pcv"))
 
     # The calibrated checkpoint loads through the engine and gives the calibrated logits.
-    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.checkpoint import config_from_meta
     from traitlens.engine.train import eval_transform, open_split
+    from traitlens.methods import load_model
 
     cal, cal_meta = load_model(out / "calibrated")
     tuned, tuned_meta = load_model(ft)

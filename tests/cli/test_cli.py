@@ -49,3 +49,19 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 def test_bare_group_prints_help(capsys):
     assert main(["data"]) == 0
     assert "synth" in capsys.readouterr().out
+
+
+def test_a_library_error_about_an_option_names_the_flag_the_user_gave(tmp_path, capsys):
+    # the engine says what is wrong with the override; only the CLI knows it came from --set
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "lr"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "traitlens: error: override 'lr' is not key=value (e.g. lr=0.01) (check --set)"
+
+
+def test_flag_for_maps_only_flags_that_were_given():
+    from traitlens.cli import flag_for
+
+    parser = build_parser()
+    assert flag_for("overrides", parser, ["train", "--set", "x"]) == "--set"
+    assert flag_for("batch_size", parser, ["train", "--batch-size=4"]) == "--batch-size"
+    assert flag_for("overrides", parser, ["train"]) is None and flag_for(None, parser, ["train"]) is None

@@ -53,7 +53,7 @@ def test_scripted_answerers():
     many = [RandomAnswerer(s).answer(_q(_rec("vqav2", "Same", str(i)))) for s in range(3) for i in range(40)]
     assert set(many) == {"Left", "Right", "Same"}
     assert isinstance(make_answerer("scripted:random:3"), RandomAnswerer)
-    with pytest.raises(UserError, match="unknown --model"):
+    with pytest.raises(UserError, match="unknown model"):
         make_answerer("gpt4")
 
 

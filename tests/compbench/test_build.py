@@ -80,7 +80,7 @@ def test_build_user_errors(cb_collection, tmp_path):
 
     with pytest.raises(UserError, match="no images of the species"):
         build_benchmark(tmp_path, cb_collection / "traits.json", tmp_path / "o")
-    with pytest.raises(UserError, match="--feature"):
+    with pytest.raises(UserError, match="feature"):
         build_benchmark(cb_collection, cb_collection / "traits.json", tmp_path / "o", feature="magic")
 
 

@@ -1,4 +1,4 @@
-"""fit(): learning, val-based selection, checkpoints, exact resume, skipped images, class subsets."""
+"""train(): learning, val-based selection, checkpoints, exact resume, skipped images, class subsets."""
 
 import json
 import shutil
@@ -11,11 +11,10 @@ from safetensors.torch import load_file
 
 from traitlens.data.folders import ImageFolderDataset
 from traitlens.engine import train as train_mod
-from traitlens.engine.checkpoint import load_model, save_checkpoint
+from traitlens.engine.checkpoint import save_checkpoint
 from traitlens.engine.config import TrainConfig
-from traitlens.engine.evaluate import evaluate_checkpoint
-from traitlens.engine.methods import build_model
 from traitlens.engine.train import fit, lr_factor, seed_everything, set_train_mode
+from traitlens.methods import build_model, evaluate_checkpoint, load_model, train
 from traitlens.errors import UserError
 
 
@@ -28,7 +27,7 @@ def _config(data, out, **kw):
 
 @pytest.fixture(scope="module")
 def finetuned(tiny_data, tmp_path_factory):
-    """One fine-tuning run shared by the tests below; records which splits fit() opened."""
+    """One fine-tuning run shared by the tests below; records which splits train() opened."""
     opened = []
     real_init = ImageFolderDataset.__init__
 
@@ -38,7 +37,7 @@ def finetuned(tiny_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "ft"
     with mock.patch.object(ImageFolderDataset, "__init__", spy):
-        result = fit(_config(tiny_data, out), progress=False)
+        result = train(_config(tiny_data, out), progress=False)
     return result, out, opened
 
 
@@ -95,16 +94,35 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
         load_model(tmp_path / "run")
 
 
+def test_the_engine_loads_a_checkpoint_with_the_builder_it_is_given(tmp_path, monkeypatch):
+    from traitlens.engine import checkpoint
+
+    config = _config("d", "o", backbone="tiny-cnn")
+    model, _ = build_model(config, 3)
+    save_checkpoint(tmp_path / "run", model, {"config": config, "class_names": ["a", "b", "c"], "epoch": 1})
+    built = []
+
+    def build(cfg, num_classes, load_weights=True):
+        built.append((cfg.method, num_classes, load_weights))
+        return build_model(cfg, num_classes, load_weights=load_weights)
+
+    loaded, _ = checkpoint.load_model(tmp_path / "run", build=build)
+    assert built == [("finetune", 3, False)] and loaded.traitlens_method == "finetune"
+    monkeypatch.setattr(checkpoint, "_default_build", None)  # the engine itself knows no method
+    with pytest.raises(RuntimeError, match="traitlens.methods.load_model"):
+        checkpoint.load_model(tmp_path / "run")
+
+
 def test_linear_probe_trains_only_the_head_and_keeps_the_backbone_in_eval_mode(tiny_data, tmp_path):
     config = _config(tiny_data, tmp_path / "lp", method="linear-probe", epochs=3, lr=1e-2)
-    seed_everything(config.seed)  # as fit() does, so `model` starts where fit's model starts
+    seed_everything(config.seed)  # as train() seeds before it builds
     model, groups = build_model(config, 4)
     head = {id(p) for p in model.get_classifier().parameters()}
     assert {id(p) for g in groups for p in g["params"]} == head
     set_train_mode(model)
     assert model.get_classifier().training and not model.blocks.training
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = fit(config, progress=False)
+    result = fit(config, model, groups, progress=False)  # the engine trains the model it is given
     after = load_file(str(tmp_path / "lp" / "last" / "state.safetensors"))
     changed = {k for k, v in before.items() if not torch.equal(v, after[f"model.{k}"])}
     assert changed == {"head.weight", "head.bias"}
@@ -124,7 +142,7 @@ def test_lr_schedule_warmup_then_cosine():
 
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tmp_path):
     kw = dict(backbone="tiny-cnn", epochs=3, lr=1e-2, grad_clip=1.0, label_smoothing=0.1)
-    full = fit(_config(tiny_data, tmp_path / "full", **kw), progress=False)
+    full = train(_config(tiny_data, tmp_path / "full", **kw), progress=False)
 
     real = train_mod.lr_factor
 
@@ -135,9 +153,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tmp_path
 
     config = _config(tiny_data, tmp_path / "cut", **kw)
     with mock.patch.object(train_mod, "lr_factor", interrupt), pytest.raises(KeyboardInterrupt):
-        fit(config, progress=False)
+        train(config, progress=False)
     assert json.loads((tmp_path / "cut" / "last" / "state.json").read_text())["epoch"] == 2
-    resumed = fit(config, progress=False, resume=True)
+    resumed = train(config, progress=False, resume=True)
 
     a = load_file(str(tmp_path / "full" / "last" / "state.safetensors"))
     b = load_file(str(tmp_path / "cut" / "last" / "state.safetensors"))
@@ -147,16 +165,16 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_data, tmp_path
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert strip(full["history"]) == strip(resumed["history"])
     # A finished run resumes to the same result without training again.
-    again = fit(config, progress=False)
+    again = train(config, progress=False)
     assert strip(again["history"]) == strip(full["history"])
 
 
 def test_resume_refuses_a_different_config(tiny_data, tmp_path):
-    fit(_config(tiny_data, tmp_path / "r", method="linear-probe", epochs=1), progress=False)
+    train(_config(tiny_data, tmp_path / "r", method="linear-probe", epochs=1), progress=False)
     with pytest.raises(UserError, match="different config.*lr"):
-        fit(_config(tiny_data, tmp_path / "r", method="linear-probe", epochs=2, lr=0.5), progress=False)
+        train(_config(tiny_data, tmp_path / "r", method="linear-probe", epochs=2, lr=0.5), progress=False)
     with pytest.raises(UserError, match="nothing to resume"):
-        fit(_config(tiny_data, tmp_path / "empty", method="linear-probe"), progress=False, resume=True)
+        train(_config(tiny_data, tmp_path / "empty", method="linear-probe"), progress=False, resume=True)
 
 
 def test_bad_images_are_skipped_and_logged_and_class_subset_keeps_label_space(tiny_data, tmp_path):
@@ -165,7 +183,7 @@ def test_bad_images_are_skipped_and_logged_and_class_subset_keeps_label_space(ti
     (data / "train" / "alpha" / "zz-broken.png").write_bytes(b"not a png at all")
     (data / "val" / "beta" / "zz-broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     config = _config(data, tmp_path / "run", method="linear-probe", epochs=2, classes=["alpha", "beta"])
-    result = fit(config, progress=False)
+    result = train(config, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
     assert {(r["split"], Path(r["path"]).name) for r in rows} == {("train", "zz-broken.png"),
                                                                  ("val", "zz-broken.png")}
@@ -180,9 +198,9 @@ def test_bad_images_are_skipped_and_logged_and_class_subset_keeps_label_space(ti
 
 def test_bf16_autocast_and_restart_clear_the_earlier_run(tiny_data, tmp_path):
     out = tmp_path / "run"
-    first = fit(_config(tiny_data, out, method="linear-probe", epochs=2, amp="bf16"), progress=False)
+    first = train(_config(tiny_data, out, method="linear-probe", epochs=2, amp="bf16"), progress=False)
     assert len(first["history"]) == 2 and all(h["train_loss"] == h["train_loss"] for h in first["history"])
-    again = fit(_config(tiny_data, out, method="linear-probe", epochs=1, lr=0.05), progress=False, resume=False)
+    again = train(_config(tiny_data, out, method="linear-probe", epochs=1, lr=0.05), progress=False, resume=False)
     assert len(again["history"]) == 1
     assert len((out / "log.jsonl").read_text().splitlines()) == 1
     assert json.loads((out / "model.json").read_text())["config"]["lr"] == 0.05
@@ -192,6 +210,6 @@ def test_loader_workers_do_not_change_the_result(tiny_data, tmp_path):
     runs = {}
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"
-        fit(_config(tiny_data, out, method="linear-probe", epochs=1, num_workers=workers), progress=False)
+        train(_config(tiny_data, out, method="linear-probe", epochs=1, num_workers=workers), progress=False)
         runs[workers] = load_file(str(out / "last" / "state.safetensors"))
     assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0] if k.startswith("model."))

@@ -75,7 +75,8 @@ def test_evaluate_explanations_writes_table_and_plot(collection, checkpoint, tmp
 def test_runner_shards_share_one_folder(collection, checkpoint, tmp_path, monkeypatch):
     """Two ranks of a torchrun job split the images and append to the same results.jsonl."""
     from traitlens.engine import distributed
-    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.methods import load_model
     from traitlens.engine.train import eval_transform
     from traitlens.explain.runner import explain_images
 

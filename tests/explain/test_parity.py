@@ -112,3 +112,12 @@ def test_package_adapter_runs_any_grad_cam_method(resnet, images):
     assert (adapted.maps - native.maps).abs().max() <= 1e-4
     eigen = explain(resnet, images, method="pgc:EigenCAM", finer=False)
     assert eigen.maps.shape == (4, 64, 64) and float(eigen.maps.max()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "pgc:GradCAM", "pgc:EigenCAM", GradCAM])
+@pytest.mark.parametrize("alpha", [-0.5, [0.0, -1.0], []])
+def test_native_and_package_methods_refuse_the_same_alphas(resnet, images, method, alpha):
+    from traitlens.errors import UserError
+
+    with pytest.raises(UserError, match="alpha must be ≥ 0"):
+        explain(resnet, images, method=method, finer=True, alpha=alpha)

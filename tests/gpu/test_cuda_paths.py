@@ -18,10 +18,8 @@ import pytest
 import timm
 import torch
 
-from traitlens.engine.checkpoint import load_model
 from traitlens.engine.config import TrainConfig
-from traitlens.engine.evaluate import evaluate_checkpoint
-from traitlens.engine.train import fit
+from traitlens.methods import evaluate_checkpoint, load_model, train
 
 _FORCED = os.environ.get("TRAITLENS_TEST_DEVICE")
 DEVICE = torch.device(_FORCED or "cuda")
@@ -77,7 +75,7 @@ def _config(data, out, **kw):
 def cuda_run(tiny_collection, tmp_path_factory):
     """A 2-epoch bf16-autocast fine-tuning run of tiny-vit on the GPU."""
     out = tmp_path_factory.mktemp("gpu-runs") / "bf16"
-    return fit(_config(tiny_collection, out), progress=False), out
+    return train(_config(tiny_collection, out), progress=False), out
 
 
 def test_fit_with_bf16_autocast_on_the_gpu(cuda_run):
@@ -119,7 +117,7 @@ def test_evaluate_checkpoint_on_gpu_equals_cpu(cuda_run, tiny_collection):
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="fp16 autocast is GPU-only")
 def test_fp16_autocast_uses_the_grad_scaler_and_saves_its_state(tiny_collection, tmp_path):
-    result = fit(_config(tiny_collection, tmp_path / "fp16", backbone="tiny-cnn", amp="fp16", grad_clip=1.0),
+    result = train(_config(tiny_collection, tmp_path / "fp16", backbone="tiny-cnn", amp="fp16", grad_clip=1.0),
                  progress=False)
     assert all(np.isfinite(h["train_loss"]) for h in result["history"])
     scaler = json.loads((tmp_path / "fp16" / "last" / "state.json").read_text())["scaler"]
@@ -138,9 +136,9 @@ def test_resume_on_the_gpu_matches_an_uninterrupted_run(tiny_collection, tmp_pat
     saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
-        full = fit(_config(tiny_collection, tmp_path / "full", **kw), progress=False)
-        fit(_config(tiny_collection, tmp_path / "cut", **dict(kw, epochs=1)), progress=False)
-        resumed = fit(_config(tiny_collection, tmp_path / "cut", **kw), progress=False)  # epochs may change
+        full = train(_config(tiny_collection, tmp_path / "full", **kw), progress=False)
+        train(_config(tiny_collection, tmp_path / "cut", **dict(kw, epochs=1)), progress=False)
+        resumed = train(_config(tiny_collection, tmp_path / "cut", **kw), progress=False)  # epochs may change
     finally:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
@@ -161,7 +159,7 @@ def test_prompt_cam_and_intr_train_under_autocast(tiny_collection, tmp_path, met
     cfg = _config(tiny_collection, tmp_path / method, method=method, backbone=backbone, image_size=None,
                   epochs=1, optimizer="sgd" if method == "prompt-cam" else "adamw", lr=1e-2,
                   method_options=options)
-    result = fit(cfg, progress=False)
+    result = train(cfg, progress=False)
     assert np.isfinite(result["history"][0]["train_loss"])
     model, meta = load_model(tmp_path / method, device="cpu")
     assert meta["method"] == method and model(torch.zeros(1, 3, 64, 64)).shape == (1, meta["num_classes"])
@@ -172,7 +170,7 @@ def test_traits_cli_on_the_gpu(tiny_collection, tmp_path):
 
     cfg = _config(tiny_collection, tmp_path / "run", method="prompt-cam", image_size=None, epochs=1,
                   optimizer="sgd", lr=1e-2)
-    fit(cfg, progress=False)
+    train(cfg, progress=False)
     folder = next(p for p in sorted((tiny_collection / "test").iterdir()) if p.is_dir())
     code = main(["traits", "--checkpoint", str(tmp_path / "run"), "--images", str(folder), "--class", "auto",
                  "--top-heads", "2", "--out", str(tmp_path / "traits"), "--device", str(DEVICE)])
@@ -374,14 +372,14 @@ def _agree(a, b):
 
 
 def _run_labelprop(features, device, align):
-    from traitlens.segment.labelprop import LabelPropagation
+    from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
     from traitlens.segment.tracking import track
 
     img, lab = blob_scene()
     queries = [("a", blob_scene(shift=(5, 3), seed=1)[0]), ("b", blob_scene(shift=(-2, 4), seed=2)[0]),
                ("c", torch.nn.functional.interpolate(blob_scene(shift=(2, 2), seed=3)[0][None], size=(40, 56),
                                                      mode="bilinear", align_corners=False)[0])]
-    prop = LabelPropagation(features, work_size=(48, 48), align=align, device=device)
+    prop = LabelPropagation(features, LabelPropOptions(work_size=(48, 48), align=align), device=device)
     return dict(track(prop, [(img, lab)], queries, order="chain", batch_size=2))
 
 

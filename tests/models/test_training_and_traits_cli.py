@@ -9,10 +9,9 @@ import torch
 
 from traitlens.cli import main
 from traitlens.data.synthetic import SynthConfig, generate_collection
-from traitlens.engine.checkpoint import load_model
 from traitlens.engine.config import load_config
-from traitlens.engine.methods import build_model
-from traitlens.engine.train import fit, seed_everything
+from traitlens.engine.train import seed_everything
+from traitlens.methods import build_model, load_model, train
 from traitlens.errors import UserError
 from traitlens.models import INTR, PromptCAM
 
@@ -63,13 +62,13 @@ def test_train_checkpoint_and_traits_cli(collection, tmp_path, method, backbone,
     cfg = load_config(None, method=method, backbone=backbone, data=str(collection), out=str(run), epochs=1,
                       batch_size=8, optimizer="sgd" if method == "prompt-cam" else "adamw", lr=1e-2,
                       device="cpu", amp="off", method_options=options)
-    result = fit(cfg, progress=False)
+    result = train(cfg, progress=False)
     assert result["best"] is not None
     model, meta = load_model(run)
     assert meta["method"] == method and len(meta["class_names"]) == 3
 
     if method == "prompt-cam":  # the frozen backbone is saved as it was built (no drift while training)
-        seed_everything(cfg.seed)  # as fit() does before building
+        seed_everything(cfg.seed)  # as train() does before building
         fresh, _ = build_model(cfg, 3)
         for k, v in fresh.backbone.state_dict().items():
             assert torch.equal(model.backbone.state_dict()[k], v), k

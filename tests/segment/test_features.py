@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from traitlens.segment.features import BackboneFeatures, ColourPositionFeatures, ConcatFeatures
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 
 
 def test_colour_features_are_unit_norm_and_context_separates_boundaries():
@@ -39,7 +39,7 @@ def test_backbone_features_follow_the_token_layout():
     img = torch.rand(3, 32, 32)
     lab = torch.zeros(32, 32, dtype=torch.long)
     lab[4:12, 4:20] = 1
-    prop = LabelPropagation(both, work_size=(32, 32), align=True, local=2)
+    prop = LabelPropagation(both, LabelPropOptions(work_size=(32, 32), align=True, local=2))
     prop.reset(2)
     prop.add_support(img, lab)
     assert prop.predict(img).shape == (2, 32, 32)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from traitlens.segment.features import ColourPositionFeatures
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 from traitlens.segment.metrics import iou, mean_iou
 
 K = 11
@@ -23,7 +23,7 @@ def _support(synth, sp):
 
 
 def _propagator(size: int) -> LabelPropagation:
-    return LabelPropagation(ColourPositionFeatures(), work_size=(size, size), align=True, local=3)
+    return LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(size, size), align=True, local=3))
 
 
 @pytest.mark.parametrize("size", [64, 128])

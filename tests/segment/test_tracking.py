@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from traitlens.segment.features import ColourPositionFeatures
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 from traitlens.segment.metrics import confusion, iou, mean_iou, measure
 from traitlens.segment.tracking import cycle_predict, similarity_order, track
 
@@ -15,7 +15,7 @@ from traitlens.segment.tracking import cycle_predict, similarity_order, track
 def test_chain_memory_is_bounded_and_support_reinserted(scene):
     img, lab = scene()
     queries = [(str(i), scene(shift=(i % 3, i % 2), seed=i)[0]) for i in range(7)]
-    prop = LabelPropagation(ColourPositionFeatures(), work_size=(48, 48), memory=2)
+    prop = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(48, 48), memory=2))
     out = list(track(prop, [(img, lab)], queries, order="chain", reinsert_every=3))
     assert [q for q, _ in out] == [str(i) for i in range(7)]
     assert len(prop._recent) == 2 and len(prop._support) == 1
@@ -34,7 +34,7 @@ def test_similarity_order_walks_to_nearest_neighbours():
 
 def test_unknown_order_and_empty_support(scene):
     img, lab = scene()
-    prop = LabelPropagation(ColourPositionFeatures(), work_size=(48, 48))
+    prop = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(48, 48)))
     with pytest.raises(ValueError, match="order"):
         list(track(prop, [(img, lab)], [("a", img)], order="random"))
     with pytest.raises(ValueError):
@@ -43,7 +43,7 @@ def test_unknown_order_and_empty_support(scene):
 
 def test_cycle_predict_is_a_real_reverse_pass(scene):
     img, lab = scene()
-    prop = LabelPropagation(ColourPositionFeatures(), work_size=(48, 48), align=True)
+    prop = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(48, 48), align=True))
     blank = torch.full_like(img, 0.45)
     forward, back = cycle_predict(prop, (img, lab), blank, num_labels=4)
     # a blank query carries no trait, so nothing can come back: the support's labels did not leak

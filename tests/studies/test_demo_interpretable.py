@@ -9,7 +9,7 @@ from traitlens.data.synthetic import SynthConfig, generate_collection
 from traitlens.data.traits import load_traits
 from traitlens.studies.demo import DemoContext
 from traitlens.engine.config import load_config
-from traitlens.engine.train import fit
+from traitlens.methods import train
 from traitlens.studies.demo import interpretable as demo
 from traitlens.report import write_page
 
@@ -19,7 +19,7 @@ os.environ.setdefault("TRAITLENS_QUIET", "1")
 def test_demo_section_runs_and_caches(tmp_path, monkeypatch):
     data = generate_collection(tmp_path / "c", SynthConfig(species=3, per_species=5, size=32, seed=0), progress=False)
     backbone = tmp_path / "backbone"
-    fit(load_config("tiny-cpu", data=str(data), out=str(backbone), epochs=1, batch_size=8), progress=False)
+    train(load_config("tiny-cpu", data=str(data), out=str(backbone), epochs=1, batch_size=8), progress=False)
     quick = {k: v.with_(epochs=1, batch_size=8) for k, v in demo._recipes().items()}
     monkeypatch.setattr(demo, "_recipes", lambda scale="standard": quick)
     ctx = DemoContext(out=tmp_path / "report", cache=tmp_path / "cache", data=data, traits=load_traits(data),

@@ -44,12 +44,12 @@ def test_run_folder_is_a_checkpoint_and_is_reused(shared_cache, monkeypatch):
     assert not (run / "last").exists()  # no optimizer state kept in the cache
     assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []  # no partial folders left
 
-    import traitlens.engine.train as train
+    import traitlens.methods as methods
 
     def must_not_train(*a, **k):
         raise AssertionError("a cached embedded backbone was pretrained again")
 
-    monkeypatch.setattr(train, "fit", must_not_train)
+    monkeypatch.setattr(methods, "train", must_not_train)
     assert embedded_backbone("cnn", cache_dir=tmp_path, progress=False, breadth=TINY) == run
 
 
@@ -83,9 +83,9 @@ def test_load_embedded_has_pretrained_body_and_fresh_head(shared_cache):
 
 
 def test_second_writer_keeps_the_first_copy(tmp_path, tiny_recipe, monkeypatch):
-    import traitlens.engine.train as train
+    import traitlens.methods as methods
 
-    real_fit = train.fit
+    real_fit = methods.train
     winner = {}
 
     def fit_while_another_process_publishes(config, **kw):
@@ -99,7 +99,7 @@ def test_second_writer_keeps_the_first_copy(tmp_path, tiny_recipe, monkeypatch):
         winner["path"] = final
         return result
 
-    monkeypatch.setattr(train, "fit", fit_while_another_process_publishes)
+    monkeypatch.setattr(methods, "train", fit_while_another_process_publishes)
     run = embedded_backbone("cnn", cache_dir=tmp_path, progress=False, breadth=TINY)
     assert run == winner["path"]
     assert json.loads((run / "embedded.json").read_text()) == {"writer": "other"}
@@ -107,15 +107,14 @@ def test_second_writer_keeps_the_first_copy(tmp_path, tiny_recipe, monkeypatch):
 
 
 def test_interrupted_pretraining_resumes(tmp_path, tiny_recipe, monkeypatch):
-    import traitlens.engine.evaluate as evaluate
-    import traitlens.engine.train as train
+    import traitlens.methods as methods
 
-    real_evaluate, real_fit = evaluate.evaluate_checkpoint, train.fit
+    real_evaluate, real_fit = methods.evaluate_checkpoint, methods.train
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "evaluate_checkpoint", interrupted)  # stopped after training, before publishing
+    monkeypatch.setattr(methods, "evaluate_checkpoint", interrupted)  # stopped after training, before publishing
     with pytest.raises(KeyboardInterrupt):
         embedded_backbone("cnn", cache_dir=tmp_path, progress=False, breadth=TINY)
     final = embedded.memo_path(tmp_path, "embedded-cnn-tiny", recipe("cnn", TINY), code=embedded.TRAINING)
@@ -128,8 +127,8 @@ def test_interrupted_pretraining_resumes(tmp_path, tiny_recipe, monkeypatch):
         seen["resume"] = kw.get("resume")
         return real_fit(config, **kw)
 
-    monkeypatch.setattr(evaluate, "evaluate_checkpoint", real_evaluate)
-    monkeypatch.setattr(train, "fit", resumed_fit)
+    monkeypatch.setattr(methods, "evaluate_checkpoint", real_evaluate)
+    monkeypatch.setattr(methods, "train", resumed_fit)
     run = embedded_backbone("cnn", cache_dir=tmp_path, progress=False, breadth=TINY)
     assert seen == {"state": True, "resume": None}  # the engine resumes from the partial folder's state
     assert _ok(run) and not partial.exists()

@@ -55,8 +55,8 @@ def _timm_kwargs(preset: Preset | None, overrides: dict) -> tuple[dict, dict]:
 def _pretrained_error(name: str, err: Exception) -> UserError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return UserError(
-        f"could not download pretrained weights for {name}: {first[:200]} (offline?) — pass --weights FILE"
-    )
+        f"could not download pretrained weights for {name}: {first[:200]} (offline?); use local weights instead",
+        option="pretrained")
 
 
 def _download_hub_weights(preset: Preset):
@@ -97,7 +97,7 @@ def create(name: str | None, num_classes: int = 0, weights=None, pretrained: boo
     if preset is None and not timm.is_model(name.split(".", 1)[0]):
         raise UserError(f"unknown backbone '{name}': use a traitlens preset ({', '.join(PRESETS)}) or a timm model name")
     if weights is not None and pretrained:
-        raise UserError("pass either --weights FILE or --pretrained, not both")
+        raise UserError("give either local weights or pretrained weights to download, not both", option="weights")
     kwargs, overlay = _timm_kwargs(preset, overrides)
     if overlay:
         kwargs["pretrained_cfg_overlay"] = overlay

@@ -120,7 +120,8 @@ def layout(model: nn.Module) -> TokenLayout:
         # A CLS-token ViT's patch tokens reach the logits only through the last block's attention, so
         # its explanation layer is that block's first norm; a ViT that pools its patch tokens
         # (global_pool avg/max) reads the last block's output directly, and explaining that output is
-        # sharper (tests/explain/test_synthetic_claim.py measures it).
+        # sharper (on the demo's tiny ViT, Finer-CAM's diagnostic lift is 6.5 at the block output vs 2.9 at its
+        # norm1: evaluate_explanations on the demo collection's correctly classified test images).
         pools_patches = getattr(net, "global_pool", "token") not in ("token", "map", "", None)
         layer = f"blocks.{n_blocks - 1}.norm1" if hasattr(last, "norm1") and not pools_patches \
             else f"blocks.{n_blocks - 1}"

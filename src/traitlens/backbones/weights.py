@@ -180,8 +180,8 @@ def load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: st
         unmatched = [k for k in body if k not in best][:3]
         raise UserError(
             f"weights {source} do not fit {type(model).__name__}: only {matched_body} of {len(body)} tensors "
-            f"matched (e.g. missing {', '.join(unmatched) or 'none'}); is it the right --backbone?"
-        )
+            f"matched (e.g. missing {', '.join(unmatched) or 'none'}); are they weights of this backbone?",
+            option="weights")
     load, mismatched, dropped = {}, [], []
     for k, v in best.items():
         if k not in target:

@@ -1,7 +1,7 @@
 """One call that evaluates a fine-tuned model's logits before and after each γ method.
 
 :func:`calibration_result` gathers the accuracy table per method, the γ values, AUSUC and the seen-unseen
-curve into one JSON-ready dict; :func:`seen_unseen_figure` draws that curve with the chosen γ marked.
+curve into one JSON-ready dict (:func:`traitlens.report.plots.seen_unseen_figure` draws that curve).
 """
 
 from __future__ import annotations
@@ -81,23 +81,6 @@ def _thin(n: int) -> torch.Tensor:
     if n <= MAX_PLOT_POINTS:
         return torch.arange(n)
     return torch.unique(torch.linspace(0, n - 1, MAX_PLOT_POINTS).round().long())
-
-
-def seen_unseen_figure(result: Mapping[str, Any], title: str = "Seen-unseen accuracy as γ varies"):
-    """The seen-unseen curve of a :func:`calibration_result` with each method's γ marked (a Figure)."""
-    from traitlens.report import line_plot
-
-    curve = result.get("curve")
-    if not curve:
-        raise UserError("no seen-unseen curve: the test data need samples of both seen and absent classes")
-    marks = {"γ=0": (result["tables"]["fine-tuned"]["u/y"], result["tables"]["fine-tuned"]["s/y"])}
-    for m, g in result["gamma"].items():
-        t = result["tables"][m]
-        marks[f"{m} γ={g:.2f}"] = (t["u/y"], t["s/y"])
-    label = f"fine-tuned (AUSUC {result['ausuc']:.3f})"
-    fig = line_plot(curve["acc_unseen"], {label: curve["acc_seen"]}, xlabel="Acc u/y (absent classes)",
-                    ylabel="Acc s/y (fine-tuning classes)", title=title, marks=marks)
-    return fig
 
 
 def format_table(tables: Mapping[str, Mapping[str, float]], gammas: Mapping[str, float]) -> str:

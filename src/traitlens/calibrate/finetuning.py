@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -39,12 +39,12 @@ def parse_classes(spec: str, class_names: Sequence[str]) -> List[str]:
     if spec.isdigit():
         n = int(spec)
         if not 1 <= n < len(class_names):
-            raise UserError(f"--classes {n}: choose between 1 and {len(class_names) - 1} of the {len(class_names)} "
-                            "classes (some must stay absent)")
+            raise UserError(f"classes {n}: choose between 1 and {len(class_names) - 1} of the {len(class_names)} "
+                            "classes (some must stay absent)", option="classes")
         return list(class_names[:n])
     path = Path(spec)
     if not path.is_file():
-        raise UserError(f"--classes {spec}: not a number and no such file")
+        raise UserError(f"classes {spec!r}: neither a number of classes nor a file of class names", option="classes")
     chosen = []
     for raw in path.read_text().splitlines():
         item = raw.strip()
@@ -80,7 +80,7 @@ def finetune_config(checkpoint, data, classes: Sequence[str], out, *, epochs: Op
                     device: str = "auto", seed: int = 0):
     """The TrainConfig that fine-tunes ``checkpoint`` (all of it, head included) on ``classes`` of ``data``."""
     from traitlens.engine.config import load_config
-    from traitlens.engine.train import split_classes
+    from traitlens.engine.data import split_classes
 
     meta, folder = _plain_checkpoint(checkpoint)
     names = split_classes(Path(data), "train")
@@ -104,15 +104,16 @@ def finetune_subset(checkpoint, data, classes, out, *, epochs=None, lr=None, bat
     ``classes``: a list of class names, or the ``--classes`` spec (N or a file). Returns the engine's result plus
     ``seen`` (names), ``seen_ids`` and ``num_classes``.
     """
-    from traitlens.engine.train import fit, split_classes
+    from traitlens.engine.data import split_classes
+    from traitlens.methods import train
 
     if out is None:
-        raise UserError("fine-tuning needs --out (the run folder)")
+        raise UserError("fine-tuning needs an output folder for its run", option="out")
     names = split_classes(Path(data), "train")
     chosen = parse_classes(classes, names) if isinstance(classes, (str, int)) else list(classes)
     config = finetune_config(checkpoint, data, chosen, out, epochs=epochs, lr=lr, batch_size=batch_size,
                              overrides=overrides, device=str(device), seed=seed)
-    result = fit(config, progress=progress, resume=False)
+    result = train(config, progress=progress, resume=False)
     result.update(seen=chosen, seen_ids=[names.index(c) for c in chosen], num_classes=len(names),
                   pretrained=str(checkpoint))
     return result
@@ -162,7 +163,7 @@ def write_calibrated_checkpoint(model: nn.Module, meta: Dict[str, Any], seen_ids
     head = calibrated.get_classifier() if hasattr(calibrated, "get_classifier") else None
     if not isinstance(head, nn.Linear) or head.bias is None:
         raise UserError("the fine-tuned model's head is not a linear layer with a bias; cannot fold γ into it "
-                        "(use --logits with apply_gamma instead)")
+                        "(apply γ to its logits with apply_gamma instead)")
     absent = torch.ones(head.out_features, dtype=torch.bool)
     absent[list(seen_ids)] = False
     with torch.no_grad():
@@ -177,9 +178,10 @@ def write_calibrated_checkpoint(model: nn.Module, meta: Dict[str, Any], seen_ids
 # --------------------------------------------------------------------------------------- calibrate
 def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv", "oracle"), apply=None,
                           pcv_seeds: int = 1, pcv_epochs: Optional[int] = None, device="cpu",
-                          seed: int = 0) -> Dict[str, Any]:
+                          seed: int = 0, figure: Optional[Callable[[Dict[str, Any]], Any]] = None) -> Dict[str, Any]:
     """Evaluate ``finetuned`` (made by :func:`finetune_subset`) on the test split of ``data`` before and after
-    calibration; write ``out/calibration.json``, ``out/seen_unseen.png`` and ``out/calibrated/`` (checkpoint).
+    calibration; write ``out/calibration.json``, ``out/calibrated/`` (checkpoint) and, given ``figure`` (result →
+    matplotlib Figure, e.g. :func:`traitlens.report.plots.seen_unseen_figure`), ``out/seen_unseen.png``.
 
     ALG reads the fine-tuned model's logits on the fine-tuning classes' *training* images; PCV re-fine-tunes
     ``pretrained`` on halves of those classes (``pcv_seeds`` × 2 engine runs under ``out/pcv/``) and scores
@@ -187,10 +189,11 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
     """
     from traitlens.calibrate.accuracy import accuracy_table, ncm_logits
     from traitlens.calibrate.bias import pcv_gamma
-    from traitlens.calibrate.evaluation import calibration_result, seen_unseen_figure
+    from traitlens.calibrate.evaluation import calibration_result
     from traitlens.calibrate.seen_unseen import ausuc
-    from traitlens.engine.checkpoint import config_from_meta, load_model
-    from traitlens.engine.train import eval_transform, fit, open_split
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.engine.data import eval_transform, open_split
+    from traitlens.methods import load_model, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +204,7 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
     trained = ft_meta.get("trained_classes") or (ft_meta.get("config") or {}).get("classes")
     if not trained:
         raise UserError(f"checkpoint {finetuned} was trained on all its classes: nothing is absent to calibrate "
-                        "(make it with `traitlens finetune --classes`)")
+                        "(fine-tune it on a subset of its classes first)", option="finetuned")
     if list(pre_meta.get("class_names") or []) != names:
         raise UserError(f"{pretrained} and {finetuned} have different classes")
     seen_ids = [names.index(c) for c in trained]
@@ -232,7 +235,7 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
                                     weights=str(pre_folder), seed=int(seed) + 1000 + int(s), device=str(device),
                                     batch_size=max(1, min(ft_config.batch_size, n_images)))
             log(f"PCV: fine-tuning on {len(train_ids)} of the {len(seen_ids)} classes ({epochs} epochs)")
-            fit(cfg, progress=False, resume=False)
+            train(cfg, progress=False, resume=False)
             m, _ = load_model(run, device)
             return outputs(m, "val", keep=trained)[0]
         pcv = pcv_gamma(refit, vz_pre, vy, seen_ids, seeds=range(max(1, int(pcv_seeds))))
@@ -247,14 +250,15 @@ def calibrate_checkpoints(pretrained, finetuned, data, out, methods=("alg", "pcv
                   data=str(data), pcv_folds=pcv_record)
     if result["ausuc"] is not None:
         result["ausuc_pretrained"] = ausuc(pz, y, seen_ids)
-        fig = seen_unseen_figure(result)
-        fig.savefig(out / "seen_unseen.png", dpi=120)
-        result["plot"] = str(out / "seen_unseen.png")
+        if figure is not None:  # drawing is the report's: the caller passes it in
+            figure(result).savefig(out / "seen_unseen.png", dpi=120)
+            result["plot"] = str(out / "seen_unseen.png")
     chosen = result["gamma"]
     pick = apply or next((m for m in ("pcv", "alg", "oracle") if m in chosen), None)
     if pick is not None:
         if pick not in chosen:
-            raise UserError(f"--apply {pick}: that method was not run (see --method)")
+            raise UserError(f"cannot apply {pick}: that method was not run (ran: {', '.join(chosen) or 'none'})",
+                            option="apply")
         path = write_calibrated_checkpoint(ft_model, ft_meta, seen_ids, chosen[pick], out / "calibrated",
                                            {"method": pick, "finetuned": str(finetuned)})
         result["checkpoint"] = str(path)

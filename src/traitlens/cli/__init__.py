@@ -43,6 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _actions(parser: argparse.ArgumentParser):
+    """Every argparse action of ``parser`` and of its sub-command parsers."""
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _actions(sub)
+
+
+def flag_for(option: Optional[str], parser: argparse.ArgumentParser, argv: List[str]) -> Optional[str]:
+    """The flag the user gave for the library parameter ``option`` that an error is about (None if not given).
+
+    Library errors describe the problem in the API's terms (``UserError(..., option="classes")``); the CLI names
+    the flag, e.g. ``--classes``, or ``--set`` for ``overrides``.
+    """
+    if not option:
+        return None
+    for action in _actions(parser):
+        if action.dest != option:
+            continue
+        for flag in action.option_strings:
+            if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+                return flag
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -52,12 +78,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         # A group command without its sub-command prints its own help.
         (getattr(args, "_parser", None) or parser).print_help()
         return 0
+    # Installs the method registry that traitlens.engine.checkpoint.load_model rebuilds models with.
+    import traitlens.methods  # noqa: F401
+
     try:
         code = args.func(args)
     except UserError as exc:
         if debug:
             raise
-        print(f"traitlens: error: {exc}", file=sys.stderr)
+        flag = flag_for(getattr(exc, "option", None), parser, argv)
+        print(f"traitlens: error: {exc}" + (f" (check {flag})" if flag else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("traitlens: interrupted; finished work is saved, rerun the same command to resume",

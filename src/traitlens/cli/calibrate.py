@@ -79,10 +79,12 @@ def _calibrate(args) -> int:
             raise UserError("calibrating checkpoints needs --out (the calibrated checkpoint is written there)")
         from traitlens.calibrate.finetuning import calibrate_checkpoints
         from traitlens.engine.distributed import resolve_device
+        from traitlens.report.plots import seen_unseen_figure
 
         result = calibrate_checkpoints(args.pretrained, args.finetuned, args.data, args.out, methods=methods,
                                        apply=args.apply, pcv_seeds=args.pcv_seeds, pcv_epochs=args.pcv_epochs,
-                                       device=resolve_device(args.device), seed=args.seed)
+                                       device=resolve_device(args.device), seed=args.seed,
+                                       figure=seen_unseen_figure)
     else:
         raise UserError("give --logits FILE.npz, or --pretrained, --finetuned and --data")
     _print(result)
@@ -93,7 +95,8 @@ def _calibrate(args) -> int:
 def _calibrate_logits(args, methods) -> dict:
     import json
 
-    from traitlens.calibrate.evaluation import calibration_result, load_logits_npz, seen_unseen_figure
+    from traitlens.calibrate.evaluation import calibration_result, load_logits_npz
+    from traitlens.report.plots import seen_unseen_figure
 
     a = load_logits_npz(args.logits)
     result = calibration_result(a["logits"], a["labels"], a["seen"], methods,

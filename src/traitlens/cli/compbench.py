@@ -92,6 +92,7 @@ def _run(args) -> int:
     from traitlens.compbench.answerers import make_answerer
     from traitlens.compbench.records import load_benchmark
     from traitlens.compbench.runner import RESULTS, run
+    from traitlens.report.compbench import write_pages
     from traitlens.progress import log
 
     records, report = load_benchmark(args.data)
@@ -112,6 +113,7 @@ def _run(args) -> int:
                              merged=args.merged, seed=args.seed, **kwargs)
     images = args.images if args.images is not None else (args.data if Path(args.data).is_dir() else Path(args.data).parent)
     result = run(records, answerer, args.out, resume=args.resume, image_root=images, wording=args.wording)
+    write_pages(result, records, images, model=answerer.name)
     print(result.summary.format_table())
     print(f"answered now {result.answered_now}, before {result.already_answered}, "
           f"missing images {len(result.missing_images)}, failed {len(result.failed)}")

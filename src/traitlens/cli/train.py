@@ -70,7 +70,7 @@ def register(sub) -> None:
 def run_train(args) -> int:
     from traitlens.engine import distributed
     from traitlens.engine.config import load_config
-    from traitlens.engine.train import fit
+    from traitlens.methods import train
 
     values = {k: getattr(args, k) for k in FLAGS if getattr(args, k, None) is not None}
     if args.out is not None:
@@ -81,7 +81,7 @@ def run_train(args) -> int:
         values["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     config = load_config(args.config, args.overrides, **values)
     with distributed.leaving():
-        result = fit(config, progress=not args.no_progress, resume=args.resume)
+        result = train(config, progress=not args.no_progress, resume=args.resume)
         if distributed.is_main():
             best = result["best"] or {}
             metrics = best.get("metrics", {})
@@ -95,7 +95,7 @@ def run_train(args) -> int:
 
 def run_evaluate(args) -> int:
     from traitlens.engine import distributed
-    from traitlens.engine.evaluate import evaluate_checkpoint
+    from traitlens.methods import evaluate_checkpoint
 
     if distributed.env_world() > 1:
         distributed.setup(args.device)

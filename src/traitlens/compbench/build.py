@@ -110,8 +110,8 @@ def items_from_traits(data: Path, traits_path: Path, split: str) -> Tuple[List[I
                 if p.suffix.lower() in IMAGE_SUFFIXES:
                     items.append(Item(p, folder, table.genus_of(i), attrs))
     if not items:
-        raise UserError(f"no images of the species in {traits_path} under {data}/{split}/<species>/; pass the "
-                        f"collection folder as --data and a split it has (train, val, test or all)")
+        raise UserError(f"no images of the species in {traits_path} under {data}/{split}/<species>/; give the "
+                        f"collection folder and a split it has (train, val, test or all)", option="data")
 
     def question(attribute, value, noun):
         return synthetic_question(attribute, value, noun)
@@ -184,7 +184,7 @@ def load_items(data: Path, attributes: Path, split: str) -> Tuple[List[Item], Ca
     if a.is_file() and a.suffix == ".json":
         items, q = items_from_json(data, a)
         return items, q, "json"
-    raise UserError(f"--attributes {a}: pass a traits.json, a CUB-200-2011 folder, or a JSON of per-image attributes")
+    raise UserError(f"attributes {a}: give a traits.json, a CUB-200-2011 folder, or a JSON of per-image attributes")
 
 
 # ------------------------------------------------------------------------------------- features
@@ -236,7 +236,8 @@ def features(paths: Sequence[Path], feature: str) -> np.ndarray:
         return pixel_features(paths)
     if feature.startswith("backbone:"):
         return backbone_features(paths, feature.split(":", 1)[1])
-    raise UserError(f"--feature {feature!r}: use 'pixels' or 'backbone:NAME' (a preset or a run folder)")
+    raise UserError(f"feature {feature!r}: use 'pixels' or 'backbone:NAME' (a preset or a run folder)",
+                    option="feature")
 
 
 # ------------------------------------------------------------------------------------- mining
@@ -316,13 +317,13 @@ def build_benchmark(data: Path, attributes: Path, out: Path, pairs_per_attribute
                     noun: str = "specimen", seed: int = 0) -> Dict[str, Any]:
     """Mine pairs and write the benchmark folder (layout in the module docstring); returns its summary."""
     if pairs_per_attribute < 1:
-        raise UserError(f"--pairs-per-attribute {pairs_per_attribute}: must be at least 1")
+        raise UserError(f"pairs per attribute {pairs_per_attribute}: must be at least 1", option="pairs_per_attribute")
     items, question_fn, source = load_items(Path(data), Path(attributes), split)
     feats = features([it.path for it in items], feature)
     mined = mine_pairs(items, feats, question_fn, noun, pairs_per_attribute, group)
     if not mined:
         raise UserError(f"no pair of look-alike images in {data} differs in an attribute; use more images "
-                        f"(--split all) or --group genus")
+                        f"(all splits) or group by genus")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)

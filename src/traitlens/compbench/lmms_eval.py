@@ -88,7 +88,7 @@ metadata:
 def export_lmms_eval(records: Sequence[PairRecord], out: Path, image_root: Path) -> List[Path]:
     """Write the lmms-eval task files for ``records`` (grouped by task); returns the paths written."""
     if not records:
-        raise UserError("no records to export; check --data and --tasks")
+        raise UserError("no records to export: the benchmark folder holds none of the chosen tasks", option="tasks")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     by_task: Dict[str, List[PairRecord]] = {}

@@ -241,7 +241,8 @@ def find_benchmark_files(data: Path) -> List[Path]:
     if data.is_file():
         return [data]
     if not data.is_dir():
-        raise UserError(f"benchmark folder {data} does not exist; pass --data DIR holding the .json/.jsonl files")
+        raise UserError(f"benchmark folder {data} does not exist; it should hold the benchmark's .json/.jsonl files",
+                        option="data")
     files = sorted(p for pattern in ("*.json", "*.jsonl", "*/*.json", "*/*.jsonl") for p in data.glob(pattern)
                    if p.is_file() and not p.name.startswith("."))
     files = [p for p in files if p.name not in ("summary.json", "missing_images.json", "benchmark_info.json")]

@@ -3,8 +3,8 @@
 ``out_dir/results.jsonl`` gets one line per answered record, appended, flushed and synced as the
 answers arrive, so Ctrl-C or a crash loses nothing already answered; with ``resume=True`` records
 whose id is already there are skipped. At the end the runner writes ``summary.json`` (task, dimension
-and macro accuracy), ``summary.txt``, ``accuracy.png`` and ``failures.html`` (failure cases with both
-images, the question, the truth and the reply).
+and macro accuracy) and ``summary.txt``; :func:`traitlens.report.compbench.write_pages` draws
+``accuracy.png`` and ``failures.html`` (failure cases with both images, the question, the truth and the reply).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _row(query: Query, scored: Scored) -> Dict[str, Any]:
 
 
 def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume: bool = True,
-        image_root: Optional[Path] = None, wording: Optional[str] = None, failure_examples: int = 24) -> RunResult:
+        image_root: Optional[Path] = None, wording: Optional[str] = None) -> RunResult:
     """Ask ``answerer`` every record (``concurrency`` at a time) and write results as they come.
 
     ``image_root`` is the folder stored image paths are resolved against; records with a missing
@@ -114,7 +114,7 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
         if len(missing) == len(records):
             example = next(iter(missing.values()))[0]
             raise UserError(f"none of the {len(records)} records' images were found under {root} (e.g. {example}); "
-                            f"pass --images DIR, the folder the stored image paths are relative to")
+                            f"give the images folder the stored image paths are relative to", option="images")
 
     if resume:
         _repair_tail(results_path)
@@ -182,8 +182,6 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
     rows = [row for row in read_results(results_path) if row["id"] in wanted]
     summary = summarize_rows(rows)
     write_summary(summary, out_dir, model=getattr(answerer, "name", "model"))
-    write_failures(rows, wanted, root, out_dir / "failures.html", summary, limit=failure_examples,
-                   model=getattr(answerer, "name", "model"))
     return RunResult(out_dir=out_dir, summary=summary, answered_now=answered, already_answered=already,
                      missing_images=missing, failed=failed)
 
@@ -195,71 +193,11 @@ def summarize_rows(rows: Iterable[Dict[str, Any]]) -> Summary:
 
 
 def write_summary(summary: Summary, out_dir: Path, model: str = "model") -> None:
-    """``summary.json``, ``summary.txt`` and the bar plot ``accuracy.png``."""
+    """``summary.json`` and ``summary.txt`` (the bar plot and the failure page: :mod:`traitlens.report.compbench`)."""
     out_dir = Path(out_dir)
     payload = summary.to_json()
     payload["model"] = model
     (out_dir / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out_dir / "summary.txt").write_text(summary.format_table() + "\n")
-    if not summary.tasks:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from traitlens.report import bar_plot
-
-    fig = bar_plot({t: {model: s.accuracy} for t, s in summary.tasks.items()},
-                   title=f"CompBench accuracy per task ({model})", ylabel="accuracy")
-    fig.axes[0].set_ylim(0, 1)
-    for label in fig.axes[0].get_xticklabels():
-        label.set_rotation(30)
-        label.set_ha("right")
-    fig.savefig(out_dir / "accuracy.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
-def _thumb(root: Path, stored: str, size: int = 192):
-    import numpy as np
-
-    from traitlens.data.imageio import load_image
-
-    path = resolve_image(root, stored)
-    if path is None:
-        return np.full((size, size, 3), 200, dtype=np.uint8)
-    return np.asarray(load_image(path, max_size=size))
-
-
-def write_failures(rows: List[Dict[str, Any]], records: Dict[str, PairRecord], root: Path, path: Path,
-                   summary: Summary, limit: int = 24, model: str = "model") -> Path:
-    """An HTML page: the summary tables, the bar plot and up to ``limit`` failure cases side by side."""
-    from traitlens.report import Section, write_page
-
-    head = Section("Summary", intro=f"Model {model}: accuracy per task and per dimension; unparseable and "
-                                    f"invalid replies count as wrong.")
-    head.table(summary.task_rows(), caption="tasks")
-    head.table(summary.dimension_rows() + [{"dimension": "macro (tasks)", "accuracy": summary.macro}],
-               columns=["dimension", "n", "accuracy", "unparseable", "invalid"], caption="dimensions")
-    plot = path.parent / "accuracy.png"
-    if plot.is_file():
-        head.figure(plot, caption="accuracy per task")
-    fails = [r for r in rows if r["status"] != "correct"]
-    # spread the examples over tasks, in a stable order
-    by_task: Dict[str, List[Dict[str, Any]]] = {}
-    for r in sorted(fails, key=lambda r: (r["task"], r["id"])):
-        by_task.setdefault(r["task"], []).append(r)
-    chosen: List[Dict[str, Any]] = []
-    while len(chosen) < limit and any(by_task.values()):
-        for t in list(by_task):
-            if by_task[t] and len(chosen) < limit:
-                chosen.append(by_task[t].pop(0))
-    cases = Section("Failure cases", intro=f"{len(fails)} of {len(rows)} answered records are wrong; "
-                                           f"{len(chosen)} shown.")
-    for r in chosen:
-        imgs = r.get("images") or []
-        names = ["first image", "second image"] if len(imgs) == 2 else ["merged pair"]
-        cases.gallery([(_thumb(root, p), n) for p, n in zip(imgs, names)], columns=2)
-        cases.table([{"task": r["task"], "question": r["question"], "truth": r["truth"],
-                      "reply": str(r.get("reply")), "status": r["status"]}])
-    return write_page(f"CompBench: {model}", [head, cases], path)

@@ -192,7 +192,7 @@ def select_tasks(spec: str | Iterable[str]) -> List[TaskSpec]:
     names = [s for s in (spec.split(",") if isinstance(spec, str) else spec)]
     names = [n.strip() for n in names if n and n.strip()]
     if not names:
-        raise UserError("no tasks given; pass --tasks all or a comma-separated list such as cub,vqav2")
+        raise UserError("no tasks given: name all, or a comma-separated list such as cub,vqav2", option="tasks")
     if any(n.lower() == "all" for n in names):
         return list(TASKS.values())
     out: List[TaskSpec] = []

@@ -692,7 +692,8 @@ def generate_collection(out_dir: Union[str, Path], cfg: Optional[SynthConfig] = 
     if _cached(out, cfg, cfg_dict):
         return out
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "collection.json").is_file())):
-        raise UserError(f"{out} exists and is not a traitlens synthetic collection; choose another --out")
+        raise UserError(f"{out} exists and is not a traitlens synthetic collection; choose another folder",
+                        option="out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():

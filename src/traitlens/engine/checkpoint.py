@@ -5,7 +5,7 @@ Nothing is pickled. A checkpoint folder holds
 - ``model.safetensors``: the model's ``state_dict``;
 - ``model.json``: traitlens version, method, backbone spec, ``num_classes``, ``class_names``,
   the full training config, metrics and epoch — enough for :func:`load_model` to rebuild the model
-  through the method registry and load the weights strictly.
+  through a method registry (:mod:`traitlens.methods`) and load the weights strictly.
 
 The resume state lives in ``run_dir/last/``: ``state.safetensors`` (model weights, optimizer
 tensors flattened as ``optim.<param index>.<name>``, RNG states as uint8 tensors) and
@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -145,23 +145,46 @@ def config_from_meta(meta: Dict[str, Any]):
     return TrainConfig.from_dict(known, "checkpoint config")
 
 
-def load_model(path, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild the model of checkpoint ``path`` and load its weights strictly; returns (model in eval mode, meta)."""
-    from traitlens.engine.methods import build_model
+# The builder load_model uses when its caller gives none: ``traitlens.methods`` installs its registry's
+# build_model when imported. The engine never imports the registry (it sits above the engine and the models).
+_default_build: Optional[Callable[..., Tuple[nn.Module, list]]] = None
 
+
+def use_builder(build: Callable[..., Tuple[nn.Module, list]]) -> None:
+    """Make ``build(config, num_classes, load_weights=False) -> (model, groups)`` the default of :func:`load_model`."""
+    global _default_build
+    _default_build = build
+
+
+def load_weights(model: nn.Module, path, meta: Dict[str, Any]) -> nn.Module:
+    """Load checkpoint ``path``'s weights into ``model`` strictly (a :class:`UserError` when they do not fit)."""
     weights, _ = resolve(path)
-    meta = read_meta(path)
-    config = config_from_meta(meta)
-    model, _ = build_model(config, int(meta["num_classes"]), load_weights=False)
     state = load_file(str(weights), device="cpu")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise UserError(f"checkpoint {weights} does not fit the {config.method} / {config.backbone} model "
-                        f"it describes: {first}") from None
+        config = meta.get("config") or {}
+        raise UserError(f"checkpoint {weights} does not fit the {meta.get('method')} / {config.get('backbone')} "
+                        f"model it describes: {first}") from None
     model.traitlens_meta = meta
-    return model.to(device).eval(), meta
+    return model
+
+
+def load_model(path, device="cpu", build: Optional[Callable[..., Tuple[nn.Module, list]]] = None,
+               ) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild the model of checkpoint ``path`` with ``build`` and load its weights strictly.
+
+    ``build``: a method registry's ``build_model(config, num_classes, load_weights=False)``; by default the one
+    :func:`use_builder` installed (``traitlens.methods.load_model`` passes its registry explicitly).
+    Returns (model in eval mode on ``device``, the sidecar's meta).
+    """
+    build = build or _default_build
+    if build is None:
+        raise RuntimeError("no method registry to rebuild the model with: use traitlens.methods.load_model")
+    meta = read_meta(path)
+    model, _ = build(config_from_meta(meta), int(meta["num_classes"]), load_weights=False)
+    return load_weights(model, path, meta).to(device).eval(), meta
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +267,8 @@ def load_training_state(run_dir, model: nn.Module, optimizer: torch.optim.Optimi
     """Restore what :func:`save_training_state` wrote; return its ``info`` (epoch, step, history...)."""
     folder = state_folder(run_dir)
     if folder is None:
-        raise UserError(f"nothing to resume in {run_dir}: no {STATE_DIR}/state.json (start without --resume)")
+        raise UserError(f"nothing to resume in {run_dir}: no {STATE_DIR}/state.json (start afresh instead)",
+                        option="resume")
     info = json.loads((folder / "state.json").read_text())
     tensors = load_file(str(folder / "state.safetensors"), device="cpu")
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}

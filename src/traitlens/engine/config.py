@@ -198,7 +198,7 @@ def coerce(name: str, value: Any, where: str = "config") -> Any:
 def parse_override(text: str) -> tuple:
     """``"key=value"`` -> (key, typed value). ``method_options.k=v`` sets one entry of a mapping field."""
     if "=" not in text:
-        raise UserError(f"override {text!r} is not key=value (e.g. --set lr=0.01)")
+        raise UserError(f"override {text!r} is not key=value (e.g. lr=0.01)", option="overrides")
     key, raw = text.split("=", 1)
     key = key.strip()
     try:

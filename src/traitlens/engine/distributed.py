@@ -57,7 +57,8 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+            raise UserError(f"device {device!r} asked for, but CUDA is not available here; use the cpu device",
+                            option="device")
         if device == "cuda":
             return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(device)

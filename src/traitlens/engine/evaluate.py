@@ -2,13 +2,12 @@
 
 :func:`evaluate` runs a model over a dataset (sharded across processes under ``torchrun``, without
 padding, gathered on every rank) or over a DataLoader the caller built; :func:`metrics_from_logits`
-is the pure tensor-in, numbers-out core. :func:`evaluate_checkpoint` loads a run folder and scores
-it on a split of an ImageFolder tree, matching classes by name.
+is the pure tensor-in, numbers-out core. :func:`evaluate_on_split` scores a loaded checkpoint on
+a split of an ImageFolder tree, matching classes by name.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -18,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from traitlens.engine import distributed
+from traitlens.engine.data import collate_fn, eval_transform, open_split
 from traitlens.progress import progress
 
 
@@ -59,13 +59,11 @@ def metrics_from_logits(logits: torch.Tensor, labels: torch.Tensor, num_classes:
 def _loader(data, batch_size: int, num_workers: int, sharded: bool) -> DataLoader:
     if isinstance(data, DataLoader):
         return data
-    from traitlens.data.folders import collate
-
     indices = list(range(len(data)))
     if sharded:
         indices = distributed.shard(indices)
     return DataLoader(data, batch_size=batch_size, sampler=indices, num_workers=num_workers,
-                      collate_fn=collate, persistent_workers=False)
+                      collate_fn=collate_fn(), persistent_workers=False)
 
 
 @torch.no_grad()
@@ -142,24 +140,20 @@ def evaluate(model: nn.Module, data, device="cpu", batch_size: int = 64, num_wor
     return out
 
 
-def evaluate_checkpoint(checkpoint, data, split: str = "test", device: str = "auto", batch_size: int = 64,
-                        num_workers: int = 0, return_logits: bool = False,
-                        show_progress: bool = True) -> Dict[str, Any]:
-    """Load the checkpoint (run folder, .safetensors or .json) and score it on ``data/<split>``.
+def evaluate_on_split(model: nn.Module, meta: Dict[str, Any], data, split: str = "test", device="cpu",
+                      batch_size: int = 64, num_workers: int = 0, return_logits: bool = False,
+                      show_progress: bool = True) -> Dict[str, Any]:
+    """Score a checkpoint's loaded ``model`` (with its sidecar ``meta``) on ``data/<split>``.
 
-    Classes are matched by name: every class of the split must be one the checkpoint knows; the
-    confusion matrix is over all of the checkpoint's classes, in its order.
+    Classes are matched by name: every class of the split must be one the checkpoint knows; the confusion
+    matrix is over all of the checkpoint's classes, in its order. (``traitlens.methods.evaluate_checkpoint``
+    loads the checkpoint and calls this.)
     """
-    from traitlens.engine.checkpoint import config_from_meta, load_model
-    from traitlens.engine.train import eval_transform, open_split
+    from traitlens.engine.checkpoint import config_from_meta
 
-    dev = distributed.resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
-    model, meta = load_model(checkpoint, device=dev)
     class_names = list(meta.get("class_names") or [])
     config = config_from_meta(meta)
     dataset = open_split(Path(data), split, eval_transform(model, config), config.seed, class_names)
-    out = evaluate(model, dataset, dev, batch_size=batch_size, num_workers=num_workers,
-                   return_logits=return_logits, num_classes=int(meta["num_classes"]), class_names=class_names,
-                   show_progress=show_progress)
-    out.update(checkpoint=str(checkpoint), data=str(data), split=split)
-    return out
+    return evaluate(model, dataset, device, batch_size=batch_size, num_workers=num_workers,
+                    return_logits=return_logits, num_classes=int(meta["num_classes"]), class_names=class_names,
+                    show_progress=show_progress)

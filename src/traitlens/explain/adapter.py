@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from traitlens.errors import UserError
-from traitlens.explain.targets import finer_target, resolve_classes, select_references
+from traitlens.explain.explanation import Explanation
+from traitlens.explain.layers import resolve_layer
+from traitlens.explain.targets import alpha_list, finer_target, model_references, resolve_classes
 
 
 class FinerScore:
@@ -44,12 +46,9 @@ def explain_with_package(model: nn.Module, images: torch.Tensor, cam_class, fine
                          weights: str = "softmax", detach_weights: bool = False,
                          class_names: Optional[Sequence[str]] = None, traits=None):
     """:func:`traitlens.explain.explain` with a ``pytorch_grad_cam`` CAM class (or its name) as the method."""
-    from traitlens.explain.engine import (Explanation, _classifier_weight, _siblings, resolve_layer)
-
     cam_class = package_method(cam_class)
     spec = resolve_layer(model, target_layer)
-    sweep = isinstance(alpha, (list, tuple))
-    alphas = [float(a) for a in (alpha if sweep else [alpha])]
+    alphas, sweep = alpha_list(alpha)  # the engine's validation: α ≥ 0
     device = next(model.parameters()).device
     images = images.to(device)
     height, width = images.shape[-2:]
@@ -61,10 +60,7 @@ def explain_with_package(model: nn.Module, images: torch.Tensor, cam_class, fine
     tgt = (logits.argmax(1) if target is None
            else resolve_classes(target, num_classes, images.shape[0], class_names, device))
     if finer:
-        refs = select_references(logits, tgt, references, k=k,
-                                 classifier_weight=_classifier_weight(model) if references == "weight-cosine" else None,
-                                 siblings=_siblings(traits, num_classes, class_names) if references == "taxonomy"
-                                 else None, class_names=class_names)
+        refs = model_references(model, logits, tgt, references, k, class_names, traits)
     else:
         refs = torch.empty(images.shape[0], 0, dtype=torch.long, device=device)
     refs_list = [[r for r in row if r >= 0] for row in refs.tolist()]

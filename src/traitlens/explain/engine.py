@@ -11,65 +11,22 @@ classes cost one map. Everything stays a batched tensor on the model's device fr
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from traitlens.errors import UserError
+from traitlens.explain.adapter import explain_with_package
 from traitlens.explain.cams import GRADIENT_METHODS, canonical_method
-from traitlens.explain.targets import (finer_coefficients, finer_target, resolve_classes,
-                                       select_references)
+# LayerSpec and resolve_layer: re-exported, callers import them from here.
+from traitlens.explain.explanation import Explanation
+from traitlens.explain.layers import LayerSpec, resolve_layer  # noqa: F401
+from traitlens.explain.scorecam import scorecam
+from traitlens.explain.targets import alpha_list, finer_coefficients, finer_target, model_references, resolve_classes
 
 METHODS = tuple(GRADIENT_METHODS) + ("scorecam",)
-
-
-@dataclass
-class LayerSpec:
-    """Where to explain: the module whose output is hooked and how that output becomes B×C×h×w.
-
-    ``to_map(activation, height, width)`` turns the hooked output (B×C×h×w, or B×N×D tokens) of an
-    input of height×width pixels into a B×C×h×w map, dropping every prefix token.
-    """
-
-    module: nn.Module
-    to_map: Callable[[torch.Tensor, int, int], torch.Tensor]
-    name: str = ""
-
-
-@dataclass
-class Explanation:
-    """The result of :func:`explain` (tensors on the model's device).
-
-    maps: B×H×W in [0, 1] per image (A×B×H×W when ``alpha`` is a list of A values);
-    raw_maps: the maps at feature resolution after the ReLU and before any normalisation (B×h×w or
-    A×B×h×w); logits: B×K; target: B; references: B×k (``-1``: no reference in that slot, and B×0 when
-    not a Finer explanation); alpha: the float or the list given; scores: the explained score per image
-    (B, or A×B).
-    """
-
-    maps: torch.Tensor
-    raw_maps: torch.Tensor
-    logits: torch.Tensor
-    target: torch.Tensor
-    references: torch.Tensor
-    alpha: Union[float, List[float]]
-    scores: torch.Tensor
-    method: str = "gradcam"
-    finer: bool = True
-    layer: str = ""
-    extras: dict = field(default_factory=dict)
-
-    @property
-    def probs(self) -> torch.Tensor:
-        """Softmax of the logits, B×K."""
-        return torch.softmax(self.logits.float(), dim=-1)
-
-    def cpu(self) -> "Explanation":
-        moved = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in vars(self).items()}
-        return Explanation(**moved)
 
 
 class Capture:
@@ -115,75 +72,6 @@ def hooked(model: nn.Module, layer: nn.Module, need_grad: bool = True) -> Iterat
             p.requires_grad_(True)
         model.train(was_training)
         capture.activation = None
-
-
-def resolve_layer(model: nn.Module, target_layer=None) -> LayerSpec:
-    """The explanation layer: the backbone layout's default (CNN last stage, ViT last block's norm1),
-    a dotted module path, a module, or a ready :class:`LayerSpec`."""
-    if isinstance(target_layer, LayerSpec):
-        return target_layer
-    lay = _layout(model)
-    if target_layer is None:
-        if lay is None:
-            raise UserError(f"cannot choose a target layer for {type(model).__name__} automatically; "
-                            "pass target_layer='<module path>'")
-        target_layer = lay.explain_layer
-    if isinstance(target_layer, str):
-        try:
-            module = model.get_submodule(target_layer)
-        except AttributeError as err:
-            raise UserError(f"model {type(model).__name__} has no layer '{target_layer}'") from err
-        name = target_layer
-    elif isinstance(target_layer, nn.Module):
-        module = target_layer
-        name = next((n for n, m in model.named_modules() if m is module), type(module).__name__)
-    else:
-        raise UserError(f"target_layer must be a module path or a module, not {type(target_layer).__name__}")
-
-    def to_map(act: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        if act.dim() == 4:
-            return act
-        if act.dim() == 3 and lay is not None:
-            return lay.tokens_to_map(act, height, width)
-        raise UserError(f"layer '{name}' outputs shape {tuple(act.shape)}; expected B×C×h×w or ViT tokens")
-
-    return LayerSpec(module, to_map, name)
-
-
-def _layout(model: nn.Module):
-    try:
-        from traitlens.backbones import layout
-    except ImportError:  # the backbones package is optional for models that bring a LayerSpec
-        return None
-    try:
-        return layout(model)
-    except UserError:
-        return None
-
-
-def _classifier_weight(model: nn.Module) -> Optional[torch.Tensor]:
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if isinstance(head, nn.Linear):
-        return head.weight
-    w = getattr(head, "weight", None)
-    return w if torch.is_tensor(w) and w.dim() == 2 else None
-
-
-def _siblings(traits, num_classes: int, class_names) -> Optional[List[List[int]]]:
-    if traits is None:
-        return None
-    if class_names is None:
-        class_names = traits.class_names
-    names = list(class_names)
-    model_index = {}
-    for i, n in enumerate(names):
-        model_index[traits.index(n)] = i
-    out: List[List[int]] = []
-    for n in names:
-        out.append([model_index[s] for s in traits.siblings(n) if s in model_index])
-    if len(out) != num_classes:
-        raise UserError(f"the class tree names {len(out)} classes but the model has {num_classes}")
-    return out
 
 
 def normalise(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -246,17 +134,13 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
     if not torch.is_tensor(images) or images.dim() != 4:
         raise UserError("images must be a B×3×H×W tensor")
     if not isinstance(method, str) or method.startswith("pgc:"):
-        from traitlens.explain.adapter import explain_with_package
         return explain_with_package(model, images, method, finer=finer, alpha=alpha, target=target,
                                     references=references, target_layer=target_layer, k=k, weights=weights,
                                     detach_weights=detach_weights, class_names=class_names, traits=traits)
     method = canonical_method(method)
     if method not in METHODS:
         raise UserError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    sweep = isinstance(alpha, (list, tuple)) or (torch.is_tensor(alpha) and alpha.dim() > 0)
-    alphas = [float(a) for a in (alpha if sweep else [alpha])]
-    if not alphas or any(a < 0 for a in alphas):
-        raise UserError(f"alpha must be ≥ 0, got {alphas}")
+    alphas, sweep = alpha_list(alpha)
     spec = resolve_layer(model, target_layer)
     device = _device(model)
     images = images.to(device)
@@ -275,12 +159,7 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
         tgt = (logits.detach().argmax(1) if target is None
                else resolve_classes(target, num_classes, images.shape[0], class_names, device))
         if finer:
-            refs = select_references(logits.detach(), tgt, references, k=k,
-                                     classifier_weight=_classifier_weight(model) if references == "weight-cosine"
-                                     else None,
-                                     siblings=_siblings(traits, num_classes, class_names)
-                                     if references == "taxonomy" else None,
-                                     class_names=class_names)
+            refs = model_references(model, logits.detach(), tgt, references, k, class_names, traits)
         else:
             refs = torch.empty(images.shape[0], 0, dtype=torch.long, device=device)
         coeff = finer_coefficients(logits, tgt, refs, alphas, weights, detach_weights)  # A×B×J
@@ -288,7 +167,6 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
 
         acts = spec.to_map(leaf.detach(), height, width)  # B×C×h×w
         if score_based:
-            from traitlens.explain.scorecam import scorecam
             cap.enabled = False
             raw = scorecam(model, images, acts, tgt, refs, alphas, weights=weights,
                            batch_size=score_batch_size, top_channels=score_channels)

@@ -19,11 +19,11 @@ from torch import nn
 
 from traitlens.errors import UserError
 from traitlens.explain.cams import canonical_method
-from traitlens.explain.engine import METHODS, _classifier_weight, _siblings, explain
+from traitlens.explain.engine import METHODS, explain
 from traitlens.explain.metrics import (confidence_drop, deletion_insertion, diagnostic_lift, diagnostic_table,
                                        diagnostic_trait_energy, diagnostic_vs_shared, energy_in_mask,
                                        pointing_game)
-from traitlens.explain.targets import select_references
+from traitlens.explain.targets import model_references
 
 METRICS = ("drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy", "diagnostic_energy",
            "diagnostic_lift", "diagnostic_fraction", "diagnostic_density")
@@ -49,7 +49,7 @@ def parse_methods(spec) -> List[MethodSpec]:
     """``"gradcam,finer-gradcam"`` or a list of names → MethodSpecs (validated)."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
-        raise UserError("no explanation method given (e.g. --methods gradcam,finer-gradcam)")
+        raise UserError("no explanation method given (e.g. gradcam,finer-gradcam)", option="methods")
     out = []
     for name in names:
         finer = name.lower().startswith("finer-")
@@ -105,8 +105,9 @@ def recommended_settings(model: nn.Module, input_size: Optional[Sequence[int]] =
     """Where to explain ``model`` when scoring explanations against small parts: ``{"target_layer": path or
     None (the engine's default), "scale": input scale factor}``.
 
-    Two things decide whether any CAM can put its energy on a trait part a few pixels wide (measured on the
-    synthetic collection with the demo classifiers, see tests/explain/test_synthetic_claim.py):
+    Two things decide whether any CAM can put its energy on a trait part a few pixels wide (measured with
+    :func:`evaluate_explanations` on the demo collection's correctly classified test images, references = the
+    sibling species, α = 1, with the demo classifiers of ``traitlens demo``):
 
     - *the layer the logits read.* A ViT that pools its patch tokens (``global_pool`` avg/max) reads the last
       block's output directly; its first norm (the default for CLS-token ViTs, whose patch tokens reach the
@@ -187,12 +188,8 @@ def evaluate_explanations(model: nn.Module, batches: Iterable[dict], methods, me
         with torch.no_grad():
             model.eval()
             logits = model(images).float()
-        num_classes = logits.shape[1]
         tgt = labels if target == "label" else logits.argmax(1)
-        other = select_references(logits, tgt, references, k=1,
-                                  classifier_weight=_classifier_weight(model) if references == "weight-cosine" else None,
-                                  siblings=_siblings(traits, num_classes, class_names) if taxonomy else None,
-                                  class_names=class_names)[:, 0]
+        other = model_references(model, logits, tgt, references, 1, class_names, traits)[:, 0]
         correct = logits.argmax(1) == labels
         counts["images"] += int(correct.numel())
         counts["correct"] += int(correct.sum())

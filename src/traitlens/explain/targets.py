@@ -13,9 +13,10 @@ coefficients ``c`` from :func:`finer_coefficients`, so an α sweep never re-runs
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+from torch import nn
 
 from traitlens.errors import UserError
 
@@ -183,3 +184,48 @@ def finer_coefficients(logits: torch.Tensor, target: torch.Tensor, references: t
     a = torch.as_tensor(list(alphas), dtype=z.dtype, device=z.device)
     ones = torch.ones(a.numel(), z.shape[0], 1, dtype=z.dtype, device=z.device)
     return torch.cat([ones, -a[:, None, None] * per_ref[None]], dim=2)
+
+
+def alpha_list(alpha) -> Tuple[List[float], bool]:
+    """``(alphas, sweep)``: the comparison strengths as floats (each ≥ 0), and whether a list was given."""
+    sweep = isinstance(alpha, (list, tuple)) or (torch.is_tensor(alpha) and alpha.dim() > 0)
+    alphas = [float(a) for a in (alpha if sweep else [alpha])]
+    if not alphas or any(a < 0 for a in alphas):
+        raise UserError(f"alpha must be ≥ 0, got {alphas}")
+    return alphas, sweep
+
+
+def classifier_weight(model: nn.Module) -> Optional[torch.Tensor]:
+    """The K×D weight of the model's linear classifier head (timm's ``get_classifier``), or None."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(head, nn.Linear):
+        return head.weight
+    w = getattr(head, "weight", None)
+    return w if torch.is_tensor(w) and w.dim() == 2 else None
+
+
+def sibling_classes(traits, num_classes: int, class_names) -> Optional[List[List[int]]]:
+    """For each of the model's classes, its siblings in ``traits``' class tree as model class ids (None without traits)."""
+    if traits is None:
+        return None
+    names = list(traits.class_names if class_names is None else class_names)
+    model_index = {traits.index(n): i for i, n in enumerate(names)}
+    out = [[model_index[s] for s in traits.siblings(n) if s in model_index] for n in names]
+    if len(out) != num_classes:
+        raise UserError(f"the class tree names {len(out)} classes but the model has {num_classes}")
+    return out
+
+
+def model_references(model: nn.Module, logits: torch.Tensor, target: torch.Tensor, mode, k: int = 3,
+                     class_names: Optional[Sequence[str]] = None, traits=None) -> torch.Tensor:
+    """:func:`select_references` for ``model``'s logits (B×K) and targets (B) → B×k reference class ids.
+
+    Supplies what a mode needs from the model: its head weight for ``weight-cosine``, the sibling lists of
+    ``traits`` for ``taxonomy``.
+    """
+    named = mode if isinstance(mode, str) else None
+    return select_references(logits, target, mode, k=k,
+                             classifier_weight=classifier_weight(model) if named == "weight-cosine" else None,
+                             siblings=sibling_classes(traits, logits.shape[1], class_names)
+                             if named == "taxonomy" else None,
+                             class_names=class_names)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+
+from traitlens.errors import UserError
 
 
 def _figure(width: float, height: float):
@@ -69,4 +71,20 @@ def line_plot(xs: Sequence[float], curves: Mapping[str, Sequence[float]], xlabel
     ax.set_title(title)
     if len(curves) > 1:
         ax.legend(fontsize=8)
+    return fig
+
+
+def seen_unseen_figure(result: Mapping[str, Any], title: str = "Seen-unseen accuracy as γ varies"):
+    """The seen-unseen curve of a :func:`traitlens.calibrate.evaluation.calibration_result` with each method's γ
+    marked (a Figure)."""
+    curve = result.get("curve")
+    if not curve:
+        raise UserError("no seen-unseen curve: the test data need samples of both seen and absent classes")
+    marks = {"γ=0": (result["tables"]["fine-tuned"]["u/y"], result["tables"]["fine-tuned"]["s/y"])}
+    for m, g in result["gamma"].items():
+        t = result["tables"][m]
+        marks[f"{m} γ={g:.2f}"] = (t["u/y"], t["s/y"])
+    label = f"fine-tuned (AUSUC {result['ausuc']:.3f})"
+    fig = line_plot(curve["acc_unseen"], {label: curve["acc_seen"]}, xlabel="Acc u/y (absent classes)",
+                    ylabel="Acc s/y (fine-tuning classes)", title=title, marks=marks)
     return fig

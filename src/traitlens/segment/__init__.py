@@ -14,7 +14,7 @@ from traitlens.segment.backends import build_propagator
 from traitlens.segment.datasets import TraitMaskDataset, heliconius, neon_beetles
 from traitlens.segment.features import BackboneFeatures, ColourPositionFeatures, ConcatFeatures
 from traitlens.segment.finetune import add_lora, cycle_finetune, cycle_loss
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 from traitlens.segment.metrics import confusion, iou, mean_iou, measure
 from traitlens.segment.propagator import Propagator
 from traitlens.segment.retrieval import cycle_score, retrieve
@@ -22,7 +22,7 @@ from traitlens.segment.runner import segment_collection
 from traitlens.segment.tracking import cycle_predict, similarity_order, track
 
 __all__ = [
-    "Propagator", "LabelPropagation", "ColourPositionFeatures", "BackboneFeatures", "ConcatFeatures",
+    "Propagator", "LabelPropagation", "LabelPropOptions", "ColourPositionFeatures", "BackboneFeatures", "ConcatFeatures",
     "build_propagator", "track", "similarity_order", "cycle_predict", "cycle_finetune", "cycle_loss", "add_lora",
     "retrieve", "cycle_score", "segment_collection", "heliconius", "neon_beetles", "TraitMaskDataset",
     "confusion", "iou", "mean_iou", "measure",

@@ -9,7 +9,7 @@ import torch
 
 from traitlens.errors import UserError
 from traitlens.segment.features import BackboneFeatures, ColourPositionFeatures, ConcatFeatures
-from traitlens.segment.labelprop import LabelPropagation
+from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 
 BACKENDS = ("labelprop", "sam2")
 FEATURES = ("colour", "backbone", "backbone+colour")
@@ -23,17 +23,17 @@ def build_features(kind: str = "colour", backbone: Union[str, Path, None] = None
                    backbone_size: Optional[Tuple[int, int]] = None):
     """``colour`` (no weights needed), ``backbone`` (a traitlens checkpoint folder) or ``backbone+colour``."""
     if kind not in FEATURES:
-        raise UserError(f"--features {kind}: choose one of {', '.join(FEATURES)}")
+        raise UserError(f"features {kind!r}: choose one of {', '.join(FEATURES)}", option="features")
     if kind == "colour":
         return colour_features()
     if backbone is None:
-        raise UserError(f"--features {kind} needs --backbone (a traitlens checkpoint folder)")
-    from traitlens.engine.checkpoint import load_model
+        raise UserError(f"features {kind!r} need a backbone (a traitlens checkpoint folder)", option="backbone")
+    from traitlens.methods import load_model
 
     try:
         model, _ = load_model(backbone)
     except FileNotFoundError:
-        raise UserError(f"--backbone {backbone}: no checkpoint there") from None
+        raise UserError(f"backbone {backbone}: no checkpoint there", option="backbone") from None
     net = getattr(model, "backbone", model).to(device)
     feats = BackboneFeatures(net, input_size=backbone_size)
     return feats if kind == "backbone" else ConcatFeatures([(feats, 0.5), (colour_features(), 0.5)])
@@ -46,7 +46,7 @@ def build_propagator(backend: str = "labelprop", device: Union[str, torch.device
                      memory: int = 3):
     """The backend behind ``traitlens segment``/``retrieve``/``segment finetune``."""
     if backend not in BACKENDS:
-        raise UserError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+        raise UserError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}", option="backend")
     if backend == "sam2":
         from traitlens.segment.sam2 import Sam2Propagator, load_sam2
 
@@ -64,8 +64,8 @@ def build_propagator(backend: str = "labelprop", device: Union[str, torch.device
         proj = FeatureProjection(dim)
     if proj is not None:
         proj = proj.to(device)
-    return LabelPropagation(feats, work_size=(work_size, work_size), align=True, local=local,
-                            projection=proj, device=device, memory=memory)
+    options = LabelPropOptions(work_size=(work_size, work_size), align=True, local=local, memory=memory)
+    return LabelPropagation(feats, options, projection=proj, device=device)
 
 
 def load_projection(path: Union[str, Path]):
@@ -78,7 +78,7 @@ def load_projection(path: Union[str, Path]):
     if path.is_dir():
         path = path / "projection.safetensors"
     if not path.exists():
-        raise UserError(f"--projection {path}: file not found")
+        raise UserError(f"projection {path}: file not found", option="projection")
     state = load_file(str(path))
     weight = state["proj.weight"]
     proj = FeatureProjection(weight.shape[1], weight.shape[0])

@@ -10,6 +10,7 @@ the caller takes the argmax.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,13 +22,13 @@ from traitlens.segment.propagator import Propagator, one_hot
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class LabelPropagation(Propagator):
-    """Label propagation over dense features (``features``: frames B×3×H×W → B×D×h×w, unit norm).
+@dataclass(frozen=True)
+class LabelPropOptions:
+    """How :class:`LabelPropagation` propagates (frozen; ``dataclasses.replace`` makes a variant).
 
     ``work_size``: frames are resized to this (H, W) before feature extraction so any mix of sizes can
     be batched; predictions come back at each frame's own size. ``radius``: local window (in grid
     cells) for memory frames, ``None`` for global. ``memory``: how many recent predictions are kept.
-    ``projection``: an optional trainable module applied to features (cycle-consistent fine-tuning).
     ``align``: register each support onto each query first (:mod:`traitlens.segment.align`), then
     propagate within a ``(2·local+1)²`` window of the *corresponding* support location: far more
     precise for small traits, and cheaper. ``coarse``: pooling factor of the global first pass and of
@@ -46,56 +47,71 @@ class LabelPropagation(Propagator):
     of ``side`` cells, at most 32: a diffusion covers the same share of the frame at any resolution, and the
     rounds reuse one set of affinities, so they cost little). ``exact``: a query location whose best
     key matches at cosine ≥ this takes that key's label (a repeated specimen, the support itself).
-    Measured on the synthetic collection (128 px, one support per species; tests/segment/test_synthetic_accuracy.py):
-    border keys 0.817 → 0.871 trait mIoU at 64 px, clean-up 0.902 → 0.923 at 128 px (2 rounds), 0.930 (8 rounds, the default there); one registration round
-    with 20 candidates scored at half resolution is as accurate as two with 40 at full, and 2.3× faster.
+    Measured on the synthetic collection (12 species, one support per species, ``python benchmarks/segment_seeds.py``
+    at 128 px, ``--size 64`` for 64 px): border keys 0.817 → 0.871 trait mIoU at 64 px, clean-up 0.902 → 0.923
+    at 128 px (2 rounds), 0.930 (8 rounds, the default there); one registration round with 20 candidates scored
+    at half resolution is as accurate as two with 40 at full, and 2.3× faster.
     """
 
-    def __init__(self, features: FeatureFn, work_size: Tuple[int, int] = (64, 64), tau: float = 0.1,
-                 topk: int = 5, radius: Optional[float] = None, memory: int = 3,
-                 projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu",
-                 query_chunk: int = 1024, align: bool = False, local: int = 2, coarse: Optional[int] = None,
-                 iterations: int = 1, candidates: int = 20, parts: Optional[Sequence[Sequence[int]]] = None,
-                 fast: bool = True, spatial_sigma: Optional[float] = 3.0, border: int = 1,
-                 border_margin: float = 1.0, refine: Optional[int] = None, refine_local: int = 2, exact: float = 0.999):
+    work_size: Tuple[int, int] = (64, 64)
+    tau: float = 0.1
+    topk: int = 5
+    radius: Optional[float] = None
+    memory: int = 3
+    query_chunk: int = 1024
+    align: bool = False
+    local: int = 2
+    coarse: Optional[int] = None
+    iterations: int = 1
+    candidates: int = 20
+    parts: Optional[Sequence[Sequence[int]]] = None
+    fast: bool = True
+    spatial_sigma: Optional[float] = 3.0
+    border: int = 1
+    border_margin: float = 1.0
+    refine: Optional[int] = None
+    refine_local: int = 2
+    exact: float = 0.999
+
+    def resolved(self) -> "LabelPropOptions":
+        """The options with the defaults that depend on ``work_size`` filled in and ``parts`` as tuples."""
+        work_size = tuple(int(v) for v in self.work_size)
+        return replace(
+            self, work_size=work_size,
+            # the global pass and registration run on a grid of about 32×32 cells whatever the working size
+            coarse=self.coarse or max(1, round(min(work_size) / 32)),
+            refine=self.refine if self.refine is not None else refine_rounds(work_size),
+            parts=tuple(tuple(int(i) for i in g) for g in self.parts) if self.parts else ())
+
+
+class LabelPropagation(Propagator):
+    """Label propagation over dense features (``features``: frames B×3×H×W → B×D×h×w, unit norm).
+
+    ``options``: a :class:`LabelPropOptions` (defaults when None). ``projection``: an optional trainable module
+    applied to features (cycle-consistent fine-tuning). ``device``: where memory and affinities live.
+    """
+
+    def __init__(self, features: FeatureFn, options: Optional[LabelPropOptions] = None,
+                 projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu"):
         self.features = features
-        self.work_size = tuple(work_size)
-        self.tau = tau
-        self.topk = topk
-        self.radius = radius
-        self.memory = memory
+        self.options = (options or LabelPropOptions()).resolved()
         self.projection = projection
         self.device = torch.device(device)
-        self.query_chunk = query_chunk
-        self.align = align
-        self.local = local
-        # the global pass and registration run on a grid of about 32×32 cells whatever the working size
-        self.coarse = coarse or max(1, round(min(self.work_size) / 32))
-        self.iterations = iterations
-        self.candidates = candidates
-        self.fast = fast
-        self.spatial_sigma = spatial_sigma
-        self.border = border
-        self.border_margin = border_margin
-        self.refine = refine if refine is not None else refine_rounds(self.work_size)
-        self.refine_local = refine_local
-        self.exact = exact
-        self.parts = [tuple(int(i) for i in g) for g in parts] if parts else []
         self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
-        self._recent: deque = deque(maxlen=max(memory, 0) or None)
+        self._recent: deque = deque(maxlen=max(self.options.memory, 0) or None)
         self.num_labels = 0
 
     # -- memory -------------------------------------------------------------------------------
     def reset(self, num_labels: int) -> None:
         self.num_labels = int(num_labels)
         self._support = []
-        self._recent = deque(maxlen=self.memory if self.memory > 0 else 1)
+        self._recent = deque(maxlen=self.options.memory if self.options.memory > 0 else 1)
 
     def add_support(self, image: torch.Tensor, labels: torch.Tensor) -> None:
         self._support.append(self._entry(image, one_hot(labels.to(self.device), self.num_labels)))
 
     def add_memory(self, image: torch.Tensor, probs: torch.Tensor) -> None:
-        if self.memory > 0:
+        if self.options.memory > 0:
             self._recent.append(self._entry(image, probs.to(self.device)))
 
     def _entry(self, image: torch.Tensor, soft: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -105,16 +121,16 @@ class LabelPropagation(Propagator):
         return feats, soft, frame
 
     def _to_work(self, image: torch.Tensor) -> torch.Tensor:
-        if tuple(image.shape[-2:]) == self.work_size:
+        if tuple(image.shape[-2:]) == self.options.work_size:
             return image.float()
-        return F.interpolate(image[None].float(), size=self.work_size, mode="bilinear", align_corners=False,
+        return F.interpolate(image[None].float(), size=self.options.work_size, mode="bilinear", align_corners=False,
                              antialias=True)[0]
 
     # -- features -----------------------------------------------------------------------------
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames ``B×3×H×W`` → unit-norm features ``B×D×h×w`` (after the optional projection)."""
-        x = F.interpolate(frames.float(), size=self.work_size, mode="bilinear", align_corners=False,
-                          antialias=True) if frames.shape[-2:] != self.work_size else frames.float()
+        x = F.interpolate(frames.float(), size=self.options.work_size, mode="bilinear", align_corners=False,
+                          antialias=True) if frames.shape[-2:] != self.options.work_size else frames.float()
         feats = self.features(x)
         if self.projection is not None:
             feats = self.projection(feats)
@@ -133,7 +149,7 @@ class LabelPropagation(Propagator):
             raise RuntimeError("label propagation has no memory: add a support frame first")
         frames = torch.stack([self._to_work(im) for im in images]).to(self.device)
         q = self.encode(frames)  # B×D×h×w
-        if self.align and self._support:
+        if self.options.align and self._support:
             soft = self._aligned(frames, q)
         else:
             soft = self.propagate(q)  # B×(K+1)×h×w
@@ -142,7 +158,7 @@ class LabelPropagation(Propagator):
 
     def _aligned(self, frames: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Register every support onto every query (coarse global pass), then propagate locally."""
-        c = self.coarse
+        c = self.options.coarse
         q_coarse = self._pool(q, c)
         extra = self._border_keys(q_coarse)
         coarse = self.propagate(q_coarse, pool=c, extra=extra)  # B×(K+1)×h/c×w/c
@@ -153,20 +169,20 @@ class LabelPropagation(Propagator):
             s_feats = self._pool(self._for_registration(feats[None]), c)[0]
             q_feats = self._pool(self._for_registration(q), c)
             target = coarse
-            for it in range(max(1, self.iterations)):
+            for it in range(max(1, self.options.iterations)):
                 # Register onto the current prediction; each round refines the one before.
                 with torch.no_grad():
                     thetas = torch.stack([register(s_coarse, target[i].detach(), support_feats=s_feats.detach(),
-                                                   query_feats=q_feats[i].detach(), tau=self.tau,
-                                                   candidates=self.candidates, stage2_half=self.fast)
+                                                   query_feats=q_feats[i].detach(), tau=self.options.tau,
+                                                   candidates=self.options.candidates, stage2_half=self.options.fast)
                                           for i in range(q.shape[0])])
                 keys, values = self._warped_support(frame, soft, thetas, q.shape[-2:])
-                if self.parts and it == max(1, self.iterations) - 1:
+                if self.options.parts and it == max(1, self.options.iterations) - 1:
                     # Articulation: each part group's own transform, as extra keys next to the whole-specimen ones.
                     with torch.no_grad():
-                        for group in self.parts:
+                        for group in self.options.parts:
                             part_thetas = torch.stack([refine_part(thetas[i], s_coarse, s_feats.detach(),
-                                                                   q_feats[i].detach(), group, tau=self.tau)
+                                                                   q_feats[i].detach(), group, tau=self.options.tau)
                                                        for i in range(q.shape[0])])
                             (k_part,), (v_part,) = self._warped_support(frame, soft, part_thetas, q.shape[-2:])
                             region = v_part[:, list(group)].sum(1, keepdim=True)
@@ -174,7 +190,7 @@ class LabelPropagation(Propagator):
                             keys.append(k_part * region)
                             values.append(v_part)
                 local, best = self.propagate_local(q, keys, values, extra=extra, return_best=True,
-                                                   exact=self.exact if self.exact < 1 else None)
+                                                   exact=self.options.exact if self.options.exact < 1 else None)
                 target = F.avg_pool2d(local, c) if c > 1 else local
             out += local
             exact = best if exact is None else torch.maximum(exact, best)
@@ -182,15 +198,15 @@ class LabelPropagation(Propagator):
         refined = self.refine_own(q, out)
         # Where the query repeats the support exactly (a duplicate specimen, the support itself), keep the
         # support's labels as they are: the clean-up is for uncertain matches.
-        return torch.where((exact >= self.exact)[:, None], out, refined)
+        return torch.where((exact >= self.options.exact)[:, None], out, refined)
 
     def refine_own(self, q: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         """Edge-aware clean-up on the query itself: each location takes the labels of its most similar
         neighbours in a ``(2·refine_local+1)²`` window (``refine`` rounds), so boundaries follow the query's
         own edges and isolated mistakes vanish."""
-        if self.refine:
-            match = self.window_match(q, q, radius=self.refine_local)  # the query's own affinities, once
-            for _ in range(self.refine):
+        if self.options.refine:
+            match = self.window_match(q, q, radius=self.options.refine_local)  # the query's own affinities, once
+            for _ in range(self.options.refine):
                 soft = match.labels(soft)
         return soft
 
@@ -200,10 +216,10 @@ class LabelPropagation(Propagator):
         Specimen photographs show the specimen away from the frame's edge: whatever looks like the query's
         own edge is background, however different the support's background is.
         """
-        if not self.border:
+        if not self.options.border:
             return None
         b, d, h, w = q_coarse.shape
-        e = min(self.border, h // 4, w // 4)
+        e = min(self.options.border, h // 4, w // 4)
         ring = torch.ones(h, w, dtype=torch.bool, device=q_coarse.device)
         ring[e:h - e, e:w - e] = False
         return q_coarse.flatten(2)[:, :, ring.flatten()]
@@ -211,7 +227,7 @@ class LabelPropagation(Propagator):
     def _warped_support(self, frame, soft, thetas, size):
         """The support's frame features and soft labels warped onto each query: lists of one ``B×·×h×w`` each."""
         size = tuple(size)
-        warped_frames = warp(frame, thetas, self.work_size)
+        warped_frames = warp(frame, thetas, self.options.work_size)
         warped_soft = warp(soft, thetas, size)
         warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
         return [self.encode(warped_frames)], [warped_soft]
@@ -254,7 +270,7 @@ class LabelPropagation(Propagator):
         """
         keys = list(keys) if isinstance(keys, (list, tuple)) else [keys]
         b, d, h, w = query.shape
-        r = self.local if radius is None else radius
+        r = self.options.local if radius is None else radius
         side = 2 * r + 1
         hp, wp = h + 2 * r, w + 2 * r
         m = 0 if extra is None else extra.shape[-1]
@@ -267,16 +283,17 @@ class LabelPropagation(Propagator):
                     aff[:, n] = (query * kp[:, :, dy:dy + h, dx:dx + w]).sum(1)
                     n += 1
         if m:
-            aff[:, n:] = (extra.transpose(1, 2) @ query.flatten(2)).view(b, m, h, w) - self.border_margin * self.tau
+            margin = self.options.border_margin * self.options.tau
+            aff[:, n:] = (extra.transpose(1, 2) @ query.flatten(2)).view(b, m, h, w) - margin
         best = aff[:, :n].amax(1)
-        aff /= self.tau
-        if self.spatial_sigma:
+        aff /= self.options.tau
+        if self.options.spatial_sigma:
             # Registration prior: among equally similar keys, prefer those near the corresponding location
             # (parts that share a colour are then split where the registered support splits them).
             off = torch.arange(-r, r + 1, device=query.device, dtype=aff.dtype)
             d2 = (off[:, None] ** 2 + off[None, :] ** 2).flatten()
-            aff[:, :n] -= (d2 / (2 * self.spatial_sigma ** 2)).repeat(len(keys))[None, :, None, None]
-        kk = min(self.topk, aff.shape[1])
+            aff[:, :n] -= (d2 / (2 * self.options.spatial_sigma ** 2)).repeat(len(keys))[None, :, None, None]
+        kk = min(self.options.topk, aff.shape[1])
         top, idx = aff.topk(kk, dim=1)  # B×k×h×w
         # Flat index of each chosen key in the stacked, padded label maps: copy · hp·wp + (y+dy)·wp + (x+dx).
         is_extra = idx >= n if m else None
@@ -304,14 +321,14 @@ class LabelPropagation(Propagator):
         if extra is not None:
             table = torch.cat([table, _background(extra.shape[-1], values.shape[0], values)])
         out = []
-        for start in range(0, h * w, self.query_chunk):
-            sl = slice(start, start + self.query_chunk)
-            aff = q[:, sl] @ keys / self.tau  # B×n×M
+        for start in range(0, h * w, self.options.query_chunk):
+            sl = slice(start, start + self.options.query_chunk)
+            aff = q[:, sl] @ keys / self.options.tau  # B×n×M
             if window is not None:
                 aff = aff.masked_fill(~window[sl], float("-inf"))
             if extra is not None:
-                aff = torch.cat([aff, q[:, sl] @ extra / self.tau], dim=-1)
-            k = min(self.topk, aff.shape[-1])
+                aff = torch.cat([aff, q[:, sl] @ extra / self.options.tau], dim=-1)
+            k = min(self.options.topk, aff.shape[-1])
             top, idx = aff.topk(k, dim=-1)  # B×n×k
             weights = torch.softmax(top, dim=-1)  # = exp(aff/τ) normalised over the top k
             gathered = table[idx]  # B×n×k×(K+1)
@@ -321,12 +338,12 @@ class LabelPropagation(Propagator):
 
     def _window_mask(self, entries, grid, device) -> Optional[torch.Tensor]:
         """hw×M boolean: which memory locations each query location may use (supports: all)."""
-        if self.radius is None or not self._recent:
+        if self.options.radius is None or not self._recent:
             return None
         h, w = grid
         ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
         pos = torch.stack([ys.flatten(), xs.flatten()], 1).float()
-        near = (torch.cdist(pos, pos) <= self.radius)
+        near = (torch.cdist(pos, pos) <= self.options.radius)
         blocks = []
         for i, f in enumerate(entries):
             is_support = i < len(self._support)

@@ -48,9 +48,11 @@ def load_sam2(checkpoint: Union[str, Path, None] = None, download: bool = False,
     if Path(name).is_dir():
         return Sam2VideoModel.from_pretrained(name, local_files_only=True, dtype=dtype).eval()
     if Path(name).exists():
-        raise UserError(f"--checkpoint {name}: give the folder that holds config.json and model.safetensors")
+        raise UserError(f"SAM 2 checkpoint {name}: give the folder that holds config.json and model.safetensors",
+                        option="checkpoint")
     if not download:
-        raise UserError(f"SAM 2 checkpoint {name!r} is not a local folder; pass --download to fetch it from the hub")
+        raise UserError(f"SAM 2 checkpoint {name!r} is not a local folder; allow downloading to fetch it from the hub",
+                        option="download")
     return Sam2VideoModel.from_pretrained(name, dtype=dtype).eval()
 
 

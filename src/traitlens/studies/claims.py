@@ -44,11 +44,11 @@ def _collection(recipe) -> Path:
 
 def _train(run: Path, data: Path, preset: str, recipe: Training, seed: int, weights=None) -> Path:
     from traitlens.engine.config import TrainConfig
-    from traitlens.engine.train import fit
+    from traitlens.methods import train
 
     config = TrainConfig(data=str(data), out=str(run), backbone=preset, weights=None if weights is None else str(weights),
                          seed=seed, device="cpu", amp="off", **recipe.config())
-    fit(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
+    train(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
     return run
 
 
@@ -57,7 +57,8 @@ def _finer_cam_figures(run: Path, data: Path, traits, settings: str) -> dict:
     """Grad-CAM → Finer-CAM on every test image of ``data``: for each claim metric [Grad-CAM mean, Finer-CAM
     mean, share of images where Finer-CAM is higher], and the classifier's accuracy and scored images."""
     from traitlens.data.folders import ImageFolderDataset, collate
-    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.methods import load_model
     from traitlens.engine.train import eval_transform
     from traitlens.explain.evaluate import evaluate_explanations, recommended_settings
 

@@ -127,12 +127,11 @@ def _pretrain(kind: str, spec: Pretraining, data: Path, tmp: Path, device: str, 
     """Train (or resume training) the recipe into ``tmp``; score it on the test split; write the record."""
     from traitlens.engine.checkpoint import WEIGHTS
     from traitlens.engine.config import TrainConfig
-    from traitlens.engine.evaluate import evaluate_checkpoint
-    from traitlens.engine.train import fit
+    from traitlens.methods import evaluate_checkpoint, train
 
     config = TrainConfig(data=str(data), out=str(tmp), backbone=spec.preset, device=device, seed=spec.seed,
                          **spec.training.config())
-    result = fit(config, progress=progress, resume=None)  # resumes an interrupted pretraining
+    result = train(config, progress=progress, resume=None)  # resumes an interrupted pretraining
     test = evaluate_checkpoint(tmp, data, split="test", device=device, show_progress=False)
     if not (tmp / WEIGHTS).is_file():
         raise RuntimeError(f"pretraining wrote no {WEIGHTS} in {tmp}")

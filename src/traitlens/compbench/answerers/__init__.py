@@ -24,7 +24,7 @@ def make_answerer(spec: str, base_url: Optional[str] = None, concurrency: int = 
         from traitlens.compbench.answerers.hf_vlm import HFVisionAnswerer
 
         if not rest:
-            raise UserError("no model given; use --model hf:PATH (a local model folder)")
+            raise UserError("no model given: name one as hf:PATH (a local model folder)", option="model")
         return HFVisionAnswerer(rest, device=device, merged=merged)
     if kind == "scripted":
         name, _, arg = rest.partition(":")
@@ -34,5 +34,5 @@ def make_answerer(spec: str, base_url: Optional[str] = None, concurrency: int = 
             return RandomAnswerer(int(arg) if arg else seed)
         if name == "oracle":
             return Oracle()
-    raise UserError(f"unknown --model {spec!r}; use openai:NAME, hf:PATH, scripted:left, scripted:random "
+    raise UserError(f"unknown model {spec!r}; use openai:NAME, hf:PATH, scripted:left, scripted:random "
                     f"or scripted:oracle")

@@ -65,11 +65,12 @@ class OpenAIChatAnswerer:
                  concurrency: int = 4, timeout: float = 60.0, max_retries: int = 5, backoff: float = 1.0,
                  max_backoff: float = 30.0, max_tokens: int = 128, temperature: float = 0.0, merged: bool = False):
         if not model:
-            raise UserError("no model name given; use --model openai:NAME (e.g. openai:gpt-4o)")
+            raise UserError("no model name given: use openai:NAME (e.g. openai:gpt-4o)", option="model")
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if not self.base_url.startswith(("http://", "https://")):
-            raise UserError(f"--base-url {self.base_url!r} is not an http(s) URL; pass e.g. http://127.0.0.1:8000/v1")
+            raise UserError(f"base URL {self.base_url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)",
+                            option="base_url")
         self.api_key_env = api_key_env
         if self.base_url == DEFAULT_BASE_URL and not os.environ.get(api_key_env):
             raise UserError(f"the OpenAI API needs a key: set the environment variable {api_key_env}")

@@ -90,14 +90,14 @@ def collection(recipe: Collection, progress: bool = True) -> Path:
 def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, device: str, seed: int) -> Path:
     """Fine-tune the embedded backbone on the demo collection (cached by recipe)."""
     from traitlens.engine.config import TrainConfig
-    from traitlens.engine.train import fit
+    from traitlens.methods import train
 
     recipe = dict(training=DEMO_CLASSIFIER, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
     run_dir = memo_path(root / "runs", f"classifier-{kind}", recipe)
     config = TrainConfig(data=str(data), out=str(run_dir), backbone=f"tiny-{kind}",
                          weights=str(backbone), seed=seed, device=str(device), **DEMO_CLASSIFIER.config())
-    # fit() returns at once for a finished run and resumes an interrupted one.
-    fit(config)
+    # train() returns at once for a finished run and resumes an interrupted one.
+    train(config)
     return run_dir
 
 
@@ -142,7 +142,7 @@ def foundation_section(ctx: DemoContext) -> Section:
 
 def _evaluation(run: Path, data: Path, device) -> dict:
     """The test-split figures of a classifier run that the report shows (JSON-able)."""
-    from traitlens.engine.evaluate import evaluate_checkpoint
+    from traitlens.methods import evaluate_checkpoint
 
     result = evaluate_checkpoint(run, data, split="test", device=str(device))
     keep = {k: v for k, v in result.items() if k in ("top1", "top5", "n", "confusion", "per_class")}

@@ -42,7 +42,7 @@ def demo_section(ctx) -> Section:
     rows = []
     for label, model in BASELINES:
         res = run(records, make_answerer(model, seed=ctx.seed), Path(ctx.cache) / "runs" / label, resume=False,
-                  image_root=bench, failure_examples=8)
+                  image_root=bench)
         t = res.summary.tasks["specimen_attributes"]
         rows.append({"answerer": label, "pairs": t.n, "correct": t.correct, "accuracy": t.accuracy,
                      "unparseable": t.unparseable})

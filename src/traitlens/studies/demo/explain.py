@@ -27,7 +27,7 @@ def _table(ctx, kind: str) -> dict:
 
 def _evaluate(ctx, kind: str) -> dict:
     from traitlens.data.folders import collate
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
     from traitlens.explain.engine import resolve_layer
     from traitlens.explain.evaluate import evaluate_explanations
 
@@ -56,7 +56,7 @@ def _settings(model, data) -> dict:
 def _pairs(ctx, kind: str, per_genus: int = 1):
     """(image, Grad-CAM overlay, Finer-CAM overlay, diagnostic mask) for one image of the first sibling pair of
     each genus, Finer-CAM comparing with that sibling."""
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
     from traitlens.explain import explain
     from traitlens.explain.metrics import diagnostic_masks, diagnostic_table
     from traitlens.report.overlay import overlay

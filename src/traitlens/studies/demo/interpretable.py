@@ -58,15 +58,15 @@ def train_and_score(ctx, name: str, recipe: Optional[Training] = None) -> dict:
     run = memo_path(ctx.cache, name, study)
 
     def train_and_measure() -> dict:
-        from traitlens.engine.checkpoint import load_model
+        from traitlens.methods import load_model
         from traitlens.engine.config import load_config
-        from traitlens.engine.train import fit
+        from traitlens.methods import train
         from traitlens.models.trait_scores import score_dataset
 
         config = load_config(None, **recipe.config(), backbone="tiny-vit", weights=str(_backbone_run(ctx)),
                              data=str(ctx.data), out=str(run), device=ctx.device, amp="off", seed=ctx.seed)
         ctx.log(f"demo: training {name} on {ctx.data}")
-        fit(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
+        train(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
         model, meta = load_model(run, device=ctx.device)
         scores = score_dataset(model, _test_set(ctx, model, meta), ctx.traits, meta["class_names"],
                                seed=ctx.seed, device=ctx.device)
@@ -115,7 +115,7 @@ def compare_maps(ctx, runs: Dict[str, str], batch_size: int = 48) -> dict:
 
 def _compare(ctx, classifier_run: Path, runs: Dict[str, str], batch_size: int) -> dict:
     from traitlens.data.folders import collate
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
     from traitlens.explain import explain
     from traitlens.explain.metrics import (deletion_insertion, diagnostic_lift, diagnostic_table,
                                            diagnostic_trait_energy, pointing_game)
@@ -187,7 +187,7 @@ def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
     """(overlay, caption) tiles: each species' first test image through its true class's top heads."""
     from traitlens.report.overlay import overlay
     from traitlens.data.imageio import load_image
-    from traitlens.engine.checkpoint import load_model
+    from traitlens.methods import load_model
 
     model, meta = load_model(run, device=ctx.device)
     test = _test_set(ctx, model, meta)

@@ -31,7 +31,7 @@ def segment_specimens(settings: dict, cache: Path) -> dict:
 
     from traitlens.data.synthetic import SynthConfig, generate_arrays, make_taxonomy
     from traitlens.segment.features import ColourPositionFeatures
-    from traitlens.segment.labelprop import LabelPropagation
+    from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
     from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou
     from traitlens.segment.runner import overlay_labels
     from traitlens.segment.tracking import track
@@ -44,7 +44,8 @@ def segment_specimens(settings: dict, cache: Path) -> dict:
     te_i, te_l, te_s = generate_arrays(cfg, "test", table)
     k = 1 + int(max(tr_l.max(), te_l.max()))
     frame = lambda a: torch.from_numpy(np.array(a)).permute(2, 0, 1).float() / 255  # noqa: E731
-    prop = LabelPropagation(ColourPositionFeatures(), work_size=(size, size), align=True, local=settings["local"])
+    prop = LabelPropagation(ColourPositionFeatures(),
+                            LabelPropOptions(work_size=(size, size), align=True, local=settings["local"]))
     cm, cm_copy = torch.zeros(k, k, dtype=torch.long), torch.zeros(k, k, dtype=torch.long)
     gallery = []
     start = time.time()

@@ -1,0 +1,181 @@
+"""Training methods: the registry of what ``config.method`` names, and the calls that go through it.
+
+A method is a build function ``build(config, num_classes, load_weights=True) -> (model, param_groups)``:
+``model`` is an ``nn.Module`` whose forward maps images ``B×3×H×W`` to logits ``B×num_classes``, ``param_groups``
+the optimizer groups (``{"params": [...], "lr": ...}``; a group may set its own ``weight_decay``). A model with
+trainable parameters that some forward passes leave unused sets ``model.traitlens_ddp_find_unused = True`` so
+DistributedDataParallel looks for them. ``load_weights=False`` is used when a checkpoint is being loaded: the
+weights come from the checkpoint, so nothing is read from disk or the network. :func:`build_model` stamps
+``model.traitlens_method = name`` on what ``build`` returns.
+
+This module sits above :mod:`traitlens.engine` and :mod:`traitlens.models`: it imports the builders directly,
+and hands the engine a built model (:func:`train` = :func:`build_model` + :func:`traitlens.engine.train.fit`).
+Rebuilding a model from a run folder needs every method, so :func:`load_model` and :func:`evaluate_checkpoint`
+live here too; the engine only reads and writes the checkpoint format, and is given the builder.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from torch import nn
+
+from traitlens.engine import checkpoint
+from traitlens.engine import train as engine_train
+from traitlens.engine import distributed
+from traitlens.engine.evaluate import evaluate_on_split
+from traitlens.errors import UserError
+from traitlens.models import intr, prompt_cam
+
+BuildFn = Callable[..., Tuple[nn.Module, List[dict]]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The two plain classifiers: a timm backbone with a fresh head.
+
+
+def create_backbone(config, num_classes: int, load_weights: bool = True) -> nn.Module:
+    """The timm classifier of ``config.backbone`` with a fresh ``num_classes`` head."""
+    from traitlens import backbones
+
+    return backbones.create(
+        config.backbone,
+        num_classes=num_classes,
+        weights=config.weights if load_weights else None,
+        pretrained=bool(config.pretrained and load_weights),
+        **dict(config.backbone_options or {}),
+    )
+
+
+def head_parameters(model: nn.Module) -> List[nn.Parameter]:
+    """Parameters of the model's classifier head (timm's ``get_classifier``)."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, nn.Module) or not list(head.parameters()):
+        raise UserError(f"backbone {type(model).__name__} has no classifier head to train; "
+                        "create it with num_classes > 0")
+    return list(head.parameters())
+
+
+def decay_groups(params: Iterable[Tuple[str, nn.Parameter]], lr: float, weight_decay: float,
+                 name: str) -> List[dict]:
+    """Split into a decayed group and a no-decay group (biases, norms, tokens: 1-D or token params)."""
+    decay, no_decay = [], []
+    for pname, p in params:
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or pname.endswith(("cls_token", "pos_embed", "reg_token", "dist_token"))
+        (no_decay if skip else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": f"{name}"})
+    if no_decay:
+        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"})
+    return groups
+
+
+def build_linear_probe(config, num_classes: int, load_weights: bool = True):
+    """Frozen backbone, trained linear head (the engine keeps frozen modules in eval mode)."""
+    model = create_backbone(config, num_classes, load_weights)
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in head)
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in head]
+    return model, decay_groups(named, config.lr, config.weight_decay, "head")
+
+
+def finetune_groups(model: nn.Module, lr: float, backbone_lr_scale: float, weight_decay: float) -> List[dict]:
+    """Optimizer groups that train all of a timm classifier: the body at ``lr × backbone_lr_scale``, the head at
+    ``lr``; biases, norms and tokens without weight decay. Every parameter is made trainable."""
+    head = {id(p) for p in head_parameters(model)}
+    for p in model.parameters():
+        p.requires_grad_(True)
+    body = [(n, p) for n, p in model.named_parameters() if id(p) not in head]
+    top = [(n, p) for n, p in model.named_parameters() if id(p) in head]
+    return (decay_groups(body, lr * backbone_lr_scale, weight_decay, "backbone")
+            + decay_groups(top, lr, weight_decay, "head"))
+
+
+def build_finetune(config, num_classes: int, load_weights: bool = True):
+    """Everything trained; the backbone at ``lr × backbone_lr_scale``, the new head at ``lr``."""
+    model = create_backbone(config, num_classes, load_weights)
+    return model, finetune_groups(model, config.lr, config.backbone_lr_scale, config.weight_decay)
+
+
+METHODS: Dict[str, BuildFn] = {
+    "linear-probe": build_linear_probe,
+    "finetune": build_finetune,
+    "prompt-cam": prompt_cam.build_for_training,
+    "intr": intr.build_for_training,
+}
+
+
+def register_method(name: str, build: BuildFn) -> None:
+    """Make ``name`` a training method built by ``build`` (see the module docstring for its signature)."""
+    if not callable(build):
+        raise TypeError("build must be a callable: build(config, num_classes, load_weights=True)")
+    METHODS[name] = build
+
+
+def method_names() -> List[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str) -> BuildFn:
+    """The build function registered as ``name``."""
+    if name not in METHODS:
+        raise UserError(f"unknown training method {name!r}; choose from {', '.join(method_names())}")
+    return METHODS[name]
+
+
+def build_model(config, num_classes: int, load_weights: bool = True) -> Tuple[nn.Module, List[dict]]:
+    """Build ``config.method``'s model and optimizer groups; stamps ``model.traitlens_method``."""
+    build = get_method(config.method)
+    model, groups = build(config, num_classes, load_weights=load_weights)
+    model.traitlens_method = config.method
+    groups = [dict(g, params=list(g["params"])) for g in groups]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise UserError(f"method {config.method!r} left no parameter to train")
+    return model, groups
+
+
+def train(config, progress: bool = True, resume: Optional[bool] = None) -> Dict[str, Any]:
+    """Build ``config.method``'s model for the classes of ``config.data``'s training split and :func:`fit` it.
+
+    The global RNGs are seeded with ``config.seed`` before the build, so the initial weights (a fresh head) are
+    the same on every run and every process. Returns :func:`traitlens.engine.train.fit`'s result.
+    """
+    data, _ = engine_train.check_paths(config)
+    class_names = engine_train.split_classes(data, config.train_split)
+    engine_train.seed_everything(config.seed)
+    model, groups = build_model(config, len(class_names))
+    return engine_train.fit(config, model, groups, progress=progress, resume=resume)
+
+
+def load_model(path, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild the model of checkpoint ``path`` (run folder, .safetensors or .json) and load its weights strictly.
+
+    Returns (model in eval mode on ``device``, the sidecar's meta).
+    """
+    return checkpoint.load_model(path, device=device, build=build_model)
+
+
+def evaluate_checkpoint(path, data, split: str = "test", device: str = "auto", batch_size: int = 64,
+                        num_workers: int = 0, return_logits: bool = False,
+                        show_progress: bool = True) -> Dict[str, Any]:
+    """Load checkpoint ``path`` and score it on ``data/<split>``: top-1/top-5, per-class accuracy, confusion.
+
+    Classes are matched by name (see :func:`traitlens.engine.evaluate.evaluate_on_split`); the result also
+    names ``checkpoint``, ``data`` and ``split``.
+    """
+    dev = distributed.resolve_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    model, meta = load_model(path, device=dev)
+    out = evaluate_on_split(model, meta, data, split, dev, batch_size=batch_size, num_workers=num_workers,
+                            return_logits=return_logits, show_progress=show_progress)
+    out.update(checkpoint=str(path), data=str(data), split=split)
+    return out
+
+
+# The engine's format-level loader rebuilds models with this registry when a caller gives it no builder.
+checkpoint.use_builder(build_model)
