@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -70,3 +71,13 @@ def line_plot(xs: Sequence[float], curves: Mapping[str, Sequence[float]], xlabel
     if len(curves) > 1:
         ax.legend(fontsize=8)
     return fig
+
+
+def metrics_bar_plot(result):
+    """One grouped bar Figure of an explanation evaluation (``traitlens.explain.EvaluationResult``):
+    metric → method → mean, with 95% CI error bars."""
+    summary = result.summary()
+    values = {m: {meth: summary[meth][m]["mean"] for meth in result.methods} for m in result.metrics}
+    errors = {m: {meth: (0.0 if math.isnan(summary[meth][m]["ci95"]) else summary[meth][m]["ci95"])
+                  for meth in result.methods} for m in result.metrics}
+    return bar_plot(values, title="Explanation metrics (mean, 95% CI)", ylabel="score", errors=errors)

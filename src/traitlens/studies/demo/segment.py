@@ -33,7 +33,7 @@ def _run(ctx, cache: Path, settings: dict) -> dict:
     from traitlens.segment.features import ColourPositionFeatures
     from traitlens.segment.labelprop import LabelPropagation
     from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou
-    from traitlens.segment.runner import overlay_labels
+    from traitlens.report.overlay import overlay_labels
     from traitlens.segment.tracking import track
 
     cfg = SynthConfig(species=settings["species"], per_species=PER_SPECIES, size=SIZE, seed=settings["seed"],
