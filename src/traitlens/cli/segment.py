@@ -103,7 +103,7 @@ def _support_info(args):
 
 def _release(args):
     """--dataset: the release's supports, queries and ground truth (segment.datasets.release_queries)."""
-    from traitlens.segment.datasets import release_queries
+    from traitlens.segment.datasets import NoSupportRecord, release_queries
 
     if args.dataset_root is None:
         raise UserError(f"--dataset {args.dataset} needs --dataset-root DIR (the release's local copy)")
@@ -113,10 +113,8 @@ def _release(args):
     try:
         return release_queries(args.dataset, args.dataset_root, split=args.split, group=args.group,
                                support_id=args.support_id, supports=given[0], support_info=given[1])
-    except UserError as exc:
-        if args.support_id and "no masked record" in str(exc):
-            raise UserError(f"--support-id {args.support_id}: {exc}") from None
-        raise
+    except NoSupportRecord as exc:
+        raise UserError(f"{exc}; give --support-id ID or --support IMG --support-mask MASK") from None
 
 
 def _propagator(args, device, differentiable=False):
@@ -172,18 +170,16 @@ def _segment(args) -> int:
 
 def _finetune(args) -> int:
     import torch
-    from safetensors.torch import save_file
 
+    from traitlens.data.imageio import SkippedFiles
     from traitlens.engine.distributed import resolve_device
     from traitlens.progress import bar, log
-    from traitlens.segment.finetune import add_lora, cycle_finetune, projection_state
+    from traitlens.segment.finetune import cycle_finetune, save_finetuned, trainable_parameters
+    from traitlens.segment.support import load_frames
 
     supports = _supports(args)
     if len(supports) != 1:
         raise UserError("segment finetune takes one --support/--support-mask pair")
-    from traitlens.data.imageio import SkippedFiles
-    from traitlens.segment.support import load_frames
-
     skipped = SkippedFiles()
     frames = load_frames([(it.id, it.path) for it in _items(args, skipped)], skipped)
     if not frames:
@@ -191,31 +187,15 @@ def _finetune(args) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     prop = _propagator(args, device, differentiable=True)
-    if args.backend == "sam2":
-        from traitlens.segment.sam2 import freeze_image_encoder
-
-        if args.lora:
-            params = add_lora(prop.model, rank=args.lora)
-        else:
-            freeze_image_encoder(prop.model)
-            params = prop.trainable_parameters()
-    else:
-        params = list(prop.projection.parameters())
+    params = trainable_parameters(prop, args.backend, lora=args.lora)
     progress = bar(args.steps, desc="cycle fine-tuning", unit="step")
     losses = cycle_finetune(prop, params, supports[0], [f for _, f in frames], steps=args.steps, lr=args.lr,
                             seed=args.seed, on_step=lambda i, loss: (progress.update(1), progress.set_postfix(loss=f"{loss:.3f}")))
     progress.close()
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.backend == "sam2":
-        if args.lora:
-            state = {n: p.detach().cpu().contiguous() for n, p in prop.model.named_parameters() if "lora_" in n}
-            save_file(state, str(args.out / "lora.safetensors"))
-        else:
-            prop.model.save_pretrained(args.out / "sam2")
-    else:
-        save_file(projection_state(prop.projection), str(args.out / "projection.safetensors"))
+    saved = save_finetuned(prop, args.backend, args.out, lora=args.lora)
     result = {"backend": args.backend, "steps": args.steps, "lr": args.lr, "first_loss": losses[0],
-              "last_loss": losses[-1], "losses": losses, "images": len(frames), "skipped": skipped.count}
+              "last_loss": losses[-1], "losses": losses, "images": len(frames), "skipped": skipped.count,
+              "saved": saved}
     (args.out / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
     if skipped:
         skipped.write(args.out / "skipped.jsonl")

@@ -265,6 +265,10 @@ class TraitMaskDataset(torch.utils.data.Dataset):
         return sample
 
 
+class NoSupportRecord(UserError):
+    """A release holds no usable support record (none masked, none of the id asked for, or unreadable)."""
+
+
 @dataclass
 class ReleaseQueries:
     """What segmenting a release needs: supports (frame 3×H×W, labels H×W) and how summaries name them,
@@ -293,13 +297,12 @@ def release_queries(kind: str, root: PathLike, split: str = "test", group: Optio
         masked = [r for r in pool if r.mask is not None and (support_id is None or r.id == support_id)]
         if not masked:
             which = f"record {support_id!r}" if support_id else "record"
-            raise UserError(f"{root}: no masked {which} to use as the support; name another record or give "
-                            "a support image and mask")
+            raise NoSupportRecord(f"{root}: no masked {which} to use as the support")
         chosen = masked[0]
         try:
             sample = TraitMaskDataset([chosen])[0]
         except BadImageError as exc:
-            raise UserError(f"support {chosen.id}: {exc.path}: {exc.reason}; pick another record") from None
+            raise NoSupportRecord(f"support {chosen.id}: {exc.path}: {exc.reason}") from None
         check_labels(sample["mask"], str(chosen.mask))
         supports = [(sample["image"], sample["mask"])]
         support_info = [{"image": str(chosen.image), "mask": str(chosen.mask), "id": chosen.id}]
