@@ -63,10 +63,11 @@ class _Decoded(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         item = self.items[i]
         try:
-            image = load_image(item.path, max_pixels=self.max_pixels)
+            return item, self.job.prepare(load_image(item.path, max_pixels=self.max_pixels), item), None
         except BadImageError as exc:
             return item, None, exc.reason
-        return item, self.job.prepare(image, item), None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:  # what else a strange file can raise
+            return item, None, f"cannot be read ({type(exc).__name__}: {exc})"
 
 
 def batched(samples: Iterator[Tuple[Item, Any]], size: int) -> Iterator[List[Tuple[Item, Any]]]:
