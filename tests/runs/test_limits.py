@@ -32,6 +32,12 @@ def test_a_huge_image_is_skipped_from_its_header(tmp_path, checkpoint, make_imag
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert [s["path"].endswith("bomb.png") and "too large" in s["reason"] for s in skipped] == [True]
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
+    Image.fromarray(np.ones((32, 32), np.uint8), mode="L").save(tmp_path / "m.png")
+    seg = tmp_path / "seg"
+    assert main(["segment", "--support", str(root / "img000.png"), "--support-mask", str(tmp_path / "m.png"),
+                 "--images", str(root), "--out", str(seg), "--work-size", "32", "--device", "cpu"]) == 0
+    assert (16384, 16000) not in decoded
+    assert [json.loads(line)["path"].endswith("bomb.png") for line in (seg / "skipped.jsonl").open()] == [True]
     # the limit is a parameter: a larger one lets a big (but sane) file through
     assert load_image(make_images(tmp_path / "big", 1, size=300)[0], max_pixels=300 * 300).size == (300, 300)
 
