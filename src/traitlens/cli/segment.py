@@ -119,13 +119,19 @@ def _release(args):
 
 def _propagator(args, device, differentiable=False):
     from traitlens.segment.backends import build_propagator
+    from traitlens.segment.propagator import BackendOptionError
 
     if args.work_size < 16:
         raise UserError(f"--work-size {args.work_size}: use at least 16")
-    return build_propagator(args.backend, device=device, work_size=args.work_size, features=args.features,
-                            backbone=args.backbone, local=args.local, projection=args.projection,
-                            checkpoint=args.checkpoint, download=args.download, offload_video=args.offload_video,
-                            offload_state=args.offload_state, differentiable=differentiable)
+    try:
+        return build_propagator(args.backend, device=device, work_size=args.work_size, features=args.features,
+                                backbone=args.backbone, local=args.local, projection=args.projection,
+                                checkpoint=args.checkpoint, download=args.download,
+                                offload_video=args.offload_video, offload_state=args.offload_state,
+                                differentiable=differentiable)
+    except BackendOptionError as exc:  # the library names its arguments; the user knows the flags
+        flag = f"--{exc.option}" + (f" {exc.value}" if exc.value is not None else "")
+        raise UserError(f"{flag}: {exc.problem}") from None
 
 
 # ----------------------------------------------------------------------------------------- commands
