@@ -54,6 +54,7 @@ def test_explain_keeps_every_record_and_map_through_sigkill(seed, tmp_path, chec
     assert proc.returncode == 0, err[-2000:]
     rows = _records(out)
     assert sorted(r["id"] for r in rows) == sorted(f"{c}/img{i:03d}.png" for c in "ab" for i in range(20))
+    assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]  # what killed writers left is gone
     maps = np.load(out / "maps.npz")
     assert set(maps.files) == {r["id"] for r in rows}
     for r in rows:

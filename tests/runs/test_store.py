@@ -12,7 +12,8 @@ import pytest
 
 from traitlens.cli import main
 from traitlens.errors import UserError
-from traitlens.runs.store import RESULTS, ResultsFile, ShardLock, done_ids, run_records, write_durably
+from traitlens.runs.store import (RESULTS, ResultsFile, ShardLock, done_ids, remove_stale_temporaries, run_records,
+                                  write_durably)
 
 
 def test_a_torn_tail_is_cut_before_the_next_record(tmp_path):
@@ -40,6 +41,8 @@ def test_write_durably_leaves_no_partial_file(tmp_path):
     write_durably(target, b"1" * 100_000)
     assert target.read_bytes() == b"1" * 100_000
     assert [p.name for p in target.parent.iterdir()] == ["x.bin"]  # no temporary left behind
+    (target.parent / ".y.png.tmp-123").write_bytes(b"half")  # as a killed writer leaves it
+    assert remove_stale_temporaries(tmp_path) == 1 and [p.name for p in target.parent.iterdir()] == ["x.bin"]
 
 
 def test_one_process_per_shard(tmp_path):

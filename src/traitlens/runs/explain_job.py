@@ -9,6 +9,7 @@ are the runner's (:mod:`traitlens.runs.runner`).
 
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -22,7 +23,7 @@ from traitlens.explain.engine import explain
 from traitlens.report.overlay import overlay
 from traitlens.runs.inputs import Item, flat_name
 from traitlens.runs.runner import MAX_PIXELS, Job, Output, batched, run
-from traitlens.runs.store import npy_bytes, png_bytes
+from traitlens.runs.store import TMP_MARK, npy_bytes, png_bytes
 
 MAPS = "maps.npz"
 OVERLAYS = "overlays"
@@ -60,7 +61,7 @@ def merge_maps(out: Path, records: Sequence[dict]) -> Optional[Path]:
     if not rows:
         return None
     target = Path(out) / MAPS
-    tmp = Path(out) / ".maps.npz.tmp"
+    tmp = Path(out) / f".{MAPS}{TMP_MARK}{os.getpid()}"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
         for r in rows:
             with zf.open(r["id"] + ".npy", "w", force_zip64=True) as fh:

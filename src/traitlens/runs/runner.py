@@ -21,7 +21,8 @@ import torch
 from traitlens.data.imageio import SkippedFiles, load_image
 from traitlens.errors import BadImageError, UserError
 from traitlens.runs.inputs import Item
-from traitlens.runs.store import RESULTS, ResultsFile, ShardLock, done_ids, run_records, write_durably
+from traitlens.runs.store import (RESULTS, ResultsFile, ShardLock, done_ids, remove_stale_temporaries, run_records,
+                                  write_durably)
 
 #: Largest image a bulk run decodes (pixels, from the file's header): 64 M pixels is 192 MB as RGB,
 #: larger than any specimen photograph, far below what would exhaust a worker's memory.
@@ -104,6 +105,8 @@ def run(job: Job, items: Sequence[Item], out: Path, workers: int = 0, max_pixels
     start = time.time()
     try:
         _check_settings(out, job)
+        if world == 1:  # the lock says no other process writes here: any temporary is a killed writer's
+            remove_stale_temporaries(out)
         done = done_ids(out)
         # Shard the full list first, then leave out what is done: every rank gets the same share whenever it
         # reads results.jsonl, so ranks that start at different moments never miss or repeat an item.

@@ -27,10 +27,13 @@ RESULTS = "results.jsonl"
 LOCKS = ".lock"
 
 
+TMP_MARK = ".tmp-"
+
+
 def write_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that after a crash the file is either absent or complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
@@ -134,6 +137,18 @@ class ShardLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Delete the temporary files killed writers left in ``out`` (call only while no other process writes
+    there); returns how many."""
+    n = 0
+    for folder, _, names in os.walk(out):
+        for name in names:
+            if name.startswith(".") and TMP_MARK in name:
+                os.unlink(os.path.join(folder, name))
+                n += 1
+    return n
 
 
 def _held(path: Path) -> bool:
