@@ -117,11 +117,10 @@ class ShardLock:
         try:
             fcntl.flock(guard, fcntl.LOCK_EX)  # one process at a time looks at the other shards
             for other in sorted(folder.glob("shard-*-of-*")):
-                if other.name.endswith(f"-of-{world}"):
-                    continue
-                if _held(other):
-                    raise UserError(f"{out}: another run with {other.name.rsplit('-', 1)[1]} process(es) is "
-                                    "writing to this folder; wait for it or choose another output folder")
+                their_world = other.name.rsplit("-", 1)[1]
+                if their_world != str(world) and _held(other):
+                    raise UserError(f"{out}: another run with {their_world} process(es) is writing to this "
+                                    "folder; wait for it or choose another output folder")
             fd = os.open(folder / f"shard-{rank}-of-{world}", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
