@@ -19,7 +19,7 @@ from traitlens.data.synthetic import PARTS, SynthConfig, generate_arrays, make_t
 from traitlens.segment.features import ColourPositionFeatures
 from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou
-from traitlens.segment.runner import to_frame
+from traitlens.segment.support import to_frame
 from traitlens.segment.tracking import track
 
 

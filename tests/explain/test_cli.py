@@ -78,11 +78,13 @@ def test_runner_shards_share_one_folder(collection, checkpoint, tmp_path, monkey
     from traitlens.engine.checkpoint import config_from_meta
     from traitlens.methods import load_model
     from traitlens.engine.train import eval_transform
-    from traitlens.explain.runner import explain_images
+    from traitlens.runs import discover
+    from traitlens.runs.explain_job import explain_images
 
     model, meta = load_model(checkpoint)
     transform = eval_transform(model, config_from_meta(meta))
-    items = [(p, collection / "test") for p in sorted((collection / "test").rglob("*.png"))]
+    items = discover([collection / "test"])
+    assert len(items) == len(list((collection / "test").rglob("*.png")))
     out = tmp_path / "shared"
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     monkeypatch.setattr(distributed, "barrier", lambda: None)

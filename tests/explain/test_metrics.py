@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from traitlens.errors import UserError
-from traitlens.explain.evaluate import EvaluationResult, bar_plots, evaluate_explanations, mean_ci, parse_methods
+from traitlens.explain.evaluate import EvaluationResult, evaluate_explanations, mean_ci, parse_methods
+from traitlens.report.plots import metrics_bar_plot
 from traitlens.explain.metrics import (boxes_to_masks, confidence_drop, deletion_insertion, diagnostic_lift,
                                        diagnostic_masks, diagnostic_trait_energy, diagnostic_vs_shared,
                                        energy_in_mask, gaussian_blur, pointing_game, top_fraction_mask)
@@ -149,7 +150,7 @@ def test_evaluate_table_on_a_small_batch(gap_linear):
     assert len(res.per_image["finer-gradcam"]["drop"]) == 8 and len(res.paths) == 8
     rows = res.table()
     assert [r["method"] for r in rows] == ["gradcam", "finer-gradcam"] and "drop_ci95" in rows[0]
-    assert bar_plots(res) is not None
+    assert metrics_bar_plot(res) is not None
 
 
 def test_evaluate_filters_correct_images_and_scales(gap_linear):

@@ -131,7 +131,7 @@ def test_finetune_then_segment_with_projection_and_retrieve(collection, tmp_path
     assert main(["retrieve", *_args(collection, "--out", str(rt), "--trait", "99")]) == 2
 
 
-def test_segment_with_sam2_from_a_local_checkpoint(collection, tmp_path, monkeypatch):
+def test_segment_with_sam2_from_a_local_checkpoint(collection, tmp_path, monkeypatch, capsys):
     transformers = pytest.importorskip("transformers")
     import socket
 
@@ -149,5 +149,8 @@ def test_segment_with_sam2_from_a_local_checkpoint(collection, tmp_path, monkeyp
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     assert Image.open(out / "labels" / "sp1" / "5.png").size == (48, 48)
+    capsys.readouterr()
     assert main(["segment", *_args(collection, "--out", str(out), "--backend", "sam2",
                                    "--checkpoint", "facebook/sam2.1-hiera-tiny")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "error: --download: SAM 2 checkpoint" in err and "\n" not in err  # the library's error, in flag names

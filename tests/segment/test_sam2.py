@@ -61,7 +61,7 @@ def test_local_checkpoint_roundtrip_and_hub_only_on_request(model, tmp_path, off
         p.reset(4)
         p.add_support(img, lab)
     assert torch.allclose(a.predict(img), b.predict(img), atol=1e-5)
-    with pytest.raises(UserError, match="allow downloading"):
+    with pytest.raises(UserError, match="only when downloading is allowed"):
         load_sam2("facebook/sam2.1-hiera-tiny")
 
 

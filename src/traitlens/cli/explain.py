@@ -100,11 +100,11 @@ def _load(checkpoint: Path, device):
 def _explain(args) -> int:
     import torch
 
-    from traitlens.data.folders import find_images
     from traitlens.data.imageio import SkippedFiles
     from traitlens.engine import distributed
     from traitlens.explain.evaluate import parse_methods
-    from traitlens.explain.runner import explain_images
+    from traitlens.runs import discover
+    from traitlens.runs.explain_job import explain_images
 
     spec = parse_methods(args.method)
     if len(spec) != 1:
@@ -118,14 +118,8 @@ def _explain(args) -> int:
     if args.traits is not None:
         from traitlens.data.traits import load_traits
         traits = load_traits(args.traits)
-    items = []
-    for p in args.images:
-        if p.is_dir():
-            items += [(f, p) for f in find_images(p)]
-        elif p.is_file():
-            items.append((p, None))
-        else:
-            raise UserError(f"no such image or folder: {p}")
+    skipped = SkippedFiles()
+    items = discover(args.images, skipped)
     if args.limit is not None:
         items = items[:args.limit]
     references = args.references if args.compare == "auto" else [c.strip() for c in args.compare.split(",")]
@@ -133,7 +127,7 @@ def _explain(args) -> int:
                              finer=spec[0].finer, alphas=alphas, references=references, k=args.k,
                              target=args.target, traits=traits, target_layer=args.layer,
                              batch_size=args.batch_size, workers=args.workers, save_maps=args.save_maps,
-                             gallery=args.gallery, skipped=SkippedFiles())
+                             gallery=args.gallery, skipped=skipped)
     distributed.cleanup()
     if not ctx.main:
         return 0
@@ -149,7 +143,8 @@ def _evaluate(args) -> int:
     from traitlens.data.folders import ImageFolderDataset, collate
     from traitlens.engine import distributed
     from traitlens.explain.engine import resolve_layer
-    from traitlens.explain.evaluate import bar_plots, evaluate_explanations, recommended_settings
+    from traitlens.explain.evaluate import evaluate_explanations, recommended_settings
+    from traitlens.report.plots import metrics_bar_plot
     from traitlens.progress import progress
 
     device = distributed.resolve_device(args.device)
@@ -191,7 +186,7 @@ def _evaluate(args) -> int:
         cells = [f"{row[m]:.3f} ± {row[m + '_ci95']:.3f}" for m in result.metrics]
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    bar_plots(result).savefig(out / "metrics.png", dpi=110)
+    metrics_bar_plot(result).savefig(out / "metrics.png", dpi=110)
     print("\n".join(lines))
     write_json(args.json, payload)
     return 0

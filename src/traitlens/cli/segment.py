@@ -79,7 +79,7 @@ def register(sub) -> None:
 
 # ------------------------------------------------------------------------------------------ helpers
 def _supports(args):
-    from traitlens.segment.runner import load_support
+    from traitlens.segment.support import load_support
 
     if not args.support:
         raise UserError("--support IMG --support-mask MASK is required (at least one labelled image)")
@@ -88,23 +88,12 @@ def _supports(args):
     return [load_support(i, m) for i, m in zip(args.support, args.support_mask)]
 
 
-def _items(args):
-    """``(relative path, file)`` pairs: folders mirrored below themselves, single files by name."""
-    from traitlens.data.folders import find_images
+def _items(args, skipped=None):
+    from traitlens.runs import discover
 
     if not args.images:
         raise UserError("--images DIR|FILES is required")
-    items = []
-    for p in args.images:
-        if p.is_dir():
-            items += [(f.relative_to(p).as_posix(), f) for f in find_images(p)]
-        elif p.is_file():
-            items.append((p.name, p))
-        else:
-            raise UserError(f"--images {p}: no such image or folder")
-    if not items:
-        raise UserError(f"--images {' '.join(map(str, args.images))}: no images found")
-    return items
+    return discover(args.images, skipped)
 
 
 def _support_info(args):
@@ -112,152 +101,107 @@ def _support_info(args):
     return [{"image": str(i), "mask": str(m)} for i, m in zip(args.support, args.support_mask)]
 
 
-def _dataset_inputs(args):
-    """--dataset: (supports, their description, query items, ground truth by item) from a release's records."""
-    from traitlens.errors import BadImageError
-    from traitlens.segment.datasets import TraitMaskDataset, dataset_records
+def _release(args):
+    """--dataset: the release's supports, queries and ground truth (segment.datasets.release_queries)."""
+    from traitlens.segment.datasets import NoSupportRecord, release_queries
 
     if args.dataset_root is None:
         raise UserError(f"--dataset {args.dataset} needs --dataset-root DIR (the release's local copy)")
     if args.images or args.gt:
         raise UserError("--dataset takes its images and ground truth from --dataset-root: drop --images / --gt")
-    missing: list = []
-    records = dataset_records(args.dataset, args.dataset_root, split=args.split, group=args.group, skipped=missing)
-    if args.support:
-        supports, info = _supports(args), _support_info(args)
-    else:
-        pool = records if args.dataset != "heliconius" else dataset_records(
-            args.dataset, args.dataset_root, split="train", group=args.group, skipped=[])
-        masked = [r for r in pool if r.mask is not None and (args.support_id is None or r.id == args.support_id)]
-        if not masked:
-            which = f"record {args.support_id!r}" if args.support_id else "record"
-            raise UserError(f"--dataset-root {args.dataset_root}: no masked {which} to use as the support; "
-                            "give --support-id ID or --support IMG --support-mask MASK")
-        chosen = masked[0]
-        try:
-            sample = TraitMaskDataset([chosen])[0]
-        except BadImageError as exc:
-            raise UserError(f"support {chosen.id}: {exc.path}: {exc.reason}; pick another with --support-id") from None
-        supports = [(sample["image"], sample["mask"])]
-        info = [{"image": str(chosen.image), "mask": str(chosen.mask), "id": chosen.id}]
-        records = [r for r in records if r.image != chosen.image]  # the support is not its own query
-    items = [(f"{r.id}{r.image.suffix}", r.image) for r in records]
-    gt = {rel: r.mask for (rel, _), r in zip(items, records) if r.mask is not None}
-    if not items:
-        raise UserError(f"--dataset-root {args.dataset_root}: no images to segment in {args.dataset} ({args.split})")
-    return supports, info, items, gt, missing
+    given = (_supports(args), _support_info(args)) if args.support else (None, None)
+    try:
+        return release_queries(args.dataset, args.dataset_root, split=args.split, group=args.group,
+                               support_id=args.support_id, supports=given[0], support_info=given[1])
+    except NoSupportRecord as exc:
+        raise UserError(f"{exc}; give --support-id ID or --support IMG --support-mask MASK") from None
 
 
 def _propagator(args, device, differentiable=False):
     from traitlens.segment.backends import build_propagator
+    from traitlens.segment.propagator import BackendOptionError
 
     if args.work_size < 16:
         raise UserError(f"--work-size {args.work_size}: use at least 16")
-    return build_propagator(args.backend, device=device, work_size=args.work_size, features=args.features,
-                            backbone=args.backbone, local=args.local, projection=args.projection,
-                            checkpoint=args.checkpoint, download=args.download, offload_video=args.offload_video,
-                            offload_state=args.offload_state, differentiable=differentiable)
+    try:
+        return build_propagator(args.backend, device=device, work_size=args.work_size, features=args.features,
+                                backbone=args.backbone, local=args.local, projection=args.projection,
+                                checkpoint=args.checkpoint, download=args.download,
+                                offload_video=args.offload_video, offload_state=args.offload_state,
+                                differentiable=differentiable)
+    except BackendOptionError as exc:  # the library names its arguments; the user knows the flags
+        flag = f"--{exc.option}" + (f" {exc.value}" if exc.value is not None else "")
+        raise UserError(f"{flag}: {exc.problem}") from None
 
 
 # ----------------------------------------------------------------------------------------- commands
 def _segment(args) -> int:
     import torch
 
+    from traitlens.data.imageio import SkippedFiles
     from traitlens.engine import distributed
-    from traitlens.segment.runner import segment_collection, summarise
+    from traitlens.runs.segment_job import segment_collection
 
     if args.out is None:
         raise UserError("--out DIR is required")
+    skipped = SkippedFiles()
     if args.dataset:
-        supports, info, items, gt, missing = _dataset_inputs(args)
+        release = _release(args)
+        supports, info, items, gt, missing = (release.supports, release.support_info, release.queries,
+                                              release.gt, release.missing)
     else:
-        supports, items, gt, missing = _supports(args), _items(args), args.gt, []
+        supports, items, gt, missing = _supports(args), _items(args, skipped), args.gt, []
         info = _support_info(args)
         if gt is not None and not gt.is_dir():
             raise UserError(f"--gt {gt}: not a folder")
-    ctx = distributed.setup(args.device)
-    torch.manual_seed(args.seed)
-    prop = _propagator(args, ctx.device)
-    mine = distributed.shard(items, ctx.rank, ctx.world)
-    counts = segment_collection(prop, supports, mine, args.out, order=args.order, batch_size=args.batch_size,
-                                reinsert_every=args.reinsert_every, gt=gt, rank=ctx.rank, world=ctx.world,
-                                overlays=not args.no_overlays)
-    distributed.barrier()
-    if not ctx.main:
-        distributed.cleanup()
-        return 0
     extra = {"not_on_disk": {"count": len(missing), "ids": missing[:100]}} if missing else None
-    summary = summarise(args.out, info, gallery=args.gallery,
-                        seconds=counts["seconds"] if counts["done"] else None, extra=extra)
-    summary.update({k: counts[k] for k in ("done", "skipped", "resumed")})
-    distributed.cleanup()
+    with distributed.leaving():
+        ctx = distributed.setup(args.device)
+        torch.manual_seed(args.seed)
+        prop = _propagator(args, ctx.device)
+        summary = segment_collection(prop, supports, items, args.out, gt=gt, skipped=skipped, order=args.order,
+                                     batch_size=args.batch_size, reinsert_every=args.reinsert_every,
+                                     overlays=not args.no_overlays, gallery=args.gallery, support_info=info,
+                                     extra=extra)
+    if not ctx.main:
+        return 0
+    summary.pop("seconds")
     miou = f", mIoU {summary['miou']:.3f}" if "miou" in summary else ""
     gone = f", {len(missing)} listed but not on disk" if missing else ""
-    print(f"segmented {counts['done']} images ({counts['resumed']} already done, {counts['skipped']} unreadable"
+    print(f"segmented {summary['done']} images ({summary['resumed']} already done, {summary['skipped']} unreadable"
           f"{gone}){miou} → {args.out}")
     write_json(args.json, summary)
     return 0
 
 
-def _frames(items):
-    import numpy as np
-
-    from traitlens.data.imageio import SkippedFiles, load_image
-    from traitlens.errors import BadImageError
-    from traitlens.segment.runner import to_frame
-
-    skipped = SkippedFiles()
-    frames = []
-    for rel, path in items:
-        try:
-            frames.append((rel, to_frame(np.asarray(load_image(path)))))
-        except BadImageError as exc:
-            skipped.add_error(exc)
-    return frames, skipped
-
-
 def _finetune(args) -> int:
     import torch
-    from safetensors.torch import save_file
 
+    from traitlens.data.imageio import SkippedFiles
     from traitlens.engine.distributed import resolve_device
     from traitlens.progress import bar, log
-    from traitlens.segment.finetune import add_lora, cycle_finetune, projection_state
+    from traitlens.segment.finetune import cycle_finetune, save_finetuned, trainable_parameters
+    from traitlens.segment.support import load_frames
 
     supports = _supports(args)
     if len(supports) != 1:
         raise UserError("segment finetune takes one --support/--support-mask pair")
-    frames, skipped = _frames(_items(args))
+    skipped = SkippedFiles()
+    frames = load_frames([(it.id, it.path) for it in _items(args, skipped)], skipped)
     if not frames:
         raise UserError("--images: no readable images to fine-tune on")
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     prop = _propagator(args, device, differentiable=True)
-    if args.backend == "sam2":
-        from traitlens.segment.sam2 import freeze_image_encoder
-
-        if args.lora:
-            params = add_lora(prop.model, rank=args.lora)
-        else:
-            freeze_image_encoder(prop.model)
-            params = prop.trainable_parameters()
-    else:
-        params = list(prop.projection.parameters())
+    params = trainable_parameters(prop, args.backend, lora=args.lora)
     progress = bar(args.steps, desc="cycle fine-tuning", unit="step")
     losses = cycle_finetune(prop, params, supports[0], [f for _, f in frames], steps=args.steps, lr=args.lr,
                             seed=args.seed, on_step=lambda i, loss: (progress.update(1), progress.set_postfix(loss=f"{loss:.3f}")))
     progress.close()
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.backend == "sam2":
-        if args.lora:
-            state = {n: p.detach().cpu().contiguous() for n, p in prop.model.named_parameters() if "lora_" in n}
-            save_file(state, str(args.out / "lora.safetensors"))
-        else:
-            prop.model.save_pretrained(args.out / "sam2")
-    else:
-        save_file(projection_state(prop.projection), str(args.out / "projection.safetensors"))
+    saved = save_finetuned(prop, args.backend, args.out, lora=args.lora)
     result = {"backend": args.backend, "steps": args.steps, "lr": args.lr, "first_loss": losses[0],
-              "last_loss": losses[-1], "losses": losses, "images": len(frames), "skipped": skipped.count}
+              "last_loss": losses[-1], "losses": losses, "images": len(frames), "skipped": skipped.count,
+              "saved": saved}
     (args.out / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
     if skipped:
         skipped.write(args.out / "skipped.jsonl")
@@ -268,13 +212,11 @@ def _finetune(args) -> int:
 
 
 def _retrieve(args) -> int:
-    import csv
-
     import torch
 
+    from traitlens.data.imageio import SkippedFiles
     from traitlens.engine.distributed import resolve_device
-    from traitlens.report import Section, write_page
-    from traitlens.segment.retrieval import cycle_score
+    from traitlens.runs.retrieve_job import retrieve_collection
 
     supports = _supports(args)
     if len(supports) != 1:
@@ -283,43 +225,12 @@ def _retrieve(args) -> int:
     if not bool((support[1] == args.trait).any()):
         raise UserError(f"--trait {args.trait}: the support mask has no pixel with that id "
                         f"(ids present: {sorted(int(i) for i in support[1].unique() if i > 0)})")
-    items = _items(args)
+    skipped = SkippedFiles()
+    items = _items(args, skipped)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     prop = _propagator(args, device)
-    from traitlens.data.imageio import SkippedFiles, load_image
-    from traitlens.errors import BadImageError
-    from traitlens.progress import progress
-    from traitlens.segment.runner import to_frame
-    import numpy as np
-
-    skipped = SkippedFiles()
-    k = 1 + int(support[1].max())
-    scored = []
-    for rel, path in progress(items, desc=f"retrieve trait {args.trait}", unit="img"):
-        try:
-            arr = np.asarray(load_image(path))
-        except BadImageError as exc:
-            skipped.add_error(exc)
-            continue
-        scored.append((rel, path, cycle_score(prop, support, to_frame(arr), args.trait, k)))
-    scored.sort(key=lambda r: -r[2])
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "ranking.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["rank", "path", "score"])
-        for i, (rel, _, s) in enumerate(scored, 1):
-            w.writerow([i, rel, f"{s:.6f}"])
-    with open(args.out / "ranking.jsonl", "w") as fh:
-        for i, (rel, _, s) in enumerate(scored, 1):
-            fh.write(json.dumps({"rank": i, "path": rel, "score": s}) + "\n")
-    section = Section(f"Images ranked by trait {args.trait}",
-                      intro="Score: IoU of the support's trait after support → image → support.")
-    section.gallery([(p, f"{i}. {rel} · {s:.2f}") for i, (rel, p, s) in enumerate(scored[:args.top], 1)])
-    write_page("traitlens retrieve", [section], args.out / "index.html")
-    if skipped:
-        skipped.write(args.out / "skipped.jsonl")
-    print(f"ranked {len(scored)} images by trait {args.trait} ({skipped.count} unreadable) → {args.out}")
-    write_json(args.json, {"trait": args.trait, "ranking": [{"path": r, "score": s} for r, _, s in scored],
-                           "skipped": skipped.count})
+    result = retrieve_collection(prop, support, args.trait, items, args.out, top=args.top, skipped=skipped)
+    print(f"ranked {len(result['ranking'])} images by trait {args.trait} ({result['skipped']} unreadable) → {args.out}")
+    write_json(args.json, {"trait": args.trait, "ranking": result["ranking"], "skipped": result["skipped"]})
     return 0

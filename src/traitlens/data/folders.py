@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import copy
 import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-from traitlens.data.imageio import load_image, load_mask
+from traitlens.data.imageio import SkippedFiles, load_image, load_mask, special_file_kind
 from traitlens.data.transforms import Geometry, is_joint, resize_mask, run_transform, sample_generator
 from traitlens.errors import BadImageError, UserError
 
@@ -27,23 +28,66 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", "
 MASK_SUFFIX = ".png"
 
 
-def find_images(root: PathLike, recursive: bool = True) -> List[Path]:
+def find_images(root: PathLike, recursive: bool = True, skipped: Optional[SkippedFiles] = None) -> List[Path]:
     """Image files under ``root`` (extensions matched case-insensitively, hidden files and folders skipped),
-    sorted by their path relative to ``root``."""
+    sorted by their path relative to ``root``.
+
+    Symbolic links are followed, but each real folder is walked once and each real file listed once (by
+    ``(st_dev, st_ino)``), so a link loop (``loop -> .``) adds nothing. Special files with an image name (FIFO,
+    socket, device: opening one can block forever) and broken links are left out, and listed in ``skipped``
+    when one is given.
+    """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"image folder not found: {root}")
     found: List[Path] = []
-    if recursive:
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                    found.append(Path(dirpath) / name)
-    else:
-        found = [p for p in root.iterdir()
-                 if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    seen_dirs, seen_files = set(), set()
+
+    def visit(folder: Path) -> None:
+        st = folder.stat()
+        if (st.st_dev, st.st_ino) in seen_dirs:
+            return
+        seen_dirs.add((st.st_dev, st.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            if skipped is not None:
+                skipped.add(folder, f"folder cannot be listed ({exc.strerror})")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                st = entry.stat()  # follows links
+            except OSError:
+                if skipped is not None and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    skipped.add(path, "broken link or unreadable entry")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if recursive:
+                    visit(path)
+                continue
+            if Path(entry.name).suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            key = file_identity(path, st, skipped)
+            if key is not None and key not in seen_files:
+                seen_files.add(key)
+                found.append(path)
+
+    visit(root)
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def file_identity(path: Path, st: os.stat_result, skipped: Optional[SkippedFiles] = None) -> Optional[tuple]:
+    """``(st_dev, st_ino)`` of a regular file (two names of one file share it); None for a special file
+    (FIFO, socket, device), which is listed in ``skipped`` when one is given."""
+    kind = special_file_kind(st.st_mode)
+    if kind is None:
+        return st.st_dev, st.st_ino
+    if skipped is not None:
+        skipped.add(path, f"is {kind}, not an image file")
+    return None
 
 
 def collate(batch: Sequence[Dict[str, Any]]) -> Dict[str, Any]:

@@ -14,6 +14,8 @@ with a clear error. Change ``traitlens.data.imageio.MAX_PIXELS`` to move the cap
 from __future__ import annotations
 
 import json
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple, Union
@@ -39,12 +41,29 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-def _open(path: Path) -> Image.Image:
-    """Open lazily (header only) with every failure mapped to BadImageError, and enforce MAX_PIXELS."""
-    if not path.exists():
-        raise BadImageError(path, "no such file")
-    if path.is_dir():
+def special_file_kind(mode: int) -> Optional[str]:
+    """What a ``st_mode`` is when it is not a regular file or a folder (opening a FIFO blocks forever)."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return None
+
+
+def _open(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
+    """Open lazily (header only) with every failure mapped to BadImageError, and enforce the pixel limit
+    (``max_pixels``, default :data:`MAX_PIXELS`) before anything is decoded."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BadImageError(path, "no such file") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot open ({exc})") from None
+    if stat.S_ISDIR(mode):
         raise BadImageError(path, "is a folder, not an image file")
+    kind = special_file_kind(mode)
+    if kind is not None:
+        raise BadImageError(path, f"is {kind}, not an image file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -56,10 +75,10 @@ def _open(path: Path) -> Image.Image:
     except (OSError, ValueError, SyntaxError) as exc:
         raise BadImageError(path, f"cannot open ({exc})") from None
     w, h = im.size
-    if w * h > MAX_PIXELS:
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if w * h > limit:
         im.close()
-        raise BadImageError(path, f"image too large ({w}x{h} = {w * h} pixels > MAX_PIXELS = {MAX_PIXELS}; "
-                                  f"raise traitlens.data.imageio.MAX_PIXELS to read it)")
+        raise BadImageError(path, f"image too large ({w}x{h} = {w * h} pixels > the limit of {limit})")
     if w == 0 or h == 0:
         im.close()
         raise BadImageError(path, "image has zero size")
@@ -132,15 +151,16 @@ def _shrink(im: Image.Image, max_size: int) -> Image.Image:
     return im
 
 
-def load_image(path: PathLike, max_size: Optional[int] = None) -> Image.Image:
+def load_image(path: PathLike, max_size: Optional[int] = None, max_pixels: Optional[int] = None) -> Image.Image:
     """Read ``path`` as an upright 8-bit RGB image (EXIF orientation applied), decoding the file once.
 
     ``max_size`` bounds the longest side: JPEGs are decoded directly at a reduced scale (``Image.draft``,
-    1/2 … 1/8 in the DCT), other formats are reduced right after decoding. Raises :class:`BadImageError`
-    for a missing, unreadable, corrupt, truncated or too large file.
+    1/2 … 1/8 in the DCT), other formats are reduced right after decoding. ``max_pixels`` (default
+    :data:`MAX_PIXELS`) is checked against the header before decoding. Raises :class:`BadImageError` for a
+    missing, special (FIFO, socket, device), unreadable, corrupt, truncated or too large file.
     """
     path = Path(path)
-    im = _open(path)
+    im = _open(path, max_pixels)
     keep_open = False
     try:
         if max_size is not None:
@@ -182,14 +202,24 @@ def _upright(im: Image.Image, path: Path) -> Image.Image:
         return im
 
 
-def load_mask(path: PathLike) -> np.ndarray:
+def load_mask(path: PathLike, max_pixels: Optional[int] = None, max_label: Optional[int] = None) -> np.ndarray:
     """Read a label map (part ids, 0 = background) keeping ids exactly: H×W uint8 (L, P, 1) or int32 (16-bit, I).
 
     Palette PNGs give their palette indices, never the palette colours. An RGB(A) file is accepted only when it
     is grey (R = G = B); a coloured mask raises :class:`BadImageError`, since colours are not label ids.
+    ``max_label`` refuses ids above it (:class:`BadImageError`), before a caller sizes one-hot maps by them.
     """
     path = Path(path)
-    im = _open(path)
+    labels = _read_mask(path, max_pixels)
+    if max_label is not None and labels.size:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi > max_label:
+            raise BadImageError(path, f"label ids run from {lo} to {hi}; ids from 0 to {max_label} are supported")
+    return labels
+
+
+def _read_mask(path: Path, max_pixels: Optional[int]) -> np.ndarray:
+    im = _open(path, max_pixels)
     try:
         _decode(im, path)
         view = _upright(im, path)  # a mask carrying an orientation tag means the same as an image would

@@ -248,14 +248,3 @@ def evaluate_explanations(model: nn.Module, batches: Iterable[dict], methods, me
                         + (" (none left after the filters)" if only_correct or taxonomy else ""))
     result.counts = counts
     return result
-
-
-def bar_plots(result: EvaluationResult):
-    """One grouped bar Figure: metric → method → mean, with 95% CI error bars."""
-    from traitlens.report.plots import bar_plot
-
-    summary = result.summary()
-    values = {m: {meth: summary[meth][m]["mean"] for meth in result.methods} for m in result.metrics}
-    errors = {m: {meth: (0.0 if math.isnan(summary[meth][m]["ci95"]) else summary[meth][m]["ci95"])
-                  for meth in result.methods} for m in result.metrics}
-    return bar_plot(values, title="Explanation metrics (mean, 95% CI)", ylabel="score", errors=errors)

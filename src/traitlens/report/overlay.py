@@ -29,3 +29,24 @@ def overlay(image: np.ndarray, heat: np.ndarray, weight: float = 0.5, normalise:
         heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-12)
     colour = colourise(heat).astype(np.float32)
     return np.clip(weight * image.astype(np.float32) + (1 - weight) * colour, 0, 255).astype(np.uint8)
+
+
+def trait_colours(num_labels: int) -> np.ndarray:
+    """``num_labels×3`` uint8 colours: black background, then well-separated hues."""
+    import colorsys
+
+    colours = [(0, 0, 0)]
+    for k in range(1, num_labels):
+        h = (k * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.85, 0.95)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return np.asarray(colours, dtype=np.uint8)
+
+
+def overlay_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """H×W×3 uint8 image with each trait of an H×W label map painted in its colour (background untouched)."""
+    colours = trait_colours(int(labels.max()) + 1)
+    paint = colours[labels].astype(np.float32)
+    out = image.astype(np.float32)
+    fg = (labels > 0)[..., None]
+    return np.where(fg, (1 - alpha) * out + alpha * paint, out).clip(0, 255).astype(np.uint8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -88,3 +89,13 @@ def seen_unseen_figure(result: Mapping[str, Any], title: str = "Seen-unseen accu
     fig = line_plot(curve["acc_unseen"], {label: curve["acc_seen"]}, xlabel="Acc u/y (absent classes)",
                     ylabel="Acc s/y (fine-tuning classes)", title=title, marks=marks)
     return fig
+
+
+def metrics_bar_plot(result):
+    """One grouped bar Figure of an explanation evaluation (``traitlens.explain.EvaluationResult``):
+    metric → method → mean, with 95% CI error bars."""
+    summary = result.summary()
+    values = {m: {meth: summary[meth][m]["mean"] for meth in result.methods} for m in result.metrics}
+    errors = {m: {meth: (0.0 if math.isnan(summary[meth][m]["ci95"]) else summary[meth][m]["ci95"])
+                  for meth in result.methods} for m in result.metrics}
+    return bar_plot(values, title="Explanation metrics (mean, 95% CI)", ylabel="score", errors=errors)

@@ -6,7 +6,8 @@ Public API (SAM 2 lives in :mod:`traitlens.segment.sam2`, imported only when ask
   (:class:`ColourPositionFeatures`, :class:`BackboneFeatures`, :class:`ConcatFeatures`), :func:`build_propagator`;
 - :func:`track` (orders ``pairwise`` / ``chain`` / ``similarity``), :func:`cycle_predict`;
 - :func:`cycle_finetune`, :func:`cycle_loss`, :func:`add_lora`; :func:`retrieve`, :func:`cycle_score`;
-- :func:`segment_collection` (bulk, on disk); readers :func:`heliconius`, :func:`neon_beetles`;
+- supports from files :func:`load_support`, :func:`to_frame`; readers :func:`heliconius`, :func:`neon_beetles`
+  (bulk segmentation on disk is a job of :mod:`traitlens.runs`);
 - metrics: :func:`confusion`, :func:`iou`, :func:`mean_iou`, :func:`measure`.
 """
 
@@ -18,12 +19,12 @@ from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 from traitlens.segment.metrics import confusion, iou, mean_iou, measure
 from traitlens.segment.propagator import Propagator
 from traitlens.segment.retrieval import cycle_score, retrieve
-from traitlens.segment.runner import segment_collection
+from traitlens.segment.support import load_support, to_frame
 from traitlens.segment.tracking import cycle_predict, similarity_order, track
 
 __all__ = [
     "Propagator", "LabelPropagation", "LabelPropOptions", "ColourPositionFeatures", "BackboneFeatures", "ConcatFeatures",
     "build_propagator", "track", "similarity_order", "cycle_predict", "cycle_finetune", "cycle_loss", "add_lora",
-    "retrieve", "cycle_score", "segment_collection", "heliconius", "neon_beetles", "TraitMaskDataset",
+    "retrieve", "cycle_score", "load_support", "to_frame", "heliconius", "neon_beetles", "TraitMaskDataset",
     "confusion", "iou", "mean_iou", "measure",
 ]

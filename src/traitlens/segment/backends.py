@@ -7,7 +7,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from traitlens.errors import UserError
+from traitlens.segment.propagator import BackendOptionError
 from traitlens.segment.features import BackboneFeatures, ColourPositionFeatures, ConcatFeatures
 from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
 
@@ -23,17 +23,17 @@ def build_features(kind: str = "colour", backbone: Union[str, Path, None] = None
                    backbone_size: Optional[Tuple[int, int]] = None):
     """``colour`` (no weights needed), ``backbone`` (a traitlens checkpoint folder) or ``backbone+colour``."""
     if kind not in FEATURES:
-        raise UserError(f"features {kind!r}: choose one of {', '.join(FEATURES)}", option="features")
+        raise BackendOptionError("features", kind, f"choose one of {', '.join(FEATURES)}")
     if kind == "colour":
         return colour_features()
     if backbone is None:
-        raise UserError(f"features {kind!r} need a backbone (a traitlens checkpoint folder)", option="backbone")
+        raise BackendOptionError("backbone", None, f"the {kind} features need a traitlens checkpoint folder")
     from traitlens.methods import load_model
 
     try:
         model, _ = load_model(backbone)
     except FileNotFoundError:
-        raise UserError(f"backbone {backbone}: no checkpoint there", option="backbone") from None
+        raise BackendOptionError("backbone", backbone, "no checkpoint there") from None
     net = getattr(model, "backbone", model).to(device)
     feats = BackboneFeatures(net, input_size=backbone_size)
     return feats if kind == "backbone" else ConcatFeatures([(feats, 0.5), (colour_features(), 0.5)])
@@ -46,7 +46,7 @@ def build_propagator(backend: str = "labelprop", device: Union[str, torch.device
                      memory: int = 3):
     """The backend behind ``traitlens segment``/``retrieve``/``segment finetune``."""
     if backend not in BACKENDS:
-        raise UserError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}", option="backend")
+        raise BackendOptionError("backend", backend, f"choose one of {', '.join(BACKENDS)}")
     if backend == "sam2":
         from traitlens.segment.sam2 import Sam2Propagator, load_sam2
 
@@ -78,7 +78,7 @@ def load_projection(path: Union[str, Path]):
     if path.is_dir():
         path = path / "projection.safetensors"
     if not path.exists():
-        raise UserError(f"projection {path}: file not found", option="projection")
+        raise BackendOptionError("projection", path, "file not found")
     state = load_file(str(path))
     weight = state["proj.weight"]
     proj = FeatureProjection(weight.shape[1], weight.shape[0])

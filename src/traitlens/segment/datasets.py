@@ -263,3 +263,52 @@ class TraitMaskDataset(torch.utils.data.Dataset):
             mask = fit_mask(load_mask(rec.mask), image.shape[:2], rec.mask)
             sample["mask"] = torch.from_numpy(mask.astype(np.int64))
         return sample
+
+
+class NoSupportRecord(UserError):
+    """A release holds no usable support record (none masked, none of the id asked for, or unreadable)."""
+
+
+@dataclass
+class ReleaseQueries:
+    """What segmenting a release needs: supports (frame 3×H×W, labels H×W) and how summaries name them,
+    the queries as ``(id, image file)`` pairs, their ground-truth masks by id, and the ids listed but not on disk."""
+
+    supports: List[Tuple[torch.Tensor, torch.Tensor]]
+    support_info: List[dict]
+    queries: List[Tuple[str, Path]]
+    gt: Dict[str, Path]
+    missing: List[str]
+
+
+def release_queries(kind: str, root: PathLike, split: str = "test", group: Optional[str] = None,
+                    support_id: Optional[str] = None, supports=None, support_info=None) -> ReleaseQueries:
+    """The queries of a release's ``split``, and its support unless ``supports`` are given: the record
+    ``support_id``, else the first masked record (of the train list for Heliconius, of the release for NEON).
+    The chosen support is not its own query. UserError when there is no usable support or no query."""
+    from traitlens.errors import BadImageError
+    from traitlens.segment.support import check_labels
+
+    missing: List[str] = []
+    records = dataset_records(kind, root, split=split, group=group, skipped=missing)
+    if supports is None:
+        pool = records if kind != "heliconius" else dataset_records(kind, root, split="train", group=group,
+                                                                    skipped=[])
+        masked = [r for r in pool if r.mask is not None and (support_id is None or r.id == support_id)]
+        if not masked:
+            which = f"record {support_id!r}" if support_id else "record"
+            raise NoSupportRecord(f"{root}: no masked {which} to use as the support")
+        chosen = masked[0]
+        try:
+            sample = TraitMaskDataset([chosen])[0]
+        except BadImageError as exc:
+            raise NoSupportRecord(f"support {chosen.id}: {exc.path}: {exc.reason}") from None
+        check_labels(sample["mask"], str(chosen.mask))
+        supports = [(sample["image"], sample["mask"])]
+        support_info = [{"image": str(chosen.image), "mask": str(chosen.mask), "id": chosen.id}]
+        records = [r for r in records if r.image != chosen.image]  # the support is not its own query
+    queries = [(f"{r.id}{r.image.suffix}", r.image) for r in records]
+    if not queries:
+        raise UserError(f"{root}: no images to segment in {kind} ({split})")
+    gt = {qid: r.mask for (qid, _), r in zip(queries, records) if r.mask is not None}
+    return ReleaseQueries(list(supports), list(support_info or []), queries, gt, missing)

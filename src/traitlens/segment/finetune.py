@@ -125,3 +125,38 @@ def cycle_finetune(propagator: Propagator, params: Iterable[torch.nn.Parameter],
 def projection_state(projection: FeatureProjection) -> Dict[str, torch.Tensor]:
     """The projection's weights for a safetensors file (``proj.weight``: D'×D×1×1)."""
     return {k: v.detach().cpu().contiguous() for k, v in projection.state_dict().items()}
+
+
+def trainable_parameters(propagator: Propagator, backend: str, lora: int = 0) -> List[torch.nn.Parameter]:
+    """What cycle fine-tuning trains: label propagation's projection; SAM 2's LoRA adapters of rank ``lora``
+    (added here), or with ``lora=0`` its memory and decoder weights (the image encoder frozen)."""
+    if backend != "sam2":
+        return list(propagator.projection.parameters())
+    if lora:
+        return add_lora(propagator.model, rank=lora)
+    from traitlens.segment.sam2 import freeze_image_encoder
+
+    freeze_image_encoder(propagator.model)
+    return propagator.trainable_parameters()
+
+
+def save_finetuned(propagator: Propagator, backend: str, out, lora: int = 0) -> str:
+    """Write what :func:`trainable_parameters` trained into folder ``out``: ``projection.safetensors``
+    (label propagation), ``lora.safetensors`` (SAM 2 with LoRA) or a ``sam2/`` checkpoint; returns its path."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if backend != "sam2":
+        path = out / "projection.safetensors"
+        save_file(projection_state(propagator.projection), str(path))
+    elif lora:
+        path = out / "lora.safetensors"
+        save_file({n: p.detach().cpu().contiguous() for n, p in propagator.model.named_parameters() if "lora_" in n},
+                  str(path))
+    else:
+        path = out / "sam2"
+        propagator.model.save_pretrained(path)
+    return str(path)

@@ -16,6 +16,17 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from traitlens.errors import UserError
+
+
+class BackendOptionError(UserError):
+    """A backend option that cannot be used: ``option`` is the :func:`~traitlens.segment.backends.build_propagator`
+    argument (``features``, ``backbone``, ``checkpoint``, ``download``, …), ``value`` what was given."""
+
+    def __init__(self, option: str, value, problem: str):
+        self.option, self.value, self.problem = option, value, problem
+        super().__init__(f"{option} {value}: {problem}" if value is not None else f"{option}: {problem}")
+
 
 class Propagator(ABC):
     """A video-object-segmentation backend seen as "memory in, label map out"."""

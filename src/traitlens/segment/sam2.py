@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from traitlens.errors import UserError
-from traitlens.segment.propagator import Propagator, one_hot
+from traitlens.segment.propagator import BackendOptionError, Propagator, one_hot
 
 # SAM 2 normalises frames with the ImageNet statistics.
 MEAN = (0.485, 0.456, 0.406)
@@ -48,11 +48,10 @@ def load_sam2(checkpoint: Union[str, Path, None] = None, download: bool = False,
     if Path(name).is_dir():
         return Sam2VideoModel.from_pretrained(name, local_files_only=True, dtype=dtype).eval()
     if Path(name).exists():
-        raise UserError(f"SAM 2 checkpoint {name}: give the folder that holds config.json and model.safetensors",
-                        option="checkpoint")
+        raise BackendOptionError("checkpoint", name, "give the folder that holds config.json and model.safetensors")
     if not download:
-        raise UserError(f"SAM 2 checkpoint {name!r} is not a local folder; allow downloading to fetch it from the hub",
-                        option="download")
+        raise BackendOptionError("download", None, f"SAM 2 checkpoint {name!r} is not a local folder; it is fetched "
+                                 "from the hub only when downloading is allowed")
     return Sam2VideoModel.from_pretrained(name, dtype=dtype).eval()
 
 

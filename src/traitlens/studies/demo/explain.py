@@ -115,7 +115,8 @@ def _pairs(ctx, kind: str, per_genus: int = 1):
 
 
 def demo_section(ctx) -> Section:
-    from traitlens.explain.evaluate import bar_plots, EvaluationResult
+    from traitlens.explain.evaluate import EvaluationResult
+    from traitlens.report.plots import metrics_bar_plot as bar_plots
 
     s = Section("What distinguishes sibling species",
                 intro="Grad-CAM shows everything that supports a species' logit; Finer-CAM (α = 1) explains the "

@@ -33,7 +33,7 @@ def segment_specimens(settings: dict, cache: Path) -> dict:
     from traitlens.segment.features import ColourPositionFeatures
     from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
     from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou
-    from traitlens.segment.runner import overlay_labels
+    from traitlens.report.overlay import overlay_labels
     from traitlens.segment.tracking import track
 
     size, per_species = settings["size"], settings["per_species"]

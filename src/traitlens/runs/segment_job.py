@@ -1,0 +1,191 @@
+"""The segment job: trait label maps, overlays, measurements and scores for a collection (``traitlens segment``).
+
+Output folder::
+
+    OUT/labels/<name>.png       uint8 (16-bit when more than 255 labels) label maps at each image's size
+    OUT/overlays/<name>.png     the image with the traits painted over it
+    OUT/results.jsonl           one record per image: traits found, area per trait (px), score, IoU with the
+                                ground truth, and its measurement rows
+    OUT/measurements.csv        per image and trait: area, centroid, bounding box, mean colour (rebuilt from
+                                the records at the end)
+    OUT/summary.json            counts, per-trait IoU and mIoU (with ground truth), images/s
+    OUT/index.html              a gallery of overlays
+    OUT/skipped.jsonl           unreadable images
+
+``<name>`` mirrors the input tree (:func:`~traitlens.runs.inputs.artifact_stem` of the image's id: a PNG
+keeps its name, ``a.jpg`` becomes ``a.jpg.png``). Resume, sharding, locks and skipped files are the runner's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from traitlens.data.imageio import SkippedFiles, load_mask
+from traitlens.errors import BadImageError, UserError
+from traitlens.report.overlay import overlay_labels
+from traitlens.runs.inputs import Item, artifact_stem, unique_items
+from traitlens.runs.runner import MAX_PIXELS, Job, Output, run
+from traitlens.runs.store import png_bytes, write_durably
+from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou, measure
+from traitlens.segment.propagator import Propagator
+from traitlens.segment.support import MAX_TRAIT_ID, to_frame
+from traitlens.segment.tracking import Support, track
+
+MEASURE_COLUMNS = ["path", "trait", "area_px", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1",
+                   "bbox_y1", "mean_r", "mean_g", "mean_b"]
+
+
+class SegmentJob(Job):
+    """Propagate the supports' label maps to every image with :func:`traitlens.segment.tracking.track`.
+
+    ``gt``: a folder of label maps mirroring the inputs (``<name>.png``) or ``{image id: mask file}``.
+    """
+
+    name = "segment"
+
+    def __init__(self, propagator: Propagator, supports: Sequence[Support], order: str = "pairwise",
+                 batch_size: int = 8, reinsert_every: Optional[int] = None,
+                 gt: Optional[Union[Path, Mapping[str, Path]]] = None, num_labels: Optional[int] = None,
+                 overlays: bool = True, gallery: int = 60, support_info: Sequence[dict] = (),
+                 extra: Optional[dict] = None):
+        self.propagator, self.supports, self.order = propagator, list(supports), order
+        self.batch_size, self.reinsert_every, self.gt = batch_size, reinsert_every, gt
+        self.k = num_labels or 1 + max(int(lbl.max()) for _, lbl in self.supports)
+        self.overlays, self.gallery, self.support_info, self.extra = overlays, gallery, list(support_info), extra
+        self.started = time.time()
+
+    def settings(self) -> dict:
+        return {"order": self.order, "reinsert_every": self.reinsert_every, "labels": self.k,
+                "overlays": self.overlays}
+
+    def prepare(self, image, item: Item) -> np.ndarray:
+        return np.asarray(image)  # H×W×3 uint8
+
+    def process(self, samples: Iterator[Tuple[Item, np.ndarray]]) -> Iterator[Output]:
+        held: Dict[str, Tuple[Item, np.ndarray]] = {}  # only until each image's prediction is written
+
+        def frames():
+            for item, image in samples:
+                held[item.id] = (item, image)
+                yield item.id, to_frame(image)
+
+        for iid, probs in track(self.propagator, self.supports, frames(), order=self.order,
+                                batch_size=self.batch_size, reinsert_every=self.reinsert_every, num_labels=self.k):
+            item, image = held.pop(iid)
+            top, labels_t = probs.detach().max(0)
+            labels = labels_t.cpu().numpy().astype(np.int64)
+            stem = artifact_stem(iid)
+            fg = labels > 0
+            rows = measure(labels, image)
+            record = {"path": iid, "file": str(item.path), "traits": [r["trait"] for r in rows],
+                      "areas": {str(r["trait"]): r["area_px"] for r in rows},
+                      "score": float(top.cpu().numpy()[fg].mean()) if fg.any() else 0.0,
+                      "labels": f"labels/{stem}.png"}
+            artifacts = {record["labels"]: _label_png(labels)}
+            if self.overlays:
+                record["overlay"] = f"overlays/{stem}.png"
+                artifacts[record["overlay"]] = png_bytes(overlay_labels(image, labels))
+            if self.gt is not None:
+                record.update(_score_against(self.gt, iid, labels_t.cpu(), self.k))
+            record["measurements"] = rows
+            yield item, record, artifacts
+
+    def finish(self, out: Path, records: List[dict]) -> dict:
+        return summarise(out, records, self.support_info, gallery=self.gallery,
+                         seconds=time.time() - self.started, extra=self.extra)
+
+
+def _label_png(labels: np.ndarray) -> bytes:
+    if labels.max() > 255:
+        return png_bytes(labels.astype(np.uint16))
+    return png_bytes(labels.astype(np.uint8), mode="L")
+
+
+def _score_against(gt, iid: str, labels: torch.Tensor, k: int) -> dict:
+    """IoU against the ground truth of ``iid``; masks stored at another size are resized (nearest)."""
+    from traitlens.segment.datasets import fit_mask
+
+    if isinstance(gt, Mapping):
+        path = Path(gt[iid]) if iid in gt else None
+    else:
+        path = Path(gt) / (artifact_stem(iid) + ".png")
+    if path is None or not path.exists():
+        return {"gt": None}
+    try:
+        truth = fit_mask(load_mask(path, max_label=MAX_TRAIT_ID), tuple(labels.shape), path)
+    except BadImageError as exc:
+        return {"gt": None, "gt_error": exc.reason}
+    except UserError as exc:
+        return {"gt": None, "gt_error": str(exc)}
+    truth = torch.from_numpy(truth.astype(np.int64))
+    cm = confusion(labels, truth, max(k, int(truth.max()) + 1))
+    return {"gt": str(path), "confusion": cm.tolist(), "miou": mean_iou(iou_from_confusion(cm))}
+
+
+def summarise(out: Path, rows: Sequence[dict], supports_info: List[dict], gallery: int = 60,
+              seconds: Optional[float] = None, extra: Optional[dict] = None) -> dict:
+    """``summary.json`` (per-trait IoU and mIoU with ground truth), ``measurements.csv`` and ``index.html``
+    from all records; ``extra`` entries join the summary (e.g. the images a release lists but the disk lacks)."""
+    from traitlens.report import Section, write_page
+
+    out = Path(out)
+    summary: Dict[str, object] = {"images": len(rows), "supports": supports_info}
+    scored = [r for r in rows if r.get("confusion")]
+    if scored:
+        n = max(len(r["confusion"]) for r in scored)
+        cm = torch.zeros(n, n, dtype=torch.long)
+        for r in scored:
+            c = torch.tensor(r["confusion"])
+            cm[:len(c), :len(c)] += c
+        per = iou_from_confusion(cm)
+        summary["scored_images"] = len(scored)
+        summary["per_trait_iou"] = {str(i): (None if torch.isnan(v) else float(v)) for i, v in enumerate(per) if i > 0}
+        summary["miou"] = mean_iou(per)
+    if seconds:
+        summary["images_per_s"] = len(rows) / seconds
+    summary.update(extra or {})
+    write_durably(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=MEASURE_COLUMNS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerows({"path": r["path"], **m} for m in r.get("measurements", []))
+    write_durably(out / "measurements.csv", table.getvalue().encode("utf-8"))
+    section = Section("Trait segmentation by tracking",
+                      intro=f"{len(rows)} images segmented from {len(supports_info)} labelled support image(s).")
+    if "miou" in summary:
+        section.table([{"trait": t, "IoU": v} for t, v in summary["per_trait_iou"].items()] +
+                      [{"trait": "mean", "IoU": summary["miou"]}], caption="IoU against the ground truth")
+    items = []
+    for r in rows[:gallery]:
+        if r.get("overlay") and (out / r["overlay"]).exists():
+            caption = r["path"] + (f" · mIoU {r['miou']:.2f}" if r.get("miou") is not None else "")
+            items.append((out / r["overlay"], caption))
+    if items:
+        section.gallery(items, columns=6)
+    write_page("traitlens segment", [section], out / "index.html")
+    return summary
+
+
+def segment_collection(propagator: Propagator, supports: Sequence[Support], queries: Sequence[Tuple[str, Path]],
+                       out: Path, gt: Optional[Union[Path, Mapping[str, Path]]] = None, workers: int = 0,
+                       max_pixels: int = MAX_PIXELS, skipped: Optional[SkippedFiles] = None, **options) -> dict:
+    """Segment ``queries`` (``(wanted id, image file)``, e.g. :class:`~traitlens.runs.inputs.Item` s from
+    :func:`~traitlens.runs.inputs.discover`) into ``out``; ``options`` are those of :class:`SegmentJob`.
+
+    Returns ``{"done", "resumed", "skipped", "seconds", "out"}``; on rank 0 also the summary's fields.
+    """
+    pairs = [(q.id, q.path) if isinstance(q, Item) else tuple(q) for q in queries]
+    items = unique_items(pairs)
+    if isinstance(gt, Mapping):  # keyed by the ids asked for; an id made unique keeps its mask
+        gt = {it.id: gt[wanted] for it, (wanted, _) in zip(items, pairs) if wanted in gt}
+    job = SegmentJob(propagator, supports, gt=gt, **options)
+    return run(job, items, out, workers=workers, max_pixels=max_pixels, skipped=skipped)

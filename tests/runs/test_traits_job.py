@@ -1,0 +1,49 @@
+"""`traitlens traits` through the runner: resumable, one record and one set of maps per image."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from traitlens.cli import main
+
+
+@pytest.fixture(scope="module")
+def prompt_cam(tmp_path_factory):
+    """An untrained tiny Prompt-CAM checkpoint of three classes."""
+    from traitlens.engine.checkpoint import save_checkpoint
+    from traitlens.engine.config import load_config
+    from traitlens.engine.methods import build_model
+
+    torch.manual_seed(0)
+    config = load_config(None, method="prompt-cam", backbone="tiny-vit", image_size=32, device="cpu")
+    model, _ = build_model(config, 3)
+    return save_checkpoint(tmp_path_factory.mktemp("pcam"), model.eval(),
+                           {"config": config, "class_names": ["a", "b", "c"]})
+
+
+def test_traits_resumes_and_keeps_one_record_per_image(tmp_path, prompt_cam, make_images):
+    make_images(tmp_path / "c" / "x", 3)
+    make_images(tmp_path / "c" / "y", 2, seed=5, ext=".jpg")
+    out = tmp_path / "out"
+    args = ["traits", "--checkpoint", str(prompt_cam), "--images", str(tmp_path / "c"), "--top-heads", "2",
+            "--batch-size", "2", "--out", str(out), "--device", "cpu", "--json", str(tmp_path / "s.json")]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == ["x/img000.png", "x/img001.png", "x/img002.png",
+                                             "y/img000.jpg", "y/img001.jpg"]
+    for r in rows:
+        maps = np.load(out / r["maps"])
+        assert maps.ndim == 3 and maps.shape[0] == len(r["ranked_heads"]) and np.isfinite(maps).all()
+        assert len(r["overlays"]) == 2 and all((out / o).is_file() for o in r["overlays"])
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["images"] == 5 and sum(summary["top_head_counts"]) == 5
+    (out / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))  # as if stopped there
+    assert main(args) == 0
+    again = json.loads((tmp_path / "s.json").read_text())
+    assert again["done"] == 3 and again["resumed"] == 2 and again["images"] == 5
+    assert len((out / "results.jsonl").read_text().splitlines()) == 5
+    assert (out / "index.html").read_text().count("<img") == 5 * 3
