@@ -175,7 +175,3 @@ def evaluate_checkpoint(path, data, split: str = "test", device: str = "auto", b
                             return_logits=return_logits, show_progress=show_progress)
     out.update(checkpoint=str(path), data=str(data), split=split)
     return out
-
-
-# The engine's format-level loader rebuilds models with this registry when a caller gives it no builder.
-checkpoint.use_builder(build_model)

@@ -94,7 +94,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
         load_model(tmp_path / "run")
 
 
-def test_the_engine_loads_a_checkpoint_with_the_builder_it_is_given(tmp_path, monkeypatch):
+def test_the_engine_loads_a_checkpoint_with_the_builder_it_is_given(tmp_path):
     from traitlens.engine import checkpoint
 
     config = _config("d", "o", backbone="tiny-cnn")
@@ -108,7 +108,6 @@ def test_the_engine_loads_a_checkpoint_with_the_builder_it_is_given(tmp_path, mo
 
     loaded, _ = checkpoint.load_model(tmp_path / "run", build=build)
     assert built == [("finetune", 3, False)] and loaded.traitlens_method == "finetune"
-    monkeypatch.setattr(checkpoint, "_default_build", None)  # the engine itself knows no method
     with pytest.raises(RuntimeError, match="traitlens.methods.load_model"):
         checkpoint.load_model(tmp_path / "run")
 

@@ -16,7 +16,7 @@ def prompt_cam(tmp_path_factory):
     """An untrained tiny Prompt-CAM checkpoint of three classes."""
     from traitlens.engine.checkpoint import save_checkpoint
     from traitlens.engine.config import load_config
-    from traitlens.engine.methods import build_model
+    from traitlens.methods import build_model
 
     torch.manual_seed(0)
     config = load_config(None, method="prompt-cam", backbone="tiny-vit", image_size=32, device="cpu")

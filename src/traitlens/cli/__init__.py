@@ -78,9 +78,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         # A group command without its sub-command prints its own help.
         (getattr(args, "_parser", None) or parser).print_help()
         return 0
-    # Installs the method registry that traitlens.engine.checkpoint.load_model rebuilds models with.
-    import traitlens.methods  # noqa: F401
-
     try:
         code = args.func(args)
     except UserError as exc:

@@ -89,7 +89,8 @@ def _parse_alphas(text: str):
 
 
 def _load(checkpoint: Path, device):
-    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.methods import load_model
     from traitlens.engine.train import eval_transform
 
     model, meta = load_model(checkpoint, device=device)

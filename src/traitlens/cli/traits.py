@@ -49,7 +49,8 @@ def _class_index(target: str, names: list) -> int | None:
 def run(args) -> int:
     from traitlens.data.imageio import SkippedFiles
     from traitlens.engine import distributed
-    from traitlens.engine.checkpoint import config_from_meta, load_model
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.methods import load_model
     from traitlens.engine.train import eval_transform
     from traitlens.runs import discover
     from traitlens.runs.traits_job import traits_images

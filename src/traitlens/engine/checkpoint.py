@@ -145,17 +145,6 @@ def config_from_meta(meta: Dict[str, Any]):
     return TrainConfig.from_dict(known, "checkpoint config")
 
 
-# The builder load_model uses when its caller gives none: ``traitlens.methods`` installs its registry's
-# build_model when imported. The engine never imports the registry (it sits above the engine and the models).
-_default_build: Optional[Callable[..., Tuple[nn.Module, list]]] = None
-
-
-def use_builder(build: Callable[..., Tuple[nn.Module, list]]) -> None:
-    """Make ``build(config, num_classes, load_weights=False) -> (model, groups)`` the default of :func:`load_model`."""
-    global _default_build
-    _default_build = build
-
-
 def load_weights(model: nn.Module, path, meta: Dict[str, Any]) -> nn.Module:
     """Load checkpoint ``path``'s weights into ``model`` strictly (a :class:`UserError` when they do not fit)."""
     weights, _ = resolve(path)
@@ -175,11 +164,10 @@ def load_model(path, device="cpu", build: Optional[Callable[..., Tuple[nn.Module
                ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the model of checkpoint ``path`` with ``build`` and load its weights strictly.
 
-    ``build``: a method registry's ``build_model(config, num_classes, load_weights=False)``; by default the one
-    :func:`use_builder` installed (``traitlens.methods.load_model`` passes its registry explicitly).
-    Returns (model in eval mode on ``device``, the sidecar's meta).
+    ``build``: a method registry's ``build_model(config, num_classes, load_weights=False)``; the engine knows no
+    method itself (``traitlens.methods.load_model`` passes its registry). Returns (model in eval mode on
+    ``device``, the sidecar's meta).
     """
-    build = build or _default_build
     if build is None:
         raise RuntimeError("no method registry to rebuild the model with: use traitlens.methods.load_model")
     meta = read_meta(path)

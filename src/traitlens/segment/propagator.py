@@ -24,8 +24,9 @@ class BackendOptionError(UserError):
     argument (``features``, ``backbone``, ``checkpoint``, ``download``, …), ``value`` what was given."""
 
     def __init__(self, option: str, value, problem: str):
-        self.option, self.value, self.problem = option, value, problem
-        super().__init__(f"{option} {value}: {problem}" if value is not None else f"{option}: {problem}")
+        super().__init__(f"{option} {value}: {problem}" if value is not None else f"{option}: {problem}",
+                         option=option)
+        self.value, self.problem = value, problem
 
 
 class Propagator(ABC):
