@@ -81,12 +81,18 @@ def build_model(cfg: ExperimentConfig) -> nn.Module:
     """The model pre-training starts from: the embedded backbone (or a random preset) with a fresh C-way head."""
     from traitlens import backbones
 
-    torch.manual_seed(cfg.seed)  # the head's initial weights
+    weights = None
     if cfg.backbone.startswith("embedded-"):
-        from traitlens.studies.embedded import load_embedded
+        from traitlens.studies.embedded import embedded_backbone
 
-        return load_embedded(cfg.backbone[len("embedded-"):], num_classes=cfg.species)
-    return backbones.create(cfg.backbone, num_classes=cfg.species)
+        kind = cfg.backbone[len("embedded-"):]
+        # pretrained (if need be) before seeding: the head's initial weights must not depend on whether the
+        # backbone was in the cache already
+        weights, preset = embedded_backbone(kind, progress=False), f"tiny-{kind}"
+    else:
+        preset = cfg.backbone
+    torch.manual_seed(cfg.seed)  # the head's initial weights
+    return backbones.create(preset, num_classes=cfg.species, weights=weights)
 
 
 # --------------------------------------------------------------------------------------- training
