@@ -21,10 +21,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 METHOD_PACKAGES = ("models", "explain", "segment", "calibrate", "compbench", "data", "backbones", "engine")
 UPPER_LAYERS = ("studies", "cli", "runs", "report")
 
-# (module, imported module) edges allowed for now, each in a file of the bulk-runner branch (runs/), which moves these
-# jobs out of the method packages; delete each entry when that branch lands. Nothing else may be added here.
-KNOWN_UNTIL_RUNS_LANDS: set = set()  # empty since the runs branch landed: nothing is allowed
-
 
 def module_files(src: Path = SRC) -> Dict[str, Path]:
     """``{"traitlens.engine.train": path, "traitlens.engine": path/__init__.py, ...}``."""
@@ -163,14 +159,7 @@ def test_the_package_has_no_import_circle():
 
 def test_method_packages_never_import_studies_cli_runs_or_report():
     found = layer_violations(import_graph())
-    unexpected = [e for e in found if e not in KNOWN_UNTIL_RUNS_LANDS]
-    assert not unexpected, "method packages importing upper layers:\n" + "\n".join(f"{m} -> {d}" for m, d in unexpected)
-
-
-def test_the_allowance_lists_only_edges_that_still_exist():
-    # an entry whose edge is gone must be deleted, so the allowance only ever shrinks
-    stale = KNOWN_UNTIL_RUNS_LANDS - set(layer_violations(import_graph()))
-    assert not stale, f"remove from KNOWN_UNTIL_RUNS_LANDS: {sorted(stale)}"
+    assert not found, "method packages importing upper layers:\n" + "\n".join(f"{m} -> {d}" for m, d in found)
 
 
 def test_the_checker_finds_circles_and_resolves_imports(tmp_path):
