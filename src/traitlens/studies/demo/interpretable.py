@@ -227,11 +227,11 @@ def demo_section(ctx):
                     "top hurts more than random": r.get("top_beats_random", float("nan")), "images": r["n"], "s / epoch": r.get("seconds_per_epoch", float("nan"))}
                    for name, r in results.items()],
                   caption="Accuracy and faithfulness on the test split. At the demo's 36 training images a "
-                          "species every model here is data-limited; with 180 (the same species, "
-                          "tests/models/test_claims.py) INTR reaches 0.93 test top-1 and Prompt-CAM 0.66, "
-                          "held back by the frozen tiny ViT; frozen on the tiny ViT pretrained on 200 species "
-                          "(`traitlens backbone embedded --breadth broad`, ~25 min once) Prompt-CAM reaches "
-                          "0.91. Trait share: attention of the true "
+                          "species every model here is data-limited; with 180 (the same species; the full-scale "
+                          "claims, `make claims`, figures in README) INTR reaches about 0.93 test top-1 and "
+                          "Prompt-CAM about 0.65, held back by the frozen tiny ViT; frozen on the tiny ViT "
+                          "pretrained on 200 species (`traitlens backbone embedded --breadth broad`, ~25 min once) "
+                          "Prompt-CAM reaches about 0.9. Trait share: attention of the true "
                           "class's best head on the species' diagnostic parts, relative to their area. p drop: "
                           "relative drop of the true class's probability when the top 10% of the image by the "
                           "kept heads' mean map is blanked, and when a random 10% is (mean over the correctly "
