@@ -19,10 +19,9 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,7 +34,7 @@ from traitlens.engine.config import TrainConfig
 from traitlens.engine.train import BatchSource, fit
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One run of the experiment.
 

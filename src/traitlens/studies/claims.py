@@ -22,15 +22,8 @@ from traitlens.cache import cache_dir
 from traitlens.studies.memo import memo_json, memo_path
 from traitlens.studies.recipes import Training, check_scale, finer_cam as finer_cam_recipe
 from traitlens.studies.recipes import FINER_CAM_EVALUATION, interpretable as interpretable_recipe
+from traitlens.studies.recipes import calibration as calibration_recipe
 from traitlens.studies.recipes import segmentation as segmentation_recipe
-
-# The calibration experiment's settings a scale changes (``ExperimentConfig`` holds the rest). tiny: the tiny
-# CNN from random weights on 6 species at 32 px (pre-trained 15 epochs in domain A; seconds); broad: the demo's
-# experiment (the embedded tiny ViT, 12 species at 64 px).
-CALIBRATION = {"tiny": dict(species=6, per_species=40, size=32, backbone="tiny-cnn", pretrain_epochs=15,
-                            finetune_epochs=10),
-               "standard": {}, "broad": {}}
-
 
 def _root() -> Path:
     return cache_dir("claims")
@@ -159,9 +152,9 @@ def segmentation(scale: str = "broad", seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------------ calibration
 def calibration(scale: str = "broad", seed: int = 0) -> dict:
     """The calibrated fine-tuning experiment (:func:`traitlens.studies.calibration.run_experiment`)."""
-    from traitlens.studies.calibration import ExperimentConfig, run_experiment
+    from traitlens.studies.calibration import run_experiment
 
-    cfg = ExperimentConfig(**CALIBRATION[check_scale(scale)], seed=seed)
+    cfg = replace(calibration_recipe(scale), seed=seed)
     start = None
     if cfg.backbone.startswith("embedded-"):
         from traitlens.studies.embedded import recipe

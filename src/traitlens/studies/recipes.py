@@ -258,6 +258,23 @@ def segmentation(scale: str = "standard") -> Segmentation:
     return _SEGMENTATION[check_scale(scale)]
 
 
+# ------------------------------------------------------------------------------ calibrated fine-tuning
+# The experiment's settings a scale changes (:class:`traitlens.studies.calibration.ExperimentConfig`, itself a
+# frozen recipe, holds the rest). tiny: the tiny CNN from random weights on 6 species at 32 px, pre-trained
+# 15 epochs in domain A (seconds); standard and broad: the demo's experiment (the embedded tiny ViT, 12 species
+# at 64 px).
+_CALIBRATION = {"tiny": dict(species=6, per_species=40, size=32, backbone="tiny-cnn", pretrain_epochs=15,
+                             finetune_epochs=10),
+                "standard": {}, "broad": {}}
+
+
+def calibration(scale: str = "broad"):
+    """The calibration experiment's :class:`~traitlens.studies.calibration.ExperimentConfig` at ``scale``."""
+    from traitlens.studies.calibration import ExperimentConfig
+
+    return ExperimentConfig(**_CALIBRATION[check_scale(scale)])
+
+
 # ------------------------------------------------------------------------------ CompBench
 @dataclass(frozen=True)
 class CompBenchBuild:
@@ -274,4 +291,4 @@ COMPBENCH_BUILD = CompBenchBuild()
 __all__ = ["SCALES", "Collection", "Training", "Pretraining", "Interpretable", "MapComparison",
            "FinerCamEvaluation", "FinerCamClaim", "Segmentation", "CompBenchBuild", "DEMO_COLLECTION", "DEMO_CLASSIFIER",
            "CLAIMS_COLLECTION", "MAP_COMPARISON", "FINER_CAM_EVALUATION", "SEGMENTATION", "COMPBENCH_BUILD",
-           "pretraining", "interpretable", "finer_cam", "segmentation", "check_scale"]
+           "pretraining", "interpretable", "finer_cam", "segmentation", "calibration", "check_scale"]
