@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,50 +30,9 @@ from traitlens.calibrate.bias import alg_gamma, pcv_gamma
 from traitlens.calibrate.confidence import expected_calibration_error, fit_temperature
 from traitlens.calibrate.finetuning import model_outputs
 from traitlens.calibrate.seen_unseen import ausuc, oracle_gamma, seen_unseen_curve
+from traitlens.studies.recipes import ExperimentConfig
 from traitlens.engine.config import TrainConfig
 from traitlens.engine.train import BatchSource, fit
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """One run of the experiment.
-
-    ``backbone``: ``"embedded-cnn"`` / ``"embedded-vit"`` start from the cached embedded pretrained tiny backbone
-    (the foundation model of the paper's setting); a preset name (``"tiny-cnn"``) starts from random weights.
-    The collection (``species``, ``per_species``, ``size``, ``collection_seed``) is the demo's by default, whose
-    species the embedded backbones never saw; ``seed`` draws the fine-tuning species, the head's initial
-    weights and the batch order. ``noise_b``: pixel noise of the domain-B rendering (SynthConfig.noise).
-
-    The fine-tuning recipe is the reference one (SGD, Nesterov momentum 0.9, backbone lr 0.1× the head's,
-    weight decay 5e-4, batch 64, cosine); only the head lr (``finetune_lr``) and ``finetune_epochs`` are set for
-    a few hundred images and a few dozen steps instead of a dataset and thousands of steps: at 0.01 the absent
-    species' logits lost their order among themselves (u/u 72% → 62% on seed 0), at 0.003 they keep it.
-
-    Why the ViT: with it (seeds 0-2) the fine-tuning species' accuracy does not move under ALG/PCV, but ALG picks
-    about half of the oracle's γ. The embedded CNN (larger, unnormalised logits) gives ALG ≈ oracle and brings
-    most absent accuracy back, but its seen-unseen trade-off is steep: s/y falls 7-15 points at ALG's γ and
-    NCM u/u falls up to 8 points (``run_experiment(ExperimentConfig(backbone="embedded-cnn", seed=s))``, s = 0, 1, 2).
-    """
-
-    species: int = 12
-    per_species: int = 60
-    size: int = 64
-    collection_seed: int = 0
-    backbone: str = "embedded-vit"
-    noise_b: float = 0.03
-    seen_fraction: float = 0.5
-    pretrain_epochs: int = 15
-    pretrain_lr: float = 2e-3
-    pretrain_backbone_lr_scale: float = 0.3
-    pretrain_colour_jitter: float = 0.3
-    finetune_epochs: int = 10
-    finetune_lr: float = 0.003
-    backbone_lr_scale: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 64
-    pcv_seeds: Tuple[int, ...] = (0,)
-    seed: int = 0
 
 
 def build_model(cfg: ExperimentConfig) -> nn.Module:
