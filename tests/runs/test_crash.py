@@ -38,7 +38,7 @@ def _records(out):
     return rows
 
 
-@pytest.mark.parametrize("seed", [0, 1, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_explain_keeps_every_record_and_map_through_sigkill(seed, tmp_path, checkpoint, images, run_cli):
     rng = random.Random(seed)
     out = tmp_path / "out"
