@@ -25,12 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 -m "not claims"
 
-# The claims at full scale: the figures README quotes. Each module's claims run on one worker (loadgroup)
-# so that two workers never train the same cached model. TRAITLENS_TEST_CACHE keeps what they make (keyed by
+# The claims at full scale: the figures README quotes. Each test module runs on one worker (loadfile), so that
+# two workers never train the same cached model. TRAITLENS_TEST_CACHE keeps what they make (keyed by
 # recipe and source, so only the same code reuses it).
 TRAITLENS_TEST_CACHE ?= $(HOME)/.cache/traitlens-claims
 claims: $(STAMP)
-	TRAITLENS_TEST_CACHE=$(TRAITLENS_TEST_CACHE) $(BIN)/python -m pytest -q -n 2 --dist loadgroup -m claims
+	TRAITLENS_TEST_CACHE=$(TRAITLENS_TEST_CACHE) $(BIN)/python -m pytest -q -n 2 --dist loadfile -m claims
 
 bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f; done

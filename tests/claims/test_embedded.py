@@ -7,8 +7,6 @@ import pytest
 
 from traitlens.studies.embedded import embedded_backbone, load_embedded
 
-# make claims runs each group on one worker (--dist loadgroup): the Prompt-CAM/INTR claims on one, these on the other
-pytestmark = pytest.mark.xdist_group("other-claims")
 
 
 @pytest.mark.claims

@@ -8,22 +8,29 @@ trained from scratch on 6 species at 32 px (10 and 8 epochs, seconds), the same 
 Protocol (as the paper): correctly classified test images, target = the predicted species, references = its
 sibling species (every demo species has two), α = 1, every test image; ``pytest -s`` prints the figures.
 
-Findings at broad scale, seed 0, Grad-CAM → Finer-CAM (mean over the scored images; paired win rate in brackets):
+Findings at broad scale, Grad-CAM → Finer-CAM (mean over the scored images; paired win rate in brackets), seeds
+0 / 1 / 2 (``make claims``):
 
-ViT, last block output at 2× input (16×16 grid, top-1 0.771, 111 images scored):
-    diagnostic energy 0.018 → 0.067, lift 1.68 → 6.53 (0.78), diagnostic share of the specimen's energy
-    0.055 → 0.155 (0.85), density over shared parts 0.93 → 3.29; top-5% relative drop 0.227 → 0.357
-    (+0.130 ± 0.048, 0.73), contrastive drop 0.067 → 0.195 (+0.128 ± 0.029, 0.84).
-ViT, the layout's default (last block norm1, 64 px, 8×8, top-1 0.715, 103 images):
-    lift 1.87 → 2.61 (0.63), relative drop 0.202 → 0.193 (−0.009 ± 0.042), contrastive +0.021 ± 0.026.
-    The norm1 gradient passes one more attention layer before the max-pooled tokens and is smeared; the
-    coarse grid does the rest. That is why the earlier finding ("not clearly more") did not see the effect.
-CNN, layer4 (8×8, top-1 0.750, 108 images): energy moves from the shared to the diagnostic parts (share
-    0.076 → 0.109, win 0.70) and the contrastive drop rises (+0.066), but the raw diagnostic energy barely
-    moves and the top-5% relative drop is LOWER (0.463 → 0.396); other layers and a 2× input did not help.
+ViT, last block output at 2× input (16×16 grid; top-1 0.792 / 0.757 / 0.736; 114 / 109 / 106 images scored):
+    diagnostic energy 0.017 → 0.069 / 0.017 → 0.084 / 0.018 → 0.069 (win 0.79 / 0.86 / 0.71), lift 1.68 → 7.10 /
+    1.44 → 7.82 / 1.69 → 5.33, diagnostic share of the specimen's energy 0.054 → 0.162 / 0.055 → 0.195 / 0.056 →
+    0.184 (win 0.87 / 0.82 / 0.83), density over shared parts 0.90 → 3.72 / 0.80 → 4.56 / 0.80 → 3.36;
+    contrastive drop +0.131 / +0.127 / +0.092 (win 0.80 / 0.73 / 0.71).
+    Fragile, reported and not asserted: the top-5% relative drop (faithfulness) rises +0.097 / +0.075 at seeds 0
+    and 1 (win 0.66 / 0.61) but not at seed 2 (−0.002, win 0.54).
+ViT, the layout's default (last block norm1, 64 px, 8×8): the lift gains less (+2.27 / +2.70 / +2.65 against
+    +5.42 / +6.38 / +3.64) and the relative drop does not move (+0.019 / −0.004 / −0.037). (Seed 0 of the
+    previous release measured a smaller default-layer gain, +0.73: the gap between layers is real but smaller
+    than it then looked.)
+CNN, layer4 (8×8; top-1 0.722 / 0.715 / 0.764; 103-110 images): energy moves from the shared to the diagnostic
+    parts (share +0.036 / +0.028 / +0.021, win 0.79 / 0.67 / 0.56; density ×1.62 / ×1.56 / ×1.47) and the
+    contrastive drop rises (+0.043 / +0.033 / +0.045), but the raw diagnostic energy barely moves (0.036 → 0.042 /
+    0.041 → 0.045 / 0.044 → 0.045) and the top-5% relative drop is LOWER (0.458 → 0.392 / 0.500 → 0.365 / 0.567 →
+    0.498); other layers and a 2× input did not help (seed 0 of the previous release).
 
-So the claim holds clearly for the ViT where the map resolves the traits and reads the features the logits
-read (not at an 8×8 norm1 map), and only partly for the CNN. Margins are about half the measured effects.
+So the localisation claim holds clearly for the ViT where the map resolves the traits and reads the features the
+logits read, and only partly for the CNN; the faithfulness claim is fragile even on the ViT. Margins are about
+half the smallest measured effect.
 """
 
 import pytest
@@ -31,8 +38,6 @@ import pytest
 from traitlens.studies import claims
 from traitlens.studies.recipes import finer_cam
 
-# make claims runs each group on one worker (--dist loadgroup): the Prompt-CAM/INTR claims on one, these on the other
-pytestmark = pytest.mark.xdist_group("other-claims")
 
 METRICS = ["diagnostic_energy", "diagnostic_lift", "diagnostic_fraction", "diagnostic_density", "drop",
            "contrastive_drop"]
@@ -73,57 +78,53 @@ def test_tiny_finer_cam_points_at_the_diagnostic_parts(seed):
 # ------------------------------------------------------------------------------------------ broad (make claims)
 @pytest.mark.claims
 @pytest.mark.parametrize("seed", finer_cam("broad").seeds)
-def test_vit_finer_cam_moves_energy_to_diagnostic_traits_and_is_more_faithful(seed):
+def test_vit_finer_cam_moves_energy_to_diagnostic_traits(seed):
     r = claims.finer_cam("broad", seed)
     best, default = r["vit"], r["vit default layer"]
     _report(f"vit recommended seed {seed}", best)
     _report(f"vit default seed {seed}", default)
     assert best["settings"] == {"target_layer": "blocks.3", "scale": 2.0}
-    assert best["acc"] > 0.7 and best["n"] >= 90  # measured 0.771, 111
+    assert best["acc"] > 0.7 and best["n"] >= 90  # measured 0.736-0.792, 106-114
     g, f, win = best["diagnostic_energy"]
-    assert f > 2 * g and win > 0.65  # measured 0.018 → 0.067, win 0.78
+    assert f > 2 * g and win > 0.65  # measured ×3.8-4.9, win 0.71-0.86
     g, f, win = best["diagnostic_lift"]
-    assert g < 3 and f > 4 and win > 0.65  # measured 1.68 → 6.53
+    assert g < 3 and f > 4 and win > 0.65  # measured 1.44-1.69 → 5.33-7.82
     g, f, win = best["diagnostic_fraction"]  # energy moves from the shared parts to the distinguishing ones
-    assert f > g + 0.05 and win > 0.7  # measured 0.055 → 0.155, win 0.85
+    assert f > g + 0.05 and win > 0.7  # measured +0.108 to +0.140, win 0.82-0.87
     g, f, win = best["diagnostic_density"]
-    assert f > 2 * g and f > 2  # measured 0.93 → 3.29
-    g, f, win = best["drop"]
-    assert f > g + 0.05 and win > 0.6  # measured 0.227 → 0.357 (+0.130 ± 0.048), win 0.73
+    assert f > 2 * g and f > 2  # measured ×4.1-5.7
     g, f, win = best["contrastive_drop"]
-    assert f > g + 0.06 and win > 0.7  # measured 0.067 → 0.195 (+0.128 ± 0.029), win 0.84
+    assert f > g + 0.05 and win > 0.65  # measured +0.092 to +0.131, win 0.71-0.80
+    # the top-5% relative drop is fragile (module docstring): printed above, not asserted
 
-    # The layout's default (norm1 of the last block, 8×8): the effect mostly disappears.
+    # The layout's default (norm1 of the last block, 8×8): a smaller gain, and no faithfulness change.
     g, f, _ = default["drop"]
-    assert abs(f - g) < 0.08  # measured −0.009 ± 0.042
+    assert abs(f - g) < 0.08  # measured +0.019 / −0.004 / −0.037
     gain_default = default["diagnostic_lift"][1] - default["diagnostic_lift"][0]
     gain_best = best["diagnostic_lift"][1] - best["diagnostic_lift"][0]
-    assert gain_best > 2 * gain_default  # measured +4.85 vs +0.73
+    assert gain_best > 1.15 * gain_default  # measured ×2.4 / ×2.4 / ×1.37
 
 
 @pytest.mark.claims
 @pytest.mark.parametrize("seed", finer_cam("broad").seeds)
 def test_cnn_finer_cam_shifts_energy_but_not_the_relative_drop(seed):
-    """Tiny CNN, layout default (layer4, 8×8; top-1 0.750, 108 images scored), Grad-CAM → Finer-CAM:
-    diagnostic share of the specimen's energy 0.076 → 0.109 (win 0.70), density over shared parts 1.33 → 2.20
-    (win 0.70), contrastive drop 0.249 → 0.315 (+0.066 ± 0.036, win 0.60) — but raw diagnostic energy only
-    0.033 → 0.038 (win 0.43) and the top-5% relative drop 0.463 → 0.396 (−0.067 ± 0.045): the paper's headline
-    does not reproduce on this CNN. Also measured, not better: layer1 (16×16): relative drop −0.116, fraction
-    +0.022; layer2: relative drop −0.109; 2× input: accuracy 0.583. Layer-CAM at layer1 localises best (lift
-    6.7 → 8.1 with Finer, win 0.71) but its relative drop is also lower (−0.035).
+    """The paper's headline does not reproduce on this CNN (figures in the module docstring). Also measured in the
+    previous release (seed 0), not better: layer1 (16×16): relative drop −0.116, fraction +0.022; layer2: relative
+    drop −0.109; 2× input: accuracy 0.583. Layer-CAM at layer1 localises best (lift 6.7 → 8.1 with Finer, win
+    0.71) but its relative drop is also lower (−0.035).
     """
     r = claims.finer_cam("broad", seed)["cnn"]
     _report(f"cnn default seed {seed}", r)
     assert r["settings"] == {}
-    assert r["acc"] > 0.65 and r["n"] >= 90  # measured 0.750, 108
+    assert r["acc"] > 0.65 and r["n"] >= 90  # measured 0.715-0.764, 103-110
     g, f, win = r["diagnostic_fraction"]
-    assert f > g + 0.015 and win > 0.6  # measured 0.076 → 0.109, win 0.70
+    assert f > g + 0.01 and win > 0.5  # measured +0.021 to +0.036, win 0.56-0.79
     g, f, win = r["diagnostic_density"]
-    assert f > 1.3 * g  # measured 1.33 → 2.20
+    assert f > 1.25 * g  # measured ×1.47-1.62
     g, f, win = r["contrastive_drop"]
-    assert f > g + 0.02  # measured +0.066 ± 0.036
+    assert f > g + 0.015  # measured +0.033 to +0.045
     # The findings that do not reproduce, pinned: no clear gain in raw diagnostic energy, a lower relative drop.
     g, f, win = r["diagnostic_energy"]
-    assert f < 1.6 * g  # measured 0.033 → 0.038
+    assert f < 1.6 * g  # measured ×1.02-1.17
     g, f, win = r["drop"]
-    assert f < g + 0.03  # measured 0.463 → 0.396
+    assert f < g + 0.03  # measured −0.066 / −0.135 / −0.069

@@ -112,9 +112,6 @@ import pytest
 from traitlens.studies import claims
 from traitlens.studies.recipes import interpretable
 
-# make claims runs each group on one worker (--dist loadgroup): the broad backbone's pretraining and the models
-# frozen on it are the longest group
-pytestmark = pytest.mark.xdist_group("interpretable")
 
 
 def _report(scale, seed, scores):

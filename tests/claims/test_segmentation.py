@@ -20,8 +20,6 @@ import pytest
 
 from traitlens.studies import claims
 
-# make claims runs each group on one worker (--dist loadgroup): the Prompt-CAM/INTR claims on one, these on the other
-pytestmark = pytest.mark.xdist_group("other-claims")
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
