@@ -14,30 +14,31 @@ Prompt-CAM-Deep frozen on the standard one (18 species, the demo's), and INTR (d
 heads) on the standard one, fine-tuned.
 
 Recipes: ``recipes.interpretable("broad")`` (Prompt-CAM on the broad backbone: AdamW 5e-2, batches of 16, 20
-epochs; on the standard one 2e-2 for 10 epochs). Measured (2 shared CPU cores, seed 0;
-`python -m pytest -q tests/claims/test_interpretable.py -m claims`): the
-broad backbone pretrains once in 24.6 min on two threads (12,000 training images, 30 epochs; 0.978 test
-top-1 on its own 200 species), the rest runs on one thread: Prompt-CAM on it trains ~200 s, on the
-standard one 96 s, INTR 177 s.
+epochs; on the standard one 2e-2 for 10 epochs). Measured by ``make claims`` (one thread a model; the seed is
+each model's training seed, the backbones are pretrained once at seed 0): the broad backbone pretrains in
+24.6 min on two quiet threads (36 min here beside other work; 12,000 training images, 30 epochs; 0.976 test
+top-1 on its own 200 species, 0.978 in the previous release); Prompt-CAM on it trains ~200 s, on the standard
+one ~100 s, INTR ~180 s.
 
-======================  ======  ==================  ============================  ======================
-model (backbone)        top-1   best-head trait     p drop top 10% / random 10%   top hurts more than
-                        (720)   share / uniform     (correct images, mean; median) random (share)
-======================  ======  ==================  ============================  ======================
-Prompt-CAM (broad)      0.914   3.40                0.56 / 0.06; 0.73 / 0.00      0.84
-Prompt-CAM (standard)   0.667   5.44                0.76 / 0.07; 0.97 / 0.01      0.90
-INTR (standard)         0.932   6.07                0.38 / 0.04; 0.23 / 0.00      0.88
-======================  ======  ==================  ============================  ======================
+=====================  =====================  ==================  ===========================  ==============
+model (backbone)       top-1 (720 images)     best-head trait     p drop, top 10% / random     top hurts more
+                       seeds 0 / 1 / 2        share / uniform     (correct images, mean)       than random
+=====================  =====================  ==================  ===========================  ==============
+Prompt-CAM (broad)     0.900 / 0.871 / 0.871  3.54 / 4.96 / 8.06  0.59 / 0.70 / 0.69 vs ~0.06  0.89-0.92
+Prompt-CAM (standard)  0.651 / 0.603 / 0.622  5.43 / 5.47 / 4.06  0.70 / 0.56 / 0.72 vs ~0.07  0.79-0.92
+INTR (standard)        0.975 / 0.960 / 0.968  7.48 / 6.15 / 5.14  0.52 / 0.36 / 0.58 vs ~0.04  0.81-0.91
+=====================  =====================  ==================  ===========================  ==============
 
-(The standard row measured 0.663 / 0.75 / 0.89 before the last release's ``run_block``: float-level
-changes move a few of the 720 images.) Measured twice from a fresh cache, the second time by the full
-suite: the broad backbone's training losses and the broad Prompt-CAM's figures came back bit for bit.
+Fragile, so reported and not asserted at 0.90: Prompt-CAM frozen on the broad backbone reaches 90% at seed 0
+only (0.900; the previous release's broad backbone gave 0.914 at seed 0, and another machine 0.857): over three
+seeds it is 0.88 ± 0.02. What holds with margin: it stays above 0.85 and ≥ 0.25 above the same readout on
+the standard backbone. INTR's 90% holds with room (≥ 0.96).
 
 On the broad backbone the claims recipe for the standard one (2e-2, 10 epochs) reaches 0.847: the
-prompts need the higher rate and the longer schedule there. The trait share is the thinnest margin (3.40
-against the claim's 3): the broad backbone's heads spread attention wider than the 18-species one's.
+prompts need the higher rate and the longer schedule there. The trait share is the thinnest margin (3.54
+at seed 0 against the claim's 3): the broad backbone's heads spread attention wider than the 18-species one's.
 
-For the spread: at seed 1 (`ctx.seed`) INTR reaches 0.964, trait ratio 4.51, mean drop 0.33 vs 0.05,
+Earlier measurements (previous release, one seed each): at seed 1 INTR reached 0.964, trait ratio 4.51, mean drop 0.33 vs 0.05,
 and Prompt-CAM 0.607, 5.50, 0.57 vs 0.06. INTR on 200 images a species: 0.900-0.925 test top-1 (12 and
 16 epochs, two pretrainings of the embedded ViT that differ in the last digit), trait ratio 4.1-6.4,
 mean drop 0.41-0.53 vs 0.04-0.05. INTR's trait ratio on the demo collection (144 test images, 0.83
@@ -140,16 +141,18 @@ def test_tiny_intr_heads_find_traits_and_prompt_cam_learns(seed):
 
 
 # ------------------------------------------------------------------------------------------ broad (make claims)
+# Prompt-CAM on the broad backbone is tests/claims/test_broad_prompt_cam.py: a module of its own, so that make
+# claims (one module a worker) pretrains the broad backbone on one worker while the other trains these.
 BROAD_SEEDS = interpretable("broad").seeds
-MODELS = ["prompt-cam-broad", "prompt-cam", "intr"]
+MODELS = ["prompt-cam", "intr"]
 
 
 @pytest.fixture(scope="module")
 def broad():
-    """Every seed's scores (the broad backbone pretrains once, ~25 min on 2 CPU cores)."""
+    """Every seed's scores of Prompt-CAM and INTR on the standard embedded ViT."""
     out = {}
     for seed in BROAD_SEEDS:
-        out[seed] = claims.interpretable("broad", seed)
+        out[seed] = claims.interpretable("broad", seed, models=MODELS)
         _report("broad", seed, out[seed])
     return out
 
@@ -159,44 +162,28 @@ def broad():
 @pytest.mark.parametrize("seed", BROAD_SEEDS)
 def test_intr_reaches_90_percent(broad, seed):
     assert broad[seed]["intr"]["n"] == 720
-    assert broad[seed]["intr"]["top1"] >= 0.90  # measured 0.932
+    assert broad[seed]["intr"]["top1"] >= 0.90  # measured 0.975 / 0.960 / 0.968
 
 
 @pytest.mark.claims
 @pytest.mark.parametrize("seed", BROAD_SEEDS)
-def test_prompt_cam_reaches_90_percent_on_the_broad_backbone(broad, seed):
-    assert broad[seed]["prompt-cam-broad"]["n"] == 720
-    assert broad[seed]["prompt-cam-broad"]["top1"] >= 0.90  # measured 0.914
-
-
-@pytest.mark.claims
-@pytest.mark.parametrize("seed", BROAD_SEEDS)
-def test_pretraining_breadth_is_what_frozen_prompt_cam_needs(broad, seed):
-    s = broad[seed]
-    assert s["prompt-cam"]["n"] == 720
-    assert s["prompt-cam"]["top1"] >= 0.55  # measured 0.667 (seed 1: 0.607; 200 a species: 0.68-0.70)
-    assert s["prompt-cam-broad"]["top1"] >= s["prompt-cam"]["top1"] + 0.15  # measured +0.25
+def test_frozen_prompt_cam_on_the_standard_backbone_learns(broad, seed):
+    assert broad[seed]["prompt-cam"]["n"] == 720
+    assert broad[seed]["prompt-cam"]["top1"] >= 0.55  # measured 0.651 / 0.603 / 0.622
 
 
 @pytest.mark.claims
 @pytest.mark.parametrize("seed", BROAD_SEEDS)
 @pytest.mark.parametrize("name", MODELS)
 def test_best_head_looks_at_the_traits(broad, name, seed):
-    # The claim: ≥ 3× the uniform share. Measured 3.40, 5.44 and 6.07 (INTR: 4.1-6.4 over six runs).
+    # The claim: ≥ 3× the uniform share. Measured (seeds 0 / 1 / 2): Prompt-CAM 5.43 / 5.47 / 4.06, INTR 7.48 /
+    # 6.15 / 5.14 (Prompt-CAM on the broad backbone: test_broad_prompt_cam.py).
     assert broad[seed][name]["trait_ratio"] >= 3.0
 
 
 @pytest.mark.claims
 @pytest.mark.parametrize("seed", BROAD_SEEDS)
 @pytest.mark.parametrize("name", MODELS)
-def test_removing_the_attended_region_hurts_more_than_a_random_one(broad, name, seed):
-    s = broad[seed][name]
-    # Measured: means 0.56 / 0.76 / 0.38 vs 0.06 / 0.07 / 0.04 (INTR seed 1: 0.33 vs 0.05); 84% / 90% /
-    # 88% of the images (INTR seed 1: 74%). Medians are not asserted: a confident INTR keeps p ≈ 1
-    # whatever 10% is removed (median drop 0.97 / 0.23 here, 0.01 vs 0.00 at seed 1, where 96% of the
-    # images are right), and ties count as "not more" in the share.
-    assert s["drop_top"] >= s["drop_random"] + 0.2
-    assert s["drop_top"] >= 4 * s["drop_random"]
-    assert s["drop_top_median"] >= s["drop_random_median"]
-    assert s["top_beats_random"] >= 0.65
-    assert s["n_correct"] >= 0.5 * s["n"]
+def test_removing_the_attended_region_hurts_more_than_a_random_one(broad, name, seed, region_removal_holds):
+    region_removal_holds(broad[seed][name])
+

@@ -56,8 +56,31 @@ def test_interrupted_or_torn_entry_is_recomputed(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         memo.memo_json(tmp_path, "study", Recipe(), boom)
-    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-written
     path = memo.memo_path(tmp_path, "study", Recipe(), ".json")
     path.write_text('{"recipe": {"lr": 0.0')  # a torn file from elsewhere
     assert memo.memo_json(tmp_path, "study", Recipe(), lambda: {"ok": True}) == {"ok": True}
     assert json.loads(path.read_text())["result"] == {"ok": True}
+
+
+def _slow_entry(args):
+    folder, log = args
+    import time
+
+    def compute():
+        with open(log, "a") as fh:
+            fh.write("computed\n")
+        time.sleep(0.5)
+        return {"value": 1}
+
+    return memo.memo_json(folder, "shared", Recipe(), compute)
+
+
+def test_two_processes_asking_for_one_entry_compute_it_once(tmp_path):
+    import multiprocessing
+
+    log = tmp_path / "log.txt"
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        results = pool.map(_slow_entry, [(tmp_path / "memo", log)] * 2)
+    assert results == [{"value": 1}, {"value": 1}]
+    assert log.read_text().splitlines() == ["computed"]  # the second waited for the first and read its entry

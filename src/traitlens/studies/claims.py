@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
@@ -103,11 +103,14 @@ def finer_cam(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------ Prompt-CAM, INTR
-def interpretable(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
+MODELS = ("prompt-cam", "intr", "prompt-cam-broad")
+
+
+def interpretable(scale: str = "broad", seed: int = 0, models: Sequence[str] = MODELS) -> Dict[str, dict]:
     """Prompt-CAM and INTR trained and scored (:func:`traitlens.models.trait_scores.score_dataset`):
     ``{"prompt-cam": ..., "intr": ...}`` and at broad scale ``"prompt-cam-broad"`` (frozen on the broad
-    embedded ViT). Each: test top-1, best-head trait share over uniform, probability drops when the top or a
-    random 10% of the image is removed."""
+    embedded ViT), or only those of ``models``. Each: test top-1, best-head trait share over uniform,
+    probability drops when the top or a random 10% of the image is removed."""
     from traitlens.data.traits import load_traits
     from traitlens.studies.demo import DemoContext
     from traitlens.studies.demo.interpretable import train_and_score
@@ -128,9 +131,11 @@ def interpretable(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
                           recipe.backbone, seed)
     else:
         backbone = embedded_backbone("vit", progress=False)
-    out = {"prompt-cam": train_and_score(context(backbone), "prompt-cam", recipe.prompt_cam),
-           "intr": train_and_score(context(backbone), "intr", recipe.intr)}
-    if recipe.prompt_cam_broad is not None:
+    out = {}
+    for name, training in (("prompt-cam", recipe.prompt_cam), ("intr", recipe.intr)):
+        if name in models:
+            out[name] = train_and_score(context(backbone), name, training)
+    if recipe.prompt_cam_broad is not None and "prompt-cam-broad" in models:
         broad = embedded_backbone("vit", breadth="broad", progress=False)
         out["prompt-cam-broad"] = train_and_score(context(broad), "prompt-cam", recipe.prompt_cam_broad)
     return out

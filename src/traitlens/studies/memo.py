@@ -15,6 +15,7 @@ or removing the entry's folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -22,7 +23,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Iterator, Tuple
 
 from traitlens.cache import recipe_key
 
@@ -84,16 +85,46 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def memo_json(folder: Path, name: str, recipe: Any, compute: Callable[[], Any]) -> Any:
-    """The JSON result of ``recipe``: read from ``folder`` when made before by the same code, else computed,
-    stored (atomically, with the recipe beside it) and returned."""
-    path = memo_path(folder, name, recipe, ".json")
+@contextlib.contextmanager
+def computing(path: Path) -> Iterator[None]:
+    """Hold the lock of the entry ``path`` while it is computed: a second process asking for the same entry
+    waits, then reads it, instead of training the same model into the same folder (no-op without ``fcntl``)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(Path(path).with_name(f".{Path(path).name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _read(path: Path) -> Tuple[bool, Any]:
     if path.is_file():
         try:
-            return json.loads(path.read_text(encoding="utf-8"))["result"]
+            return True, json.loads(path.read_text(encoding="utf-8"))["result"]
         except (ValueError, KeyError):
             pass  # a file that is not ours, or from before this format: compute again
-    result = compute()
-    write_atomic(path, json.dumps({"recipe": plain(recipe), "source": source_digest(), "result": result},
-                                  indent=1) + "\n")
+    return False, None
+
+
+def memo_json(folder: Path, name: str, recipe: Any, compute: Callable[[], Any]) -> Any:
+    """The JSON result of ``recipe``: read from ``folder`` when made before by the same code, else computed,
+    stored (atomically, with the recipe beside it) and returned. Processes asking for one entry at once compute
+    it once (:func:`computing`)."""
+    path = memo_path(folder, name, recipe, ".json")
+    found, result = _read(path)
+    if found:
+        return result
+    with computing(path):
+        found, result = _read(path)  # another process may have made it while this one waited
+        if found:
+            return result
+        result = compute()
+        write_atomic(path, json.dumps({"recipe": plain(recipe), "source": source_digest(), "result": result},
+                                      indent=1) + "\n")
     return json.loads(json.dumps(result))  # the same types a later read gives (tuples → lists)
