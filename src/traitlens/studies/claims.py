@@ -35,12 +35,13 @@ def _collection(recipe) -> Path:
     return collection(recipe, progress=False)
 
 
-def _train(run: Path, data: Path, preset: str, recipe: Training, seed: int, weights=None) -> Path:
+def _train(run: Path, data: Path, preset: str, recipe: Training, seed: int) -> Path:
+    """The ``preset`` trained from random weights on ``data`` with ``recipe`` into ``run``."""
     from traitlens.engine.config import TrainConfig
     from traitlens.methods import train
 
-    config = TrainConfig(data=str(data), out=str(run), backbone=preset, weights=None if weights is None else str(weights),
-                         seed=seed, device="cpu", amp="off", **recipe.config())
+    config = TrainConfig(data=str(data), out=str(run), backbone=preset, seed=seed, device="cpu", amp="off",
+                         **recipe.config())
     train(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
     return run
 
@@ -49,17 +50,15 @@ def _train(run: Path, data: Path, preset: str, recipe: Training, seed: int, weig
 def _finer_cam_figures(run: Path, data: Path, traits, settings: str) -> dict:
     """Grad-CAM → Finer-CAM on every test image of ``data``: for each claim metric [Grad-CAM mean, Finer-CAM
     mean, share of images where Finer-CAM is higher], and the classifier's accuracy and scored images."""
-    from traitlens.data.folders import ImageFolderDataset, collate
-    from traitlens.engine.checkpoint import config_from_meta
-    from traitlens.methods import load_model
-    from traitlens.engine.train import eval_transform
+    from traitlens.data.folders import collate
     from traitlens.explain.evaluate import evaluate_explanations, recommended_settings
+    from traitlens.methods import load_model
+    from traitlens.studies.demo import test_split
 
     protocol = FINER_CAM_EVALUATION
     model, meta = load_model(run)
     model.eval()
-    test = ImageFolderDataset(data, split="test", transform=eval_transform(model, config_from_meta(meta)),
-                              classes=meta["class_names"], masks="auto")
+    test = test_split(data, model, meta)
     batch = collate([test[i] for i in range(len(test))])
     chosen = recommended_settings(model, batch["image"].shape[-2:]) if settings == "recommended" else {}
     metrics = list(protocol.claim_metrics)

@@ -87,6 +87,17 @@ def collection(recipe: Collection, progress: bool = True) -> Path:
                                progress=progress)
 
 
+def test_split(data: Path, model, meta: dict):
+    """The test split of collection ``data`` as checkpoint ``(model, meta)`` sees it: its eval transform, its
+    classes, the part masks when present."""
+    from traitlens.data.folders import ImageFolderDataset
+    from traitlens.engine.checkpoint import config_from_meta
+    from traitlens.engine.train import eval_transform
+
+    return ImageFolderDataset(data, split="test", transform=eval_transform(model, config_from_meta(meta)),
+                              classes=meta["class_names"], masks="auto")
+
+
 def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, device: str, seed: int) -> Path:
     """Fine-tune the embedded backbone on the demo collection (cached by recipe)."""
     from traitlens.engine.config import TrainConfig

@@ -7,17 +7,9 @@ import numpy as np
 import torch
 
 from traitlens.report import Section
+from traitlens.studies.demo import test_split
 from traitlens.studies.memo import memo_json, memo_path
 from traitlens.studies.recipes import FINER_CAM_EVALUATION as RECIPE
-
-
-def _dataset(ctx, model, meta):
-    from traitlens.data.folders import ImageFolderDataset
-    from traitlens.engine.checkpoint import config_from_meta
-    from traitlens.engine.train import eval_transform
-
-    return ImageFolderDataset(ctx.data, split="test", transform=eval_transform(model, config_from_meta(meta)),
-                              classes=meta["class_names"], masks="auto")
 
 
 def _table(ctx, kind: str) -> dict:
@@ -32,7 +24,7 @@ def _evaluate(ctx, kind: str) -> dict:
     from traitlens.explain.evaluate import evaluate_explanations
 
     model, meta = load_model(ctx.checkpoints[kind], device=ctx.device)
-    data = _dataset(ctx, model, meta)
+    data = test_split(ctx.data, model, meta)
     # An even spread over species: every k-th test image.
     step = max(1, len(data) // RECIPE.limit)
     subset = torch.utils.data.Subset(data, list(range(0, len(data), step))[:RECIPE.limit])
@@ -68,7 +60,7 @@ def _pairs(ctx, kind: str, per_genus: int = 1):
             return [tuple(z[f"{i}_{j}"] for j in range(4)) + (str(z[f"{i}_caption"]),)
                     for i in range(int(z["n"]))]
     model, meta = load_model(ctx.checkpoints[kind], device=ctx.device)
-    data = _dataset(ctx, model, meta)
+    data = test_split(ctx.data, model, meta)
     names = meta["class_names"]
     traits = ctx.traits
     labels = [s[1] for s in data.samples]

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from traitlens.studies.demo import test_split
 from traitlens.studies.memo import memo_json, memo_path
 from traitlens.studies.recipes import MAP_COMPARISON, Training, interpretable
 
@@ -41,15 +42,6 @@ def _study(ctx, recipe: Training) -> dict:
     return dict(training=recipe, backbone=str(_backbone_run(ctx)), data=str(ctx.data), seed=ctx.seed)
 
 
-def _test_set(ctx, model, meta):
-    from traitlens.data.folders import ImageFolderDataset
-    from traitlens.engine.checkpoint import config_from_meta
-    from traitlens.engine.train import eval_transform
-
-    return ImageFolderDataset(ctx.data, "test", transform=eval_transform(model, config_from_meta(meta)),
-                              classes=meta["class_names"], masks="auto")
-
-
 def train_and_score(ctx, name: str, recipe: Optional[Training] = None) -> dict:
     """Train (or reuse) one model on ``ctx.data`` with ``recipe`` (default: the standard scale's) and score
     it on the test split; the run folder and the scores are cached by :mod:`traitlens.studies.memo`."""
@@ -68,7 +60,7 @@ def train_and_score(ctx, name: str, recipe: Optional[Training] = None) -> dict:
         ctx.log(f"demo: training {name} on {ctx.data}")
         train(config, progress=False)  # returns at once for a finished run, resumes an interrupted one
         model, meta = load_model(run, device=ctx.device)
-        scores = score_dataset(model, _test_set(ctx, model, meta), ctx.traits, meta["class_names"],
+        scores = score_dataset(model, test_split(ctx.data, model, meta), ctx.traits, meta["class_names"],
                                seed=ctx.seed, device=ctx.device)
         return dict(scores, run=str(run), seconds_per_epoch=_epoch_seconds(run))
 
@@ -129,7 +121,7 @@ def _compare(ctx, classifier_run: Path, runs: Dict[str, str], batch_size: int) -
     for name, (_, meta) in models.items():
         if meta["class_names"] != names:
             raise ValueError(f"{name} was trained on other classes than the demo classifier")
-    sets = {name: _test_set(ctx, m, meta) for name, (m, meta) in models.items()}
+    sets = {name: test_split(ctx.data, m, meta) for name, (m, meta) in models.items()}
     n = len(sets["classifier"])
     keep = list(range(0, n, max(1, n // cmp.limit)))[:cmp.limit]
     loaders = {name: torch.utils.data.DataLoader(torch.utils.data.Subset(ds, keep), batch_size=batch_size,
@@ -190,7 +182,7 @@ def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
     from traitlens.methods import load_model
 
     model, meta = load_model(run, device=ctx.device)
-    test = _test_set(ctx, model, meta)
+    test = test_split(ctx.data, model, meta)
     seen, picks = {}, []
     for i, label in enumerate(test.targets):
         if seen.get(label, 0) < per_species:
