@@ -18,7 +18,9 @@ wins "which has more"; booleans: "which has").
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,16 +150,32 @@ def items_from_cub(root: Path, split: str) -> Tuple[List[Item], Callable]:
     return items, question
 
 
-def items_from_json(data: Path, path: Path) -> Tuple[List[Item], Callable]:
-    """Images listed in a JSON file with their attributes (paths relative to ``data``)."""
+def items_from_json(data: Path, path: Path) -> Tuple[List[Item], Callable, List[str]]:
+    """Images listed in a JSON file with their attributes (paths relative to ``data``; a path that is
+    absolute, holds ``..`` or leads out of ``data`` through a link is refused, listed in ``refused``)."""
+    from traitlens.compbench.records import inside_folder, normalize_path, path_problem
+
     try:
-        spec = json.loads(Path(path).read_text())
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = spec["images"] if isinstance(spec, dict) else spec
-        items = [Item(Path(data) / r["path"], str(r["class"]), str(r.get("group", r["class"])),
-                      dict(r["attributes"])) for r in rows]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        items, refused = [], []
+        root_real = os.path.realpath(data)
+        for r in rows:
+            why = path_problem(r["path"])
+            full = Path(data) / normalize_path(r["path"]) if why is None else None
+            if full is not None and full.exists() and not inside_folder(full, root_real):
+                why = f"image {r['path']} is a link to a file outside {data}"
+            if why is not None:
+                refused.append(why)
+                continue
+            items.append(Item(full, str(r["class"]), str(r.get("group", r["class"])), dict(r["attributes"])))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"{path}: expected {{'images': [{{'path', 'class', 'group', 'attributes'}}]}} "
                         f"({type(exc).__name__}: {exc})") from None
+    if refused:
+        from traitlens.progress import log
+
+        log(f"compbench build: {len(refused)} image path(s) in {path} refused (e.g. {refused[0]})")
 
     def question(attribute, value, noun):
         if isinstance(value, bool):
@@ -166,24 +184,25 @@ def items_from_json(data: Path, path: Path) -> Tuple[List[Item], Callable]:
             return generic_question(attribute, noun, False)
         return None
 
-    return items, question
+    return items, question, refused
 
 
-def load_items(data: Path, attributes: Path, split: str) -> Tuple[List[Item], Callable, str]:
-    """Pick the attribute source from what ``attributes`` is."""
+def load_items(data: Path, attributes: Path, split: str) -> Tuple[List[Item], Callable, str, List[str]]:
+    """Pick the attribute source from what ``attributes`` is: (items, question maker, source name,
+    the image paths refused as outside ``data``)."""
     a = Path(attributes)
     if a.is_dir() and (a / "traits.json").is_file():
         a = a / "traits.json"
     if a.name == "traits.json" or (a.is_file() and a.suffix == ".json" and '"species"' in a.read_text()[:100000]
                                    and '"genera"' in a.read_text()[:100000]):
         items, q = items_from_traits(data, a, split)
-        return items, q, "traits"
+        return items, q, "traits", []
     if a.is_dir() or a.name in ("image_attribute_labels.txt", "attributes.txt"):
         items, q = items_from_cub(a if a.is_dir() else a.parent, split)
-        return items, q, "cub"
+        return items, q, "cub", []
     if a.is_file() and a.suffix == ".json":
-        items, q = items_from_json(data, a)
-        return items, q, "json"
+        items, q, refused = items_from_json(data, a)
+        return items, q, "json", refused
     raise UserError(f"attributes {a}: give a traits.json, a CUB-200-2011 folder, or a JSON of per-image attributes")
 
 
@@ -207,7 +226,7 @@ def pixel_features(paths: Sequence[Path], size: int = 24, bins: int = 8) -> np.n
     return np.stack(feats) if feats else np.zeros((0, 1), np.float32)
 
 
-def backbone_features(paths: Sequence[Path], name: str, batch_size: int = 32) -> np.ndarray:
+def backbone_features(paths: Sequence[Path], name: str, batch_size: int = 32, device: str = "cpu") -> np.ndarray:
     """N×D L2-normalised pooled features of a traitlens backbone (a preset name or a run folder)."""
     import torch
 
@@ -216,7 +235,9 @@ def backbone_features(paths: Sequence[Path], name: str, batch_size: int = 32) ->
 
     src = Path(name)
     model = create(None, weights=src) if src.exists() else create(name)
-    model.eval()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.eval().to(device)
     cfg = data_config(model)
     _, h, w = cfg["input_size"]
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)
@@ -226,18 +247,24 @@ def backbone_features(paths: Sequence[Path], name: str, batch_size: int = 32) ->
         for i in progress(range(0, len(paths), batch_size), desc="features", unit="batch"):
             ims = [np.asarray(load_image(p).resize((w, h)), dtype=np.float32) / 255.0 for p in paths[i:i + batch_size]]
             x = (torch.from_numpy(np.stack(ims)).permute(0, 3, 1, 2) - mean) / std
-            f = model(x).reshape(len(ims), -1)
-            out.append(torch.nn.functional.normalize(f, dim=1).numpy())
+            f = model(x.to(device)).reshape(len(ims), -1).float()
+            out.append(torch.nn.functional.normalize(f, dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
-def features(paths: Sequence[Path], feature: str) -> np.ndarray:
+def features(paths: Sequence[Path], feature: str, device: str = "cpu") -> np.ndarray:
+    """N×D features of ``paths``: ``pixels`` (always on the CPU) or ``backbone:NAME`` (on ``device``)."""
     if feature == "pixels":
         return pixel_features(paths)
     if feature.startswith("backbone:"):
-        return backbone_features(paths, feature.split(":", 1)[1])
+        return backbone_features(paths, feature.split(":", 1)[1], device=device)
     raise UserError(f"feature {feature!r}: use 'pixels' or 'backbone:NAME' (a preset or a run folder)",
                     option="feature")
+
+
+def _safe_name(name: str) -> str:
+    """``name`` as one plain folder name (no separators, no ``..``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip(".") or "class"
 
 
 # ------------------------------------------------------------------------------------- mining
@@ -314,12 +341,35 @@ def mine_pairs(items: Sequence[Item], feats: np.ndarray, question_fn: Callable, 
 
 def build_benchmark(data: Path, attributes: Path, out: Path, pairs_per_attribute: int = 4, split: str = "test",
                     group: str = "auto", feature: str = "pixels", task: str = "specimen_attributes",
-                    noun: str = "specimen", seed: int = 0) -> Dict[str, Any]:
-    """Mine pairs and write the benchmark folder (layout in the module docstring); returns its summary."""
+                    noun: str = "specimen", seed: int = 0, device: str = "cpu") -> Dict[str, Any]:
+    """Mine pairs and write the benchmark folder (layout in the module docstring); returns its summary.
+
+    Images that do not decode are left out and listed (``skipped_images`` in the summary); ``device``
+    runs ``backbone:NAME`` features (``auto``: CUDA when available).
+    """
+    from traitlens.compbench.records import check_image
+    from traitlens.compbench.tasks import check_task_name
+    from traitlens.errors import BadImageError
+
+    check_task_name(task)
     if pairs_per_attribute < 1:
         raise UserError(f"pairs per attribute {pairs_per_attribute}: must be at least 1", option="pairs_per_attribute")
-    items, question_fn, source = load_items(Path(data), Path(attributes), split)
-    feats = features([it.path for it in items], feature)
+    items, question_fn, source, refused = load_items(Path(data), Path(attributes), split)
+    skipped: List[Dict[str, str]] = [{"path": "", "reason": why} for why in refused]
+    good: List[Item] = []
+    for it in progress(items, desc="checking images", unit="img"):
+        try:
+            check_image(it.path)
+            good.append(it)
+        except BadImageError as exc:
+            skipped.append({"path": str(it.path), "reason": exc.reason})
+    if len(good) < len(items):
+        from traitlens.progress import log
+
+        log(f"compbench build: {len(items) - len(good)} image(s) do not decode and are left out "
+            f"(e.g. {skipped[len(refused)]['path']}: {skipped[len(refused)]['reason']})")
+    items = good
+    feats = features([it.path for it in items], feature, device=device)
     mined = mine_pairs(items, feats, question_fn, noun, pairs_per_attribute, group)
     if not mined:
         raise UserError(f"no pair of look-alike images in {data} differs in an attribute; use more images "
@@ -332,8 +382,9 @@ def build_benchmark(data: Path, attributes: Path, out: Path, pairs_per_attribute
     def stored(i: int) -> str:
         if i not in copied:
             it = items[i]
-            dest = out / "images" / it.cls / f"{it.path.parent.parent.name}_{it.path.name}" \
-                if source == "traits" else out / "images" / it.cls / it.path.name
+            folder = _safe_name(it.cls)  # a class name from a JSON file must not lead the copy out of OUT
+            dest = out / "images" / folder / f"{it.path.parent.parent.name}_{it.path.name}" \
+                if source == "traits" else out / "images" / folder / it.path.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             if not dest.exists():
                 shutil.copyfile(it.path, dest)
@@ -360,7 +411,7 @@ def build_benchmark(data: Path, attributes: Path, out: Path, pairs_per_attribute
     path.write_text(json.dumps(records, indent=1) + "\n")
     info = {"task": task, "file": str(path), "pairs": len(records), "attributes": len({m.attribute for m in mined}),
             "source": source, "data": str(data), "attributes_file": str(attributes), "split": split,
-            "feature": feature, "group": group, "seed": seed,
+            "feature": feature, "group": group, "seed": seed, "skipped_images": skipped,
             "answers": {"Left": sum(r["answer"] == "Left" for r in records),
                         "Right": sum(r["answer"] == "Right" for r in records)}}
     (out / "benchmark_info.json").write_text(json.dumps(info, indent=1) + "\n")

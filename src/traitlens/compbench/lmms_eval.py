@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
-from traitlens.compbench.records import PairRecord, resolve_image, spec_for
-from traitlens.errors import UserError
+import yaml
+
+from traitlens.compbench.records import PairRecord, check_image, locate_image, spec_for
+from traitlens.compbench.tasks import check_task_name
+from traitlens.errors import BadImageError, UserError
 
 _UTILS = '''"""lmms-eval hooks for CompBench tasks exported by traitlens (scoring: traitlens.compbench.scoring)."""
 
@@ -52,60 +55,75 @@ def compbench_process_results(doc, results):
 '''
 
 
-def _task_yaml(name: str, data_file: Path) -> str:
-    return f"""task: {name}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {json.dumps(str(data_file))}
-test_split: test
-output_type: generate_until
-doc_to_visual: !function utils.compbench_doc_to_visual
-doc_to_text: !function utils.compbench_doc_to_text
-doc_to_target: answer
-generation_kwargs:
-  max_new_tokens: 128
-  temperature: 0
-  do_sample: false
-process_results: !function utils.compbench_process_results
-metric_list:
-  - metric: accuracy
-    aggregation: mean
-    higher_is_better: true
-  - metric: not_understood
-    aggregation: mean
-    higher_is_better: false
-lmms_eval_specific_kwargs:
-  default:
-    pre_prompt: ""
-    post_prompt: ""
-metadata:
-  version: 1.0
-  source: traitlens compbench export-lmms-eval
-"""
+class _Function(str):
+    """A ``!function module.name`` value of an lmms-eval YAML file."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+_Dumper.add_representer(_Function, lambda d, v: d.represent_scalar("!function", str(v)))
+
+
+def _task_config(name: str, data_file: Path) -> Dict[str, Any]:
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "generate_until",
+        "doc_to_visual": _Function("utils.compbench_doc_to_visual"),
+        "doc_to_text": _Function("utils.compbench_doc_to_text"),
+        "doc_to_target": "answer",
+        "generation_kwargs": {"max_new_tokens": 128, "temperature": 0, "do_sample": False},
+        "process_results": _Function("utils.compbench_process_results"),
+        "metric_list": [
+            {"metric": "accuracy", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "not_understood", "aggregation": "mean", "higher_is_better": False},
+        ],
+        "lmms_eval_specific_kwargs": {"default": {"pre_prompt": "", "post_prompt": ""}},
+        "metadata": {"version": 1.0, "source": "traitlens compbench export-lmms-eval"},
+    }
+
+
+def dump_yaml(config: Dict[str, Any]) -> str:
+    """``config`` as YAML written by a serializer (never by string formatting: a name holding a newline
+    or a colon stays one scalar), with ``!function`` tags for the hooks."""
+    return yaml.dump(config, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 def export_lmms_eval(records: Sequence[PairRecord], out: Path, image_root: Path) -> List[Path]:
-    """Write the lmms-eval task files for ``records`` (grouped by task); returns the paths written."""
+    """Write the lmms-eval task files for ``records`` (grouped by task); returns the paths written.
+
+    Records whose images are missing, refused (a path outside ``image_root``) or do not decode are
+    left out and counted.
+    """
     if not records:
         raise UserError("no records to export: the benchmark folder holds none of the chosen tasks", option="tasks")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     by_task: Dict[str, List[PairRecord]] = {}
     for r in records:
-        by_task.setdefault(r.task, []).append(r)
+        by_task.setdefault(check_task_name(r.task), []).append(r)
     written: List[Path] = []
     names = []
-    skipped = 0
+    skipped = {"missing": 0, "refused": 0, "bad image": 0}
+    checked: Dict[Path, bool] = {}
     for task, recs in by_task.items():
         spec = spec_for(task, recs[0].raw)
         name = f"compbench_{task}"
         data_file = out / f"{name}.jsonl"
         with open(data_file, "w", encoding="utf-8") as fh:
             for r in recs:
-                images = [resolve_image(Path(image_root), p) for p in r.images]
-                if any(p is None for p in images):
-                    skipped += 1
+                found = [locate_image(Path(image_root), p) for p in r.images]
+                whys = [why for _, why in found if why is not None]
+                if whys:
+                    skipped["missing" if all(w == "missing" for w in whys) else "refused"] += 1
+                    continue
+                images = [p for p, _ in found]
+                if not all(_decodes(p, checked) for p in images):
+                    skipped["bad image"] += 1
                     continue
                 fh.write(json.dumps({
                     "id": r.id, "task": r.task, "dimension": r.dimension, "kind": r.kind,
@@ -115,15 +133,27 @@ def export_lmms_eval(records: Sequence[PairRecord], out: Path, image_root: Path)
                     "images": [str(Path(p).resolve()) for p in images],
                 }) + "\n")
         yaml_path = out / f"{name}.yaml"
-        yaml_path.write_text(_task_yaml(name, data_file))
+        yaml_path.write_text(dump_yaml(_task_config(name, data_file)), encoding="utf-8")
         written += [yaml_path, data_file]
         names.append(name)
     group = out / "compbench.yaml"
-    group.write_text("group: compbench\ntask:\n" + "".join(f"  - {n}\n" for n in names))
+    group.write_text(dump_yaml({"group": "compbench", "task": names}), encoding="utf-8")
     utils = out / "utils.py"
     utils.write_text(_UTILS)
-    if skipped:
+    if any(skipped.values()):
         from traitlens.progress import log
 
-        log(f"compbench export: skipped {skipped} records whose images are missing under {image_root}")
+        log(f"compbench export: left out {sum(skipped.values())} records under {image_root}: "
+            f"{skipped['missing']} with a missing image, {skipped['refused']} with an image path outside the "
+            f"folder, {skipped['bad image']} with an image that does not decode")
     return [group, utils] + written
+
+
+def _decodes(path: Path, checked: Dict[Path, bool]) -> bool:
+    if path not in checked:
+        try:
+            check_image(path)
+            checked[path] = True
+        except BadImageError:
+            checked[path] = False
+    return checked[path]

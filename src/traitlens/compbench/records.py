@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from traitlens.compbench.tasks import SPLIT_SOURCES, TASKS, TaskSpec, custom_task, get_task, lookup
+from traitlens.compbench.tasks import SPLIT_SOURCES, TASKS, TaskSpec, check_task_name, custom_task, get_task, lookup
 from traitlens.errors import UserError
 
 BINARY_TRUTHS = {"left": "Left", "right": "Right", "same": "Same", "first": "Left", "second": "Right"}
@@ -68,22 +70,35 @@ class PairRecord:
 
 @dataclass
 class LoadReport:
-    """What loading skipped: empty ``{}`` records and records whose answer could not be read."""
+    """What loading skipped: empty ``{}`` records, records whose answer could not be read, lines of a
+    file that are not JSON (``bad_lines``: ``"file:line: why"``) and records that are not valid
+    (``invalid``: a task name that is not a plain name, a record that is not an object)."""
 
     files: List[str] = field(default_factory=list)
     records: int = 0
     empty: int = 0
     bad_answer: int = 0
+    bad_lines: List[str] = field(default_factory=list)
+    invalid: List[str] = field(default_factory=list)
 
     def add(self, other: "LoadReport") -> None:
         self.files += other.files
         self.records += other.records
         self.empty += other.empty
         self.bad_answer += other.bad_answer
+        self.bad_lines += other.bad_lines
+        self.invalid += other.invalid
 
     def summary(self) -> str:
-        return (f"{self.records} records from {len(self.files)} file(s); skipped {self.empty} empty "
+        text = (f"{self.records} records from {len(self.files)} file(s); skipped {self.empty} empty "
                 f"record(s) and {self.bad_answer} with an unreadable answer")
+        if self.bad_lines:
+            shown = "; ".join(self.bad_lines[:3]) + ("; ..." if len(self.bad_lines) > 3 else "")
+            text += f"; {len(self.bad_lines)} unreadable line(s) skipped ({shown})"
+        if self.invalid:
+            shown = "; ".join(self.invalid[:3]) + ("; ..." if len(self.invalid) > 3 else "")
+            text += f"; {len(self.invalid)} invalid record(s) skipped ({shown})"
+        return text
 
 
 def normalize_path(path: str) -> str:
@@ -91,15 +106,39 @@ def normalize_path(path: str) -> str:
     return str(path).replace("\\", "/")
 
 
-def read_json_records(path: Path) -> List[Any]:
-    """The raw records of a ``.json`` (a list, or an object of lists) or ``.jsonl`` file."""
+def read_json_records(path: Path, report: Optional[LoadReport] = None) -> List[Any]:
+    """The raw records of a ``.json`` (a list, or an object of lists) or ``.jsonl`` file.
+
+    In a ``.jsonl`` file a line that is not JSON (or not UTF-8) is skipped and noted in
+    ``report.bad_lines`` as ``file:line: why``; a ``.json`` file is one document, so an error in it
+    names the file and line and stops.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"benchmark file {path} does not exist; pass an existing .json or .jsonl file")
-    text = path.read_text(encoding="utf-8")
+    data_bytes = path.read_bytes()
+    if path.suffix == ".jsonl":
+        out = []
+        for n, line in enumerate(data_bytes.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line.decode("utf-8")))
+            except UnicodeDecodeError:
+                why = "not UTF-8 text"
+            except json.JSONDecodeError as exc:
+                why = f"not JSON ({exc.msg})"
+            else:
+                continue
+            if report is not None:
+                report.bad_lines.append(f"{path}:{n}: {why}")
+        return out
     try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        text = data_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data_bytes[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 text (line {line}); give a .json or .jsonl file of records") from None
+    try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or remove the file") from exc
@@ -200,20 +239,36 @@ def spec_for(task: str, raw: Optional[Dict[str, Any]] = None) -> TaskSpec:
 
 def load_records(path: Path, task: Optional[str] = None) -> Tuple[List[PairRecord], LoadReport]:
     """Load one benchmark file. ``task`` defaults to the record's ``task`` field, else the file's name,
-    else its folder's name (``results/cub/0_1000_gpt.json`` is a ``cub`` file)."""
+    else its folder's name (``results/cub/0_1000_gpt.json`` is a ``cub`` file). A given ``task`` must
+    be a registry name or alias, or the name the records give themselves (a built benchmark)."""
     path = Path(path)
     report = LoadReport(files=[str(path)])
     seen: Dict[str, int] = {}
     out: List[PairRecord] = []
-    for raw in read_json_records(path):
-        if not isinstance(raw, dict) or not raw:
+    raws = read_json_records(path, report)
+    if task is not None:
+        check_task_name(task)
+        own = {str(r.get("task")) for r in raws if isinstance(r, dict) and r.get("dimension")}
+        if lookup(task) is None and task not in own:
+            get_task(task)  # raises, naming the known tasks
+    for k, raw in enumerate(raws):
+        if isinstance(raw, dict) and not raw:
             report.empty += 1
+            continue
+        if not isinstance(raw, dict):
+            report.invalid.append(f"{path} record {k + 1}: a JSON {type(raw).__name__}, not an object")
             continue
         name = task or raw.get("task") or _task_from_path(path)
         if name is None:
             raise UserError(f"cannot tell which CompBench task {path} holds; name the file after the task "
                             f"(e.g. cub.json) or pass the task explicitly")
-        spec = spec_for(str(name), raw)
+        try:
+            spec = spec_for(str(name), raw)
+        except UserError as exc:
+            if task is not None or raw.get("task") is None:
+                raise
+            report.invalid.append(f"{path} record {k + 1}: {exc}")  # one record naming a bad task
+            continue
         rec = parse_record(raw, spec)
         if rec is None:
             report.bad_answer += 1
@@ -245,10 +300,23 @@ def find_benchmark_files(data: Path) -> List[Path]:
                         option="data")
     files = sorted(p for pattern in ("*.json", "*.jsonl", "*/*.json", "*/*.jsonl") for p in data.glob(pattern)
                    if p.is_file() and not p.name.startswith("."))
-    files = [p for p in files if p.name not in ("summary.json", "missing_images.json", "benchmark_info.json")]
+    files = [p for p in files if p.name not in ("summary.json", "missing_images.json", "benchmark_info.json",
+                                                "invalid_records.json") and not is_split_file(p)]
     if not files:
         raise UserError(f"no .json or .jsonl benchmark files in {data}; pass the folder holding them")
     return files
+
+
+def is_split_file(path: Path) -> bool:
+    """``X_val.json`` / ``X_test.json`` beside an ``X.json``: a published split definition (see
+    :mod:`traitlens.compbench.splits`), not more records."""
+    path = Path(path)
+    for split in ("val", "test"):
+        if path.stem.endswith(f"_{split}"):
+            base = path.stem[: -len(split) - 1]
+            if any(path.with_name(base + ext).is_file() for ext in (".json", ".jsonl")):
+                return True
+    return False
 
 
 def load_benchmark(data: Path, tasks: Optional[Sequence[str]] = None) -> Tuple[List[PairRecord], LoadReport]:
@@ -266,29 +334,96 @@ def load_benchmark(data: Path, tasks: Optional[Sequence[str]] = None) -> Tuple[L
     return records, report
 
 
-def resolve_image(root: Path, stored: str) -> Optional[Path]:
-    """The file a stored image path names under ``root``, or None when it is not there.
+_DRIVE = re.compile(r"^[A-Za-z]:/")
+
+
+def path_problem(stored: str) -> Optional[str]:
+    """Why a stored image path may not be used (absolute, ``..``, a NUL), or None when it is a plain
+    relative path. Benchmark files are not trusted: their paths must stay inside the data folder."""
+    if not isinstance(stored, str) or not stored.strip():
+        return "an empty image path"
+    norm = normalize_path(stored)
+    if "\x00" in norm:
+        return "an image path holding a NUL character"
+    if norm.startswith("/") or _DRIVE.match(norm):
+        return f"an absolute image path ({norm[:120]}); paths must be relative to the data folder"
+    if ".." in norm.split("/"):
+        return f"an image path with '..' ({norm[:120]}); paths must stay inside the data folder"
+    return None
+
+
+def inside_folder(path: Path, root_real: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def locate_image(root: Path, stored: str) -> Tuple[Optional[Path], Optional[str]]:
+    """``(file, None)`` for a stored image path found under ``root``; ``(None, why)`` otherwise, where
+    ``why`` is ``"missing"`` or the reason the path is refused (outside ``root``, also through a link).
 
     Stored paths are relative to the benchmark's dataset folder (``cub_200_2011/att_cls_images/...``);
     when ``root`` already is that folder, the leading components are dropped one at a time.
     """
-    stored = normalize_path(stored)
-    p = Path(stored)
-    if p.is_absolute():
-        return p if p.is_file() else None
-    parts = p.parts
+    problem = path_problem(stored)
+    if problem:
+        return None, problem
+    parts = Path(normalize_path(stored)).parts
+    root_real = os.path.realpath(root)
     for i in range(len(parts)):
         cand = Path(root).joinpath(*parts[i:])
-        if cand.is_file():
-            return cand
-    return None
+        try:
+            found = cand.is_file()
+        except (OSError, ValueError):  # a name too long for the file system
+            found = False
+        if found:
+            if not inside_folder(cand, root_real):
+                return None, (f"image {normalize_path(stored)[:120]} is a link to a file outside the data "
+                              f"folder {root}")
+            return cand, None
+    return None, "missing"
+
+
+def resolve_image(root: Path, stored: str) -> Optional[Path]:
+    """The file a stored image path names under ``root``, or None when it is not there or refused
+    (see :func:`locate_image`)."""
+    return locate_image(root, stored)[0]
 
 
 def find_missing_images(records: Iterable[PairRecord], root: Path) -> Dict[str, List[str]]:
-    """``{record id: [stored paths not found under root]}`` for every record with a missing image."""
+    """``{record id: [stored paths not found under root]}`` for every record with a missing image
+    (paths refused as outside the folder are in :func:`find_invalid_records`, not here)."""
     missing: Dict[str, List[str]] = {}
     for r in records:
-        gone = [p for p in r.images if resolve_image(root, p) is None]
+        gone = [p for p in r.images if locate_image(root, p)[1] == "missing"]
         if gone:
             missing[r.id] = gone
     return missing
+
+
+def find_invalid_records(records: Iterable[PairRecord], root: Path) -> Dict[str, str]:
+    """``{record id: why}`` for records naming an image path that is refused (absolute, ``..``, a link
+    out of ``root``): these are never read, shown or sent anywhere."""
+    invalid: Dict[str, str] = {}
+    for r in records:
+        for p in r.images:
+            why = locate_image(root, p)[1]
+            if why is not None and why != "missing":
+                invalid[r.id] = why
+                break
+    return invalid
+
+
+def check_image(path: Path) -> str:
+    """Decode ``path`` whole and return its format (PIL's name: ``PNG``, ``JPEG``, ...); a 0-byte,
+    truncated, too large or non-image file raises :class:`~traitlens.errors.BadImageError`."""
+    from PIL import Image
+
+    from traitlens.data.imageio import load_image
+    from traitlens.errors import BadImageError
+
+    load_image(path)
+    try:
+        with Image.open(path) as im:
+            return str(im.format or "")
+    except (OSError, ValueError) as exc:  # it decoded a moment ago: the file changed under us
+        raise BadImageError(path, f"{type(exc).__name__}: {exc}") from None

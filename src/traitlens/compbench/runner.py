@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from traitlens.compbench.answerers.base import Answerer, AnswererError, Query
-from traitlens.compbench.records import PairRecord, find_missing_images, resolve_image, spec_for
+from traitlens.compbench.records import (PairRecord, check_image, find_invalid_records, find_missing_images,
+                                         resolve_image, spec_for)
 from traitlens.compbench.scoring import Scored, Summary, score_record, summarize
 from traitlens.compbench.tasks import TaskSpec, with_wording
 from traitlens.errors import BadImageError, UserError
 from traitlens.progress import bar, log
 
 RESULTS = "results.jsonl"
+REQUESTS = "requests.jsonl"
+INVALID = "invalid_records.json"
 
 
 @dataclass
@@ -36,6 +41,8 @@ class RunResult:
     already_answered: int
     missing_images: Dict[str, List[str]] = field(default_factory=dict)
     failed: Dict[str, str] = field(default_factory=dict)
+    invalid: Dict[str, str] = field(default_factory=dict)
+    in_flight_before: int = 0
 
     @property
     def results_path(self) -> Path:
@@ -88,25 +95,82 @@ def _row(query: Query, scored: Scored) -> Dict[str, Any]:
     return row
 
 
+class RequestLog:
+    """``requests.jsonl``: a line ``{"id", "sent"}`` when a request to the model starts and
+    ``{"id", "failed"}`` when it ends without an answer (answers are in ``results.jsonl``).
+
+    A record whose last line is ``sent`` and that has no answer was in flight when a run stopped:
+    the model may have answered it (and a paid API billed it) without the answer being kept.
+    """
+
+    def __init__(self, path: Path, fresh: bool):
+        self.path = Path(path)
+        if fresh:
+            self.path.write_text("")
+        else:
+            _repair_tail(self.path)
+        self.lock = threading.Lock()
+        self.fh = open(self.path, "a", encoding="utf-8")
+        self.open: set = set()  # ids sent in this run with no outcome yet
+
+    def _write(self, row: Dict[str, Any]) -> None:
+        with self.lock:
+            self.fh.write(json.dumps(row) + "\n")
+            self.fh.flush()  # flushed at once, so Ctrl-C or a crash leaves what was sent on disk
+
+    def sent(self, rid: str) -> None:
+        with self.lock:
+            self.open.add(rid)
+        self._write({"id": rid, "sent": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def done(self, rid: str) -> None:
+        with self.lock:
+            self.open.discard(rid)
+
+    def failed(self, rid: str, error: str) -> None:
+        self.done(rid)
+        self._write({"id": rid, "failed": error})
+
+    def close(self) -> None:
+        with self.lock:
+            self.fh.close()
+
+    @staticmethod
+    def in_flight(path: Path, answered: set) -> List[str]:
+        """Ids whose last line is ``sent`` and that have no answer: in flight when a run stopped."""
+        last: Dict[str, str] = {}
+        for row in read_results(path):
+            last[row["id"]] = "sent" if "sent" in row else "failed"
+        return [rid for rid, what in last.items() if what == "sent" and rid not in answered]
+
+
 def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume: bool = True,
         image_root: Optional[Path] = None, wording: Optional[str] = None) -> RunResult:
     """Ask ``answerer`` every record (``concurrency`` at a time) and write results as they come.
 
     ``image_root`` is the folder stored image paths are resolved against; records with a missing
-    image are listed in ``missing_images.json`` and skipped. ``wording`` (``left_right``,
-    ``first_second``, ``frame``) overrides how binary prompts name the two images.
+    image are listed in ``missing_images.json`` and skipped; records whose image paths leave that
+    folder, or whose images do not decode, are listed in ``invalid_records.json`` and never sent.
+    ``wording`` (``left_right``, ``first_second``, ``frame``) overrides how binary prompts name the
+    two images. Every request started is noted in ``requests.jsonl`` (:class:`RequestLog`), so a
+    resumed run says how many requests were in flight when the last one stopped.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = Path(image_root) if image_root is not None else Path(".")
     results_path = out_dir / RESULTS
+    redact = getattr(answerer, "redact", None) or (lambda text: text)
     specs: Dict[str, TaskSpec] = {}
     for r in records:
         if r.task not in specs:
             spec = spec_for(r.task, r.raw)
             specs[r.task] = with_wording(spec, wording) if wording and spec.kind == "binary" else spec
 
-    missing = find_missing_images(records, root)
+    invalid = find_invalid_records(records, root)
+    if invalid:
+        log(f"compbench: {len(invalid)} of {len(records)} records name image paths outside {root} "
+            f"(listed in {out_dir / INVALID}); they are skipped and nothing of them is read or sent")
+    missing = find_missing_images([r for r in records if r.id not in invalid], root)
     (out_dir / "missing_images.json").write_text(json.dumps(missing, indent=1) + "\n")
     if missing:
         log(f"compbench: {len(missing)} of {len(records)} records have missing images under {root} "
@@ -119,13 +183,19 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
     if resume:
         _repair_tail(results_path)
         done = {row["id"] for row in read_results(results_path)}
+        wanted_ids = {r.id for r in records}
+        in_flight_before = [i for i in RequestLog.in_flight(out_dir / REQUESTS, done) if i in wanted_ids]
     else:
         results_path.write_text("")
         done = set()
-    todo = [r for r in records if r.id not in done and r.id not in missing]
+        in_flight_before = []
+    todo = [r for r in records if r.id not in done and r.id not in missing and r.id not in invalid]
     already = sum(1 for r in records if r.id in done)
     if already:
         log(f"compbench: resuming, {already} records already answered, {len(todo)} to go")
+    if in_flight_before:
+        log(f"compbench: {len(in_flight_before)} requests were in flight when the last run stopped (sent, no "
+            f"answer kept); they are sent again now, so a paid API may bill them twice")
 
     failed: Dict[str, str] = {}
     answered = 0
@@ -133,7 +203,20 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
     progress = bar(len(todo), desc=f"compbench {getattr(answerer, 'name', 'model')}", unit="pair")
     pending: Dict[Future, Query] = {}
     it = iter(todo)
+    requests = RequestLog(out_dir / REQUESTS, fresh=not resume)
+
+    def ask(q: Query) -> str:
+        # images are checked before anything is sent: a file that does not decode is never uploaded
+        for p in q.images:
+            try:
+                check_image(p)
+            except BadImageError as exc:
+                raise _SkippedImage(f"{p}: {exc.reason}") from None
+        requests.sent(q.record.id)
+        return answerer.answer(q)
+
     executor = ThreadPoolExecutor(max_workers=workers)
+    interrupted = False
     try:
         with open(results_path, "a", encoding="utf-8") as fh:
             def submit_next() -> bool:
@@ -141,7 +224,7 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
                 if rec is None:
                     return False
                 q = _query(rec, specs[rec.task], root)
-                pending[executor.submit(answerer.answer, q)] = q
+                pending[executor.submit(ask, q)] = q
                 return True
 
             # keep at most 2x workers queued, so an interrupt leaves little work in flight
@@ -152,25 +235,45 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
                 finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
                 for fut in [f for f in pending if f in finished]:  # in submission order
                     q = pending.pop(fut)
+                    rid = q.record.id
                     try:
                         reply = fut.result()
-                    except (AnswererError, BadImageError) as exc:
-                        failed[q.record.id] = str(exc)
+                    except _SkippedImage as exc:
+                        invalid[rid] = f"bad image {redact(str(exc))}"
                         progress.update(1)
                         submit_next()
                         continue
-                    scored = score_record(q.record, reply, q.spec)
+                    except (AnswererError, BadImageError) as exc:
+                        failed[rid] = redact(str(exc))
+                        requests.failed(rid, failed[rid])
+                        progress.update(1)
+                        submit_next()
+                        continue
+                    scored = score_record(q.record, redact(reply) if isinstance(reply, str) else reply, q.spec)
                     fh.write(json.dumps(_row(q, scored), ensure_ascii=False) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
+                    requests.done(rid)
                     answered += 1
                     progress.update(1)
                     submit_next()
+    except BaseException:
+        interrupted = True
+        raise
     finally:
         # on Ctrl-C, drop what has not started; answers already written stay written
         executor.shutdown(wait=False, cancel_futures=True)
         progress.close()
+        if interrupted and requests.open:
+            log(f"compbench: stopped with {len(requests.open)} requests in flight (noted in {out_dir / REQUESTS}); "
+                f"a resumed run sends them again")
+        requests.close()
 
+    (out_dir / INVALID).write_text(json.dumps(invalid, indent=1, ensure_ascii=False) + "\n")
+    bad_images = sum(1 for v in invalid.values() if v.startswith("bad image"))
+    if bad_images:
+        log(f"compbench: {bad_images} records have an image that does not decode (listed in {out_dir / INVALID}); "
+            f"they were skipped, nothing was sent")
     if failed:
         with open(out_dir / "errors.jsonl", "w", encoding="utf-8") as fh:
             for rid, msg in failed.items():
@@ -183,7 +286,11 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
     summary = summarize_rows(rows)
     write_summary(summary, out_dir, model=getattr(answerer, "name", "model"))
     return RunResult(out_dir=out_dir, summary=summary, answered_now=answered, already_answered=already,
-                     missing_images=missing, failed=failed)
+                     missing_images=missing, failed=failed, invalid=invalid, in_flight_before=len(in_flight_before))
+
+
+class _SkippedImage(Exception):
+    """An image of a record that does not decode (the record is skipped, not failed)."""
 
 
 def summarize_rows(rows: Iterable[Dict[str, Any]]) -> Summary:

@@ -11,6 +11,7 @@ makes a spec for them from the dimension their records carry.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -169,9 +170,22 @@ def get_task(name: str) -> TaskSpec:
     return TASKS[found]
 
 
+#: What a task name may be: it becomes file names and YAML keys of an lmms-eval export.
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_task_name(name: str) -> str:
+    """``name`` when it is a plain task name (letters, digits, ``_ . -``, at most 64), else :class:`UserError`."""
+    if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+        raise UserError(f"task name {str(name)[:80]!r} is not a plain name; use letters, digits, '_', '.' "
+                        f"or '-' (at most 64 characters)", option="task")
+    return name
+
+
 def custom_task(name: str, dimension: str = "attribute", same_allowed: bool = False,
                 wording: str = "left_right", kind: str = "binary") -> TaskSpec:
     """A spec for a task outside the registry (a benchmark built from your own collection)."""
+    check_task_name(name)
     if dimension not in DIMENSIONS:
         raise UserError(f"task {name!r} has unknown dimension {dimension!r}; use one of: {', '.join(DIMENSIONS)}")
     if wording not in WORDINGS:

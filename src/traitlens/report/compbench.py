@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from traitlens.compbench.records import PairRecord, resolve_image
 from traitlens.compbench.runner import RunResult, read_results
 from traitlens.compbench.scoring import Summary
-from traitlens.report.html import Section, write_page
+from traitlens.report.html import Section, png_data_uri, write_page
 from traitlens.report.plots import bar_plot
 
 
@@ -46,15 +47,40 @@ def write_accuracy_plot(summary: Summary, out_dir: Path, model: str = "model") -
     plt.close(fig)
 
 
-def _thumb(root: Path, stored: str, size: int = 192):
+#: Failure cases show each image at its own size, up to this many pixels on its longest side (a 64 px
+#: specimen is drawn at 64 px, not stretched across half the page).
+SHOWN_MAX = 256
+
+
+def _thumb(root: Path, stored: str, size: int = SHOWN_MAX):
+    """The image at its own size (at most ``size`` px a side), or None when it is missing, refused or unreadable."""
     import numpy as np
 
     from traitlens.data.imageio import load_image
+    from traitlens.errors import BadImageError
 
-    path = resolve_image(root, stored)
+    path = resolve_image(root, stored)  # None for a missing image and for a path outside ``root``
     if path is None:
-        return np.full((size, size, 3), 200, dtype=np.uint8)
-    return np.asarray(load_image(path, max_size=size))
+        return None
+    try:
+        return np.asarray(load_image(path, max_size=size))
+    except BadImageError:
+        return None
+
+
+def _pair_html(images: List[Any], names: List[str]) -> str:
+    """The pair side by side, each image at its own pixel size (``width``/``height`` set, never stretched)."""
+    cells = []
+    for arr, name in zip(images, names):
+        if arr is None:
+            cells.append(f'<figure class="cb-case"><div style="width:64px;height:64px;background:#ccc"></div>'
+                         f"<figcaption>{html.escape(name)} (not shown: missing or unreadable)</figcaption></figure>")
+            continue
+        h, w = arr.shape[:2]
+        cells.append(f'<figure class="cb-case"><img src="{png_data_uri(arr)}" width="{w}" height="{h}" '
+                     f'style="width:{w}px;height:auto;max-width:100%" alt="{html.escape(name)}">'
+                     f"<figcaption>{html.escape(name)} ({w}×{h} px)</figcaption></figure>")
+    return f'<div class="cb-pair">{"".join(cells)}</div>'
 
 
 def write_failures(rows: List[Dict[str, Any]], records: Dict[str, PairRecord], root: Path, path: Path,
@@ -83,7 +109,7 @@ def write_failures(rows: List[Dict[str, Any]], records: Dict[str, PairRecord], r
     for r in chosen:
         imgs = r.get("images") or []
         names = ["first image", "second image"] if len(imgs) == 2 else ["merged pair"]
-        cases.gallery([(_thumb(root, p), n) for p, n in zip(imgs, names)], columns=2)
+        cases.html(_pair_html([_thumb(root, p) for p in imgs], names[: len(imgs)]))
         cases.table([{"task": r["task"], "question": r["question"], "truth": r["truth"],
                       "reply": str(r.get("reply")), "status": r["status"]}])
     return write_page(f"CompBench: {model}", [head, cases], path)

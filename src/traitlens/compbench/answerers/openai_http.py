@@ -1,31 +1,50 @@
 """An OpenAI-compatible chat-completions client (OpenAI, vLLM, Ollama, LM Studio, ...).
 
-Images travel as base64 ``data:`` URLs; decoding is greedy (temperature 0) with at most 128 new
-tokens. 429s, 5xx, timeouts, dropped connections and malformed JSON are retried with exponential
-backoff (honouring ``Retry-After``); other 4xx errors fail at once. The API key is read from an
-environment variable when a request is made and only ever goes into the ``Authorization`` header: it
-is never stored on the object, in results, or in error messages.
+What is sent, and where: one POST per record to ``BASE_URL/chat/completions`` holding the prompt text
+and the pair's images as base64 ``data:`` URLs (after each image was decoded and found valid; its
+MIME type is the format found in the file, not its name), the model name, temperature 0 and at most
+128 new tokens. The API key, read from an environment variable when a request is made, goes only
+into that request's ``Authorization`` header: never onto the object, into results, logs or errors.
+
+A server is not trusted:
+
+* redirects are not followed to another origin (``Authorization`` would go with them) and never for
+  301/302/303 (they turn the POST into a bodiless GET): the record fails with a line that says
+  where the server pointed; a 307/308 to the same origin is followed (at most 3 hops);
+* ``timeout`` bounds the whole request (connect, send, wait, read): a server trickling one byte a
+  second is cut off at the deadline, then retried;
+* replies larger than ``max_response_bytes`` are refused without being read whole;
+* 429s, 5xx, timeouts, dropped connections, truncated bodies, garbage status lines and malformed
+  JSON are retried with exponential backoff (honouring ``Retry-After``), then the record fails
+  like a 500 does; other 4xx errors fail at once;
+* everything the server sends back that ends up in a message or a reply passes through
+  :func:`~traitlens.compbench.answerers.redact.redact`, so a server echoing the key cannot get it
+  written anywhere.
 """
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
 import socket
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from traitlens.compbench.answerers.base import AnswererError, Query
+from traitlens.compbench.answerers.redact import redact
 from traitlens.errors import UserError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_MIME = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp",
-         ".gif": "image/gif"}
+#: Image formats sent as they are (others are re-encoded as PNG); keys are PIL format names.
+_MIME = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+MAX_RESPONSE_BYTES = 4 * 2 ** 20  # a chat reply of 128 tokens is a few kB; 4 MiB leaves room for extras
+MAX_REDIRECTS = 3
 
 
 class _Retryable(Exception):
@@ -35,14 +54,16 @@ class _Retryable(Exception):
 
 
 def image_data_url(path: Path) -> str:
-    """A ``data:`` URL for an image file; formats servers may not read are re-encoded as PNG."""
+    """A ``data:`` URL for an image file, checked first (a file that does not decode raises
+    :class:`~traitlens.errors.BadImageError`); formats servers may not read are re-encoded as PNG."""
+    from traitlens.compbench.records import check_image
+    from traitlens.data.imageio import load_image
+
     path = Path(path)
-    mime = _MIME.get(path.suffix.lower())
+    mime = _MIME.get(check_image(path))
     if mime is not None:
         data = path.read_bytes()
     else:
-        from traitlens.data.imageio import load_image
-
         buf = io.BytesIO()
         load_image(path).save(buf, format="PNG")
         data, mime = buf.getvalue(), "image/png"
@@ -55,6 +76,20 @@ def _pil_data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _origin(url: urllib.parse.SplitResult) -> Tuple[str, str, int]:
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return url.scheme, (url.hostname or "").lower(), port
+
+
+def _shown(url: str) -> str:
+    """A URL fit to print: no user:password part, no query (either may hold a credential)."""
+    u = urllib.parse.urlsplit(url)
+    host = u.hostname or ""
+    if u.port:
+        host = f"{host}:{u.port}"
+    return urllib.parse.urlunsplit((u.scheme, host, u.path, "", ""))
+
+
 class OpenAIChatAnswerer:
     """Ask a model served behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -63,17 +98,26 @@ class OpenAIChatAnswerer:
 
     def __init__(self, model: str, base_url: Optional[str] = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 4, timeout: float = 60.0, max_retries: int = 5, backoff: float = 1.0,
-                 max_backoff: float = 30.0, max_tokens: int = 128, temperature: float = 0.0, merged: bool = False):
+                 max_backoff: float = 30.0, max_tokens: int = 128, temperature: float = 0.0, merged: bool = False,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         if not model:
             raise UserError("no model name given: use openai:NAME (e.g. openai:gpt-4o)", option="model")
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise UserError(f"base URL {self.base_url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)",
-                            option="base_url")
+        if not self.base_url.startswith(("http://", "https://")) or not urllib.parse.urlsplit(self.base_url).hostname:
+            raise UserError(f"base URL {_shown(self.base_url)!r} is not an http(s) URL "
+                            f"(e.g. http://127.0.0.1:8000/v1)", option="base_url")
         self.api_key_env = api_key_env
         if self.base_url == DEFAULT_BASE_URL and not os.environ.get(api_key_env):
             raise UserError(f"the OpenAI API needs a key: set the environment variable {api_key_env}")
+        for label, value, low in (("timeout", timeout, 0.0), ("backoff", backoff, 0.0),
+                                  ("max_backoff", max_backoff, 0.0)):
+            if not (float(value) == float(value) and low <= float(value) < float("inf")):
+                raise UserError(f"{label} {value}: must be a finite number of seconds ≥ {low}", option=label)
+        if float(timeout) <= 0:
+            raise UserError(f"timeout {timeout}: must be more than 0 seconds", option="timeout")
+        if int(max_retries) < 0:
+            raise UserError(f"retries {max_retries}: must be 0 or more", option="retries")
         self.concurrency = max(1, int(concurrency))
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
@@ -81,15 +125,26 @@ class OpenAIChatAnswerer:
         self.max_backoff = float(max_backoff)
         self.max_tokens = int(max_tokens)
         self.temperature = float(temperature)
+        self.max_response_bytes = int(max_response_bytes)
         self.merged = merged
         self.name = f"openai:{model}"
+        self.shown_url = _shown(self.base_url)
         self.retries = 0  # total retries made, for the run's log
 
     def __repr__(self) -> str:  # no key here, ever
-        return f"OpenAIChatAnswerer(model={self.model!r}, base_url={self.base_url!r})"
+        return f"OpenAIChatAnswerer(model={self.model!r}, base_url={self.shown_url!r})"
+
+    def _key(self) -> Optional[str]:
+        return os.environ.get(self.api_key_env) or None
+
+    def redact(self, text: Optional[str]) -> Optional[str]:
+        """``text`` with the key (and anything that looks like a credential) replaced by ``[redacted]``;
+        the runner passes everything it writes through this."""
+        u = urllib.parse.urlsplit(self.base_url)
+        return redact(text, (self._key(), u.password, u.query or None))
 
     def payload(self, query: Query) -> Dict[str, Any]:
-        """The request body for one query."""
+        """The request body for one query (images are checked: a bad one raises BadImageError)."""
         if self.merged and len(query.images) == 2:
             urls = [_pil_data_url(im) for im in query.load_images(merged=True)]
         else:
@@ -104,7 +159,7 @@ class OpenAIChatAnswerer:
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
-                return self._post(body)
+                return self.redact(self._post(body))
             except _Retryable as exc:
                 last = str(exc)
                 if attempt == self.max_retries:
@@ -114,36 +169,125 @@ class OpenAIChatAnswerer:
                 if exc.retry_after is not None:
                     delay = min(self.max_backoff, max(delay, exc.retry_after))
                 time.sleep(delay)
-        raise AnswererError(f"{self.base_url}: no answer after {self.max_retries + 1} tries ({last})")
+            except AnswererError as exc:
+                raise AnswererError(self.redact(str(exc))) from None
+        raise AnswererError(self.redact(f"{self.shown_url}: no answer after {self.max_retries + 1} tries ({last})"))
 
+    # ------------------------------------------------------------------------------ one request
     def _post(self, body: bytes) -> str:
-        headers = {"Content-Type": "application/json"}
-        key = os.environ.get(self.api_key_env)
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        req = urllib.request.Request(f"{self.base_url}/chat/completions", data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-        except urllib.error.HTTPError as exc:
-            if exc.code == 429 or exc.code >= 500:
-                ra = exc.headers.get("Retry-After") if exc.headers else None
-                try:
-                    retry_after = float(ra) if ra is not None else None
-                except ValueError:
-                    retry_after = None
-                raise _Retryable(f"HTTP {exc.code}", retry_after) from None
-            detail = exc.read()[:300].decode("utf-8", "replace")
-            raise AnswererError(f"{self.base_url}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as exc:
-            raise _Retryable(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from None
+        """One POST (following same-origin 307/308), its reply text; raises _Retryable or AnswererError."""
+        url = urllib.parse.urlsplit(f"{self.base_url}/chat/completions")
+        first = _origin(url)
+        deadline = time.monotonic() + self.timeout
+        for _ in range(MAX_REDIRECTS + 1):
+            status, headers, raw = self._exchange(url, body, deadline)
+            if 300 <= status < 400:
+                location = headers.get("location") or ""
+                target = urllib.parse.urlsplit(urllib.parse.urljoin(urllib.parse.urlunsplit(url), location))
+                where = _shown(urllib.parse.urlunsplit(target)) if target.hostname else repr(location[:80])
+                if status in (307, 308) and target.hostname and _origin(target) == first:
+                    url = target
+                    continue
+                why = ("another origin: the key is never sent there" if target.hostname and _origin(target) != first
+                       else "a redirect that would turn the POST into a GET")
+                raise AnswererError(f"{self.shown_url}: HTTP {status} redirect to {where} not followed ({why}); "
+                                    f"give the server's final address as the base URL")
+            return self._reply_text(status, headers, raw)
+        raise AnswererError(f"{self.shown_url}: more than {MAX_REDIRECTS} redirects")
+
+    def _reply_text(self, status: int, headers, raw: bytes) -> str:
+        if status == 429 or status >= 500:
+            ra = headers.get("retry-after")
+            try:
+                retry_after = float(ra) if ra is not None else None
+            except ValueError:
+                retry_after = None
+            if retry_after is not None and not (0 <= retry_after < float("inf")):
+                retry_after = None
+            raise _Retryable(f"HTTP {status}", retry_after)
+        if status >= 400 or status < 200:
+            detail = " ".join(raw[:300].decode("utf-8", "replace").split())
+            raise AnswererError(f"{self.shown_url}: HTTP {status}: {detail}")
         try:
             data = json.loads(raw)
             content = data["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise _Retryable("malformed JSON response") from None
         if isinstance(content, list):  # some servers return content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict)
+                              and isinstance(p.get("text", ""), str))
         if not isinstance(content, str):
             raise _Retryable("response without text content")
         return content
+
+    def _exchange(self, url: urllib.parse.SplitResult, body: bytes, deadline: float):
+        """Send ``body`` to ``url`` and read the reply by ``deadline``: (status, headers, body bytes).
+
+        A watchdog shuts the socket down at the deadline, so a server trickling bytes (each one
+        inside a per-read timeout) cannot hold the request past it.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Retryable(f"no complete reply within {self.timeout:g} s")
+        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        conn = cls(url.hostname, url.port, timeout=remaining)
+        fired = threading.Event()
+
+        def cut():
+            fired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:  # the plain socket's shutdown: wakes a blocked read, also under TLS
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(remaining, cut)
+        watchdog.daemon = True
+        path = url.path + (f"?{url.query}" if url.query else "")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        try:
+            watchdog.start()
+            conn.connect()
+            if fired.is_set():
+                raise socket.timeout()
+            conn.request("POST", path, body=body, headers=headers)
+            resp = conn.getresponse()
+            resp_headers = {k.lower(): v for k, v in resp.getheaders()}
+            raw = self._read_capped(resp, resp_headers)
+            if fired.is_set():
+                raise socket.timeout()
+            return resp.status, resp_headers, raw
+        except (socket.timeout, TimeoutError):
+            raise _Retryable(f"no complete reply within {self.timeout:g} s") from None
+        except (http.client.HTTPException, OSError) as exc:
+            if fired.is_set():
+                raise _Retryable(f"no complete reply within {self.timeout:g} s") from None
+            # IncompleteRead (a body cut short), BadStatusLine (garbage), dropped connections, refused
+            reason = type(exc).__name__
+            if isinstance(exc, http.client.IncompleteRead):
+                reason += f" ({len(exc.partial)} bytes)"
+            elif not isinstance(exc, http.client.HTTPException):
+                reason += f": {getattr(exc, 'strerror', None) or exc}"
+            raise _Retryable(reason[:200]) from None
+        finally:
+            watchdog.cancel()
+            conn.close()
+
+    def _read_capped(self, resp, headers) -> bytes:
+        cap = self.max_response_bytes
+        length = headers.get("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > cap:
+            raise AnswererError(f"{self.shown_url}: reply of {int(length)} bytes refused (more than {cap} bytes)")
+        chunks, size = [], 0
+        while True:
+            chunk = resp.read(min(65536, cap + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > cap:
+                raise AnswererError(f"{self.shown_url}: reply larger than {cap} bytes refused")
