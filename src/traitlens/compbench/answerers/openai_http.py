@@ -286,7 +286,11 @@ class OpenAIChatAnswerer:
         while True:
             chunk = resp.read(min(65536, cap + 1 - size))
             if not chunk:
-                return b"".join(chunks)
+                body = b"".join(chunks)
+                if length is not None and length.strip().isdigit() and len(body) < int(length):
+                    # http.client returns a short body read in pieces without complaint: it is cut short
+                    raise http.client.IncompleteRead(body, int(length) - len(body))
+                return body
             chunks.append(chunk)
             size += len(chunk)
             if size > cap:

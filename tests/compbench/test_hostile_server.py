@@ -1,0 +1,206 @@
+"""`compbench run` against a hostile OpenAI-compatible server on 127.0.0.1 (issue 16).
+
+One record per misbehaviour: a 401 page and a 200 reply that echo the key, a 302 and a 307 to another
+origin (a second server counts what reaches it), a 1-byte-per-0.2 s trickle, a body cut short, a
+garbage status line holding the key, a 300 MB reply (announced, and one that just keeps coming). The
+run must finish with a summary, each record failed or answered as it should, within a bounded time,
+and the key must be nowhere: not in any file of the run, not in what the command printed.
+"""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from traitlens.cli import main
+
+KEY = "sk-hostile-0123456789-SECRET"
+MODES = ["ok", "echo401", "echo200", "redirect302", "redirect307", "trickle", "truncate", "garbage",
+         "huge_announced", "huge_streamed"]
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+
+def _serve(handler):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _hostile(elsewhere_url, seen, stop):
+    class H(_Quiet):
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            text = next(c["text"] for c in body["messages"][0]["content"] if c["type"] == "text")
+            mode = next(m for m in MODES if f"mode={m}." in text)
+            seen.append((mode, self.headers.get("Authorization")))
+            auth = self.headers.get("Authorization", "")
+            raw = self.connection
+            if mode == "ok":
+                self._json({"choices": [{"message": {"content": "Left"}}]})
+            elif mode == "echo401":
+                page = f"invalid key: {auth} (you sent api-key={KEY})".encode()
+                self.send_response(401)
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+            elif mode == "echo200":
+                self._json({"choices": [{"message": {"content": f"Left. Your key is {KEY}; header {auth}"}}]})
+            elif mode in ("redirect302", "redirect307"):
+                self.send_response(302 if mode == "redirect302" else 307)
+                self.send_header("Location", f"{elsewhere_url}/v1/chat/completions")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif mode == "trickle":
+                raw.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                for _ in range(100):          # bounded: 20 s at most, the client gives up after 1 s
+                    if stop.is_set():
+                        break
+                    try:
+                        raw.sendall(b" ")
+                    except OSError:
+                        break
+                    time.sleep(0.2)
+                self.close_connection = True
+            elif mode == "truncate":
+                raw.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+                            b'{"choices": [{"message"')
+                raw.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
+            elif mode == "garbage":
+                raw.sendall(f"ZZZ {KEY} garbage\r\n\r\n".encode())
+                self.close_connection = True
+            elif mode == "huge_announced":
+                self.send_response(200)
+                self.send_header("Content-Length", str(300 * 2 ** 20))
+                self.end_headers()
+                try:
+                    self.wfile.write(b"x" * 65536)
+                except OSError:
+                    pass
+                self.close_connection = True
+            elif mode == "huge_streamed":   # no length: read until the server stops (it would not, for 300 MB)
+                raw.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                chunk = b"y" * 65536
+                for _ in range(300 * 16):
+                    if stop.is_set():
+                        break
+                    try:
+                        raw.sendall(chunk)
+                    except OSError:
+                        break
+                self.close_connection = True
+
+        def _json(self, payload):
+            data = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST  # a client that turned the POST into a GET would land here too
+
+    return H
+
+
+def _elsewhere(hits):
+    class E(_Quiet):
+        def do_POST(self):  # noqa: N802
+            hits.append(self.headers.get("Authorization"))
+            data = json.dumps({"choices": [{"message": {"content": "Right"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST
+
+    return E
+
+
+def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
+    data = tmp_path / "bench"
+    (data / "img").mkdir(parents=True)
+    Image.new("RGB", (16, 12), (200, 30, 30)).save(data / "img" / "a.png")
+    Image.new("RGB", (16, 12), (30, 30, 200)).save(data / "img" / "b.png")
+    (data / "celeba.json").write_text(json.dumps([
+        {"image_1": "img/a.png", "image_2": "img/b.png", "question": f"Which one? mode={m}.", "answer": "Left"}
+        for m in MODES]))
+    hits, seen, stop = [], [], threading.Event()
+    other = _serve(_elsewhere(hits))
+    elsewhere = f"http://127.0.0.1:{other.server_address[1]}"   # same host, another port: another origin
+    server = _serve(_hostile(elsewhere, seen, stop))
+    out = tmp_path / "run"
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("TRAITLENS_QUIET", "0")
+    start = time.monotonic()
+    try:
+        rc = main(["compbench", "run", "--data", str(data), "--model", "openai:hostile", "--out", str(out),
+                   "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--concurrency", "4",
+                   "--timeout", "1", "--retries", "1", "--backoff", "0.05", "--json", str(tmp_path / "s.json")])
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        server.shutdown()
+        other.shutdown()
+        server.server_close()
+        other.server_close()
+    printed = capfd.readouterr()
+    assert rc == 1, printed.err                                  # some records failed; the run still ended
+    assert took < 20, took                                       # the trickle is cut at --timeout, not at its end
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tasks"]["celeba"]["n"] == 2                  # ok and echo200 were answered
+    errors = {json.loads(l)["id"]: json.loads(l)["error"] for l in (out / "errors.jsonl").read_text().splitlines()}
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    by_q = {}
+    from traitlens.compbench.records import load_records
+    for r in load_records(data / "celeba.json")[0]:
+        by_q[r.question.split("mode=")[1].rstrip(".")] = r.id
+    assert {r["id"] for r in rows} == {by_q["ok"], by_q["echo200"]}
+    assert set(errors) == {by_q[m] for m in MODES if m not in ("ok", "echo200")}
+    assert "HTTP 401" in errors[by_q["echo401"]] and "[redacted]" in errors[by_q["echo401"]]
+    for m in ("redirect302", "redirect307"):
+        assert "not followed" in errors[by_q[m]] and "another origin" in errors[by_q[m]]
+    assert "within 1 s" in errors[by_q["trickle"]] and "2 tries" in errors[by_q["trickle"]]
+    assert "IncompleteRead" in errors[by_q["truncate"]]
+    assert "BadStatusLine" in errors[by_q["garbage"]]
+    assert "refused" in errors[by_q["huge_announced"]] and "refused" in errors[by_q["huge_streamed"]]
+    echoed = next(r for r in rows if r["id"] == by_q["echo200"])
+    assert "[redacted]" in echoed["reply"] and echoed["status"] == "correct"
+
+    assert hits == []                                           # nothing reached the other origin
+    assert all(auth == f"Bearer {KEY}" for _, auth in seen)     # the key went to the base URL only
+    retried = {m: sum(1 for s, _ in seen if s == m) for m in MODES}
+    assert retried["trickle"] == retried["truncate"] == retried["garbage"] == 2    # retried once, then recorded
+    assert retried["echo401"] == retried["redirect302"] == retried["huge_announced"] == 1   # not retried
+
+    # the key is in no file of the run and in nothing printed
+    for f in list(out.iterdir()) + [tmp_path / "s.json"]:
+        assert KEY.encode() not in f.read_bytes(), f
+    assert KEY not in printed.out and KEY not in printed.err
+    requests = [json.loads(l) for l in (out / "requests.jsonl").read_text().splitlines()]
+    assert sum("sent" in r for r in requests) == len(MODES) and sum("failed" in r for r in requests) == 8
+
+
+def test_redact_forms():
+    from traitlens.compbench.answerers.redact import redact
+
+    text = (f'{{"error": "bad key {KEY}", "headers": {{"Authorization": "Bearer {KEY}"}}}} api-key: other-secret '
+            f"x-api-key=abc123 Bearer zzzzzzzz")
+    out = redact(text, [KEY])
+    assert KEY not in out and "other-secret" not in out and "abc123" not in out and "zzzzzzzz" not in out
+    assert out.count("[redacted]") >= 5
+    assert redact("Left", [KEY]) == "Left" and redact(None, [KEY]) is None
