@@ -204,3 +204,40 @@ def test_redact_forms():
     assert KEY not in out and "other-secret" not in out and "abc123" not in out and "zzzzzzzz" not in out
     assert out.count("[redacted]") >= 5
     assert redact("Left", [KEY]) == "Left" and redact(None, [KEY]) is None
+
+
+def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
+    """Like urllib, the client goes through $http_proxy (an absolute URI in the request line)."""
+    from traitlens.compbench.answerers import Query, make_answerer
+    from traitlens.compbench.records import PairRecord
+    from traitlens.compbench.tasks import TASKS
+
+    lines = []
+
+    class P(_Quiet):
+        def do_POST(self):  # noqa: N802
+            lines.append((self.requestline, self.headers.get("Proxy-Authorization")))
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            data = json.dumps({"choices": [{"message": {"content": "Right"}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    proxy = _serve(P)
+    try:
+        for n in ("a.png", "b.png"):
+            Image.new("RGB", (8, 8)).save(tmp_path / n)
+        monkeypatch.setenv("http_proxy", f"http://u:p@127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        rec = PairRecord(id="x", task="celeba", dimension="emotion", question="Q", answer="Right",
+                         image_1="a.png", image_2="b.png")
+        q = Query(rec, TASKS["celeba"], "Q", [tmp_path / "a.png", tmp_path / "b.png"])
+        ans = make_answerer("openai:m", base_url="http://model.invalid:9/v1", max_retries=0, timeout=5)
+        assert ans.answer(q) == "Right"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert lines[0][0].startswith("POST http://model.invalid:9/v1/chat/completions ")
+    assert lines[0][1] == "Basic dTpw"                          # u:p

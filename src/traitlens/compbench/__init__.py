@@ -8,12 +8,14 @@
 
 from traitlens.compbench.records import LoadReport, PairRecord, load_benchmark, load_records
 from traitlens.compbench.scoring import Summary, parse_binary, parse_choice, score_reply, score_stored, split_val_test
+from traitlens.compbench.splits import SplitSelection, find_split_file, select_published, select_seeded
 from traitlens.compbench.tasks import DIMENSIONS, TASKS, TaskSpec, get_task, select_tasks
 
 __all__ = [
     "DIMENSIONS", "TASKS", "TaskSpec", "get_task", "select_tasks",
     "PairRecord", "LoadReport", "load_records", "load_benchmark",
     "Summary", "parse_binary", "parse_choice", "score_reply", "score_stored", "split_val_test",
+    "SplitSelection", "find_split_file", "select_published", "select_seeded",
     "make_answerer", "run", "build_benchmark", "export_lmms_eval",
 ]
 

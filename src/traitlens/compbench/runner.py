@@ -2,9 +2,14 @@
 
 ``out_dir/results.jsonl`` gets one line per answered record, appended, flushed and synced as the
 answers arrive, so Ctrl-C or a crash loses nothing already answered; with ``resume=True`` records
-whose id is already there are skipped. At the end the runner writes ``summary.json`` (task, dimension
-and macro accuracy) and ``summary.txt``; :func:`traitlens.report.compbench.write_pages` draws
-``accuracy.png`` and ``failures.html`` (failure cases with both images, the question, the truth and the reply).
+whose id is already there are skipped. ``requests.jsonl`` notes each request when it is sent (and
+when it fails), so a resumed run can say how many were in flight when the last one stopped (sent,
+perhaps answered and billed, but no answer kept). Records whose image paths leave the image folder
+or whose images do not decode are never sent: ``invalid_records.json`` lists them with the reason,
+``missing_images.json`` the ones whose images are not there. At the end the runner writes
+``summary.json`` (task, dimension and macro accuracy) and ``summary.txt``;
+:func:`traitlens.report.compbench.write_pages` draws ``accuracy.png`` and ``failures.html`` (failure
+cases with both images, the question, the truth and the reply).
 """
 
 from __future__ import annotations

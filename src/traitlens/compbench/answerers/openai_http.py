@@ -90,6 +90,17 @@ def _shown(url: str) -> str:
     return urllib.parse.urlunsplit((u.scheme, host, u.path, "", ""))
 
 
+def _proxy_for(url: urllib.parse.SplitResult) -> Optional[urllib.parse.SplitResult]:
+    """The proxy the environment names for ``url`` (``$https_proxy``, ``$http_proxy``, ``$no_proxy``), or None."""
+    import urllib.request
+
+    proxy = urllib.request.getproxies().get(url.scheme)
+    if not proxy or urllib.request.proxy_bypass(url.hostname or ""):
+        return None
+    p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return p if p.hostname else None
+
+
 class OpenAIChatAnswerer:
     """Ask a model served behind an OpenAI-compatible ``/chat/completions`` endpoint.
 
@@ -229,8 +240,24 @@ class OpenAIChatAnswerer:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Retryable(f"no complete reply within {self.timeout:g} s")
-        cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
-        conn = cls(url.hostname, url.port, timeout=remaining)
+        path = url.path + (f"?{url.query}" if url.query else "")
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        proxy = _proxy_for(url)
+        if proxy is None:
+            cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+            conn = cls(url.hostname, url.port, timeout=remaining)
+        else:  # $https_proxy / $http_proxy, as urllib honours them
+            proxy_headers = {}
+            if proxy.username:
+                creds = f"{urllib.parse.unquote(proxy.username)}:{urllib.parse.unquote(proxy.password or '')}"
+                proxy_headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+            if url.scheme == "https":  # a CONNECT tunnel: the proxy sees neither the key nor the body
+                conn = http.client.HTTPSConnection(proxy.hostname, proxy.port or 8080, timeout=remaining)
+                conn.set_tunnel(url.hostname, url.port or 443, headers=proxy_headers)
+            else:
+                conn = http.client.HTTPConnection(proxy.hostname, proxy.port or 8080, timeout=remaining)
+                path = urllib.parse.urlunsplit((url.scheme, url.netloc.rsplit("@", 1)[-1], url.path, url.query, ""))
+                headers.update(proxy_headers)
         fired = threading.Event()
 
         def cut():
@@ -244,8 +271,6 @@ class OpenAIChatAnswerer:
 
         watchdog = threading.Timer(remaining, cut)
         watchdog.daemon = True
-        path = url.path + (f"?{url.query}" if url.query else "")
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
