@@ -20,8 +20,8 @@ from PIL import Image
 from traitlens.cli import main
 
 KEY = "sk-hostile-0123456789-SECRET"
-MODES = ["ok", "echo401", "echo200", "redirect302", "redirect307", "trickle", "truncate", "garbage",
-         "huge_announced", "huge_streamed"]
+MODES = ["ok", "echo401", "echo200", "redirect302", "redirect307", "same307", "trickle", "trickle_head", "truncate",
+         "garbage", "huge_announced", "huge_streamed"]
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -47,8 +47,23 @@ def _hostile(elsewhere_url, seen, stop):
             seen.append((mode, self.headers.get("Authorization")))
             auth = self.headers.get("Authorization", "")
             raw = self.connection
-            if mode == "ok":
+            if mode == "ok" or (mode == "same307" and self.path == "/v2/chat/completions"):
                 self._json({"choices": [{"message": {"content": "Left"}}]})
+            elif mode == "same307":       # the same origin, the method kept: followed, with the body
+                self.send_response(307)
+                self.send_header("Location", "/v2/chat/completions")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif mode == "trickle_head":  # the status line and headers one byte at a time
+                for ch in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 95:
+                    if stop.is_set():
+                        break
+                    try:
+                        raw.sendall(bytes([ch]))
+                    except OSError:
+                        break
+                    time.sleep(0.2)
+                self.close_connection = True
             elif mode == "echo401":
                 page = f"invalid key: {auth} (you sent api-key={KEY})".encode()
                 self.send_response(401)
@@ -162,19 +177,21 @@ def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
     assert took < 20, took                                       # the trickle is cut at --timeout, not at its end
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["tasks"]["celeba"]["n"] == 2                  # ok and echo200 were answered
+    assert summary["tasks"]["celeba"]["n"] == 3                  # ok, echo200 and same307 were answered
     errors = {json.loads(l)["id"]: json.loads(l)["error"] for l in (out / "errors.jsonl").read_text().splitlines()}
     rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
     by_q = {}
     from traitlens.compbench.records import load_records
     for r in load_records(data / "celeba.json")[0]:
         by_q[r.question.split("mode=")[1].rstrip(".")] = r.id
-    assert {r["id"] for r in rows} == {by_q["ok"], by_q["echo200"]}
-    assert set(errors) == {by_q[m] for m in MODES if m not in ("ok", "echo200")}
+    answered = ("ok", "echo200", "same307")
+    assert {r["id"] for r in rows} == {by_q[m] for m in answered}
+    assert set(errors) == {by_q[m] for m in MODES if m not in answered}
     assert "HTTP 401" in errors[by_q["echo401"]] and "[redacted]" in errors[by_q["echo401"]]
     for m in ("redirect302", "redirect307"):
         assert "not followed" in errors[by_q[m]] and "another origin" in errors[by_q[m]]
-    assert "within 1 s" in errors[by_q["trickle"]] and "2 tries" in errors[by_q["trickle"]]
+    for m in ("trickle", "trickle_head"):
+        assert "within 1 s" in errors[by_q[m]] and "2 tries" in errors[by_q[m]]
     assert "IncompleteRead" in errors[by_q["truncate"]]
     assert "BadStatusLine" in errors[by_q["garbage"]]
     assert "refused" in errors[by_q["huge_announced"]] and "refused" in errors[by_q["huge_streamed"]]
@@ -184,7 +201,8 @@ def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
     assert hits == []                                           # nothing reached the other origin
     assert all(auth == f"Bearer {KEY}" for _, auth in seen)     # the key went to the base URL only
     retried = {m: sum(1 for s, _ in seen if s == m) for m in MODES}
-    assert retried["trickle"] == retried["truncate"] == retried["garbage"] == 2    # retried once, then recorded
+    assert retried["trickle"] == retried["trickle_head"] == retried["truncate"] == retried["garbage"] == 2  # retried once
+    assert retried["same307"] == 2                              # the redirect and the request it led to
     assert retried["echo401"] == retried["redirect302"] == retried["huge_announced"] == 1   # not retried
 
     # the key is in no file of the run and in nothing printed
@@ -192,7 +210,8 @@ def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
         assert KEY.encode() not in f.read_bytes(), f
     assert KEY not in printed.out and KEY not in printed.err
     requests = [json.loads(l) for l in (out / "requests.jsonl").read_text().splitlines()]
-    assert sum("sent" in r for r in requests) == len(MODES) and sum("failed" in r for r in requests) == 8
+    assert sum("sent" in r for r in requests) == len(MODES)
+    assert sum("failed" in r for r in requests) == len(MODES) - len(answered)
 
 
 def test_redact_forms():

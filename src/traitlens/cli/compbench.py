@@ -209,8 +209,9 @@ def _score(args) -> int:
             records, selection = select_published(records, split_file, args.split, task=records[0].task)
         else:
             records, selection = select_seeded(records, args.split, seed=args.split_seed)
-    elif args.split_file is not None:
-        raise UserError("a split file is used with a split: add the split (val or test)", option="split")
+    elif args.split_file is not None or args.data is not None:
+        raise UserError("a split file (or the label file beside it) is used with a split: add the split "
+                        "(val or test)", option="split")
     summary, scored = score_stored(records, args.answer_key, lambda r: spec_for(r.task, r.raw))
     print(summary.format_table())
     if selection is not None:
