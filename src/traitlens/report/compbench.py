@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from traitlens.compbench.records import PairRecord, resolve_image
 from traitlens.compbench.runner import RunResult, read_results
@@ -68,10 +68,11 @@ def _thumb(root: Path, stored: str, size: int = SHOWN_MAX):
         return None
 
 
-def _pair_html(images: List[Any], names: List[str]) -> str:
-    """The pair side by side, each image at its own pixel size (``width``/``height`` set, never stretched)."""
+def native_size_figures(items: Sequence[Tuple[Any, str]]) -> str:
+    """HTML for ``(H×W×3 uint8 array or None, caption)`` items side by side, each image drawn at its own
+    pixel size (``width``/``height`` set, never stretched to a grid cell); None draws a grey placeholder."""
     cells = []
-    for arr, name in zip(images, names):
+    for arr, name in items:
         if arr is None:
             cells.append(f'<figure class="cb-case"><div style="width:64px;height:64px;background:#ccc"></div>'
                          f"<figcaption>{html.escape(name)} (not shown: missing or unreadable)</figcaption></figure>")
@@ -109,7 +110,7 @@ def write_failures(rows: List[Dict[str, Any]], records: Dict[str, PairRecord], r
     for r in chosen:
         imgs = r.get("images") or []
         names = ["first image", "second image"] if len(imgs) == 2 else ["merged pair"]
-        cases.html(_pair_html([_thumb(root, p) for p in imgs], names[: len(imgs)]))
+        cases.html(native_size_figures([(_thumb(root, p), n) for p, n in zip(imgs, names)]))
         cases.table([{"task": r["task"], "question": r["question"], "truth": r["truth"],
                       "reply": str(r.get("reply")), "status": r["status"]}])
     return write_page(f"CompBench: {model}", [head, cases], path)

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from traitlens.report import Section
+from traitlens.report.compbench import native_size_figures
 from traitlens.studies.memo import memo_path
 from traitlens.studies.recipes import COMPBENCH_BUILD
 
@@ -66,9 +68,9 @@ def demo_section(ctx) -> Section:
         seen.add(attr)
         a, b = (load_image(resolve_image(bench, p)) for p in (r.image_1, r.image_2))
         pair = merge_pair(a, b)
-        pair = pair.resize((pair.width * 2, pair.height * 2))
+        pair = pair.resize((pair.width * 2, pair.height * 2), Image.NEAREST)  # 2x, drawn at that size
         examples.append((np.asarray(pair), f"{r.question} Answer: {r.answer}"))
         if len(examples) == 6:
             break
-    s.gallery(examples, columns=3)
+    s.html(native_size_figures(examples))
     return s
