@@ -21,7 +21,7 @@ import numpy as np
 from traitlens.cache import cache_dir
 from traitlens.progress import log
 from traitlens.report import Section, write_page
-from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.memo import TRAINING, memo_json, memo_path
 from traitlens.studies.recipes import DEMO_CLASSIFIER, DEMO_COLLECTION, Collection
 
 # Method sections in report order: (name, module). Missing modules are skipped.
@@ -84,7 +84,7 @@ def collection(recipe: Collection, progress: bool = True) -> Path:
     """The synthetic collection of ``recipe``, rendered once into the cache (``datasets/``)."""
     from traitlens.data.synthetic import SynthConfig, generate_collection
 
-    return generate_collection(memo_path(cache_dir("datasets"), "synth", recipe), SynthConfig(**recipe.as_dict()),
+    return generate_collection(memo_path(cache_dir("datasets"), "synth", recipe, code=TRAINING), SynthConfig(**recipe.as_dict()),
                                progress=progress)
 
 
@@ -105,7 +105,7 @@ def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, dev
     from traitlens.methods import train
 
     recipe = dict(training=DEMO_CLASSIFIER, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
-    run_dir = memo_path(root / "runs", f"classifier-{kind}", recipe)
+    run_dir = memo_path(root / "runs", f"classifier-{kind}", recipe, code=TRAINING)
     config = TrainConfig(data=str(data), out=str(run_dir), backbone=f"tiny-{kind}",
                          weights=str(backbone), seed=seed, device=str(device), **DEMO_CLASSIFIER.config())
     # train() returns at once for a finished run and resumes an interrupted one.

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from traitlens.studies.demo import test_split
-from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.memo import TRAINING, memo_json, memo_path
 from traitlens.studies.recipes import MAP_COMPARISON, Training, interpretable
 
 LABELS = {"prompt-cam": "Prompt-CAM", "intr": "INTR"}
@@ -47,7 +47,7 @@ def train_and_score(ctx, name: str, recipe: Optional[Training] = None) -> dict:
     it on the test split; the run folder and the scores are cached by :mod:`traitlens.studies.memo`."""
     recipe = _recipes()[name] if recipe is None else recipe
     study = _study(ctx, recipe)
-    run = memo_path(ctx.cache, name, study)
+    run = memo_path(ctx.cache, name, study, code=TRAINING)  # the run depends on the training code only
 
     def train_and_measure() -> dict:
         from traitlens.methods import load_model
