@@ -88,3 +88,15 @@ def test_calibrate_writes_an_aligned_table_and_a_page(tmp_path, capsys):
     text = " ".join(page.text)
     assert "u/y" in page.headers and "absent from fine-tuning" in text and page.images == 1
     assert any(str(out / "index.html") in line for line in printed)
+
+
+def test_wide_tables_scroll_inside_their_section_and_cells_hold_swatches(tmp_path):
+    from traitlens.report import Section, swatch, write_page
+
+    s = Section("wide")
+    s.table([{f"column {i}": 0.5 for i in range(30)} | {"part": swatch((255, 0, 0), "wing spot <b>")}],
+            highlight=[(0, "column 3")])
+    text = write_page("t", [s], tmp_path / "p.html").read_text()
+    assert '<div class="scroll"><table>' in text and ".scroll{overflow-x:auto" in text
+    assert 'class="swatch" style="background:rgb(255,0,0)"' in text and "wing spot &lt;b&gt;" in text  # escaped
+    assert text.count('<td class="differs">') == 1
