@@ -43,6 +43,9 @@ def section_screenshots(page: Path, out: Path, width: int = 1024, prefix: str = 
     shots = []
     try:
         driver.get(Path(page).resolve().as_uri())
+        # A window as tall as the page, so that a section below the fold is captured whole.
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, min(int(height) + 100, 30000))
         for n, section in enumerate(driver.find_elements(By.TAG_NAME, "section"), start=1):
             title = section.find_element(By.TAG_NAME, "h2").text
             if only and not any(o.lower() in title.lower() for o in only):
@@ -51,7 +54,6 @@ def section_screenshots(page: Path, out: Path, width: int = 1024, prefix: str = 
                 "const s = arguments[0]; return Math.max(0, s.scrollWidth - s.clientWidth);", section)
             slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:40]
             path = out / f"{prefix}{n}-{slug}.png"
-            driver.execute_script("arguments[0].scrollIntoView();", section)
             section.screenshot(str(path))
             shots.append((path, int(overflow)))
     finally:

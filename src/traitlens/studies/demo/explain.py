@@ -189,12 +189,14 @@ def demo_section(ctx) -> Section:
                         (fin, "Finer-CAM vs sibling")]
         s.gallery(gallery, columns=8, scale=2)
         table = _table(ctx, kind)
+        from traitlens.explain.evaluate import HIGHER_IS_BETTER
+
         rows = []
         for method, stats in table["summary"].items():
             row = {"method": method}
-            for m in table["metrics"]:
-                row[m] = stats[m]["mean"]
-                row[f"{m} ±95%"] = stats[m]["ci95"]
+            for m in table["metrics"]:  # one cell per metric: mean ± 95% CI, the better direction in the heading
+                arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(m), "")
+                row[f"{m.replace('_', ' ')}{arrow}"] = f"{stats[m]['mean']:.3f} ± {stats[m]['ci95']:.3f}"
             rows.append(row)
         counts, where = table.get("counts", {}), table.get("settings", {})
         s.table(rows, caption=f"Tiny {kind.upper()} classifier, layer {where.get('layer')} at {where.get('scale')}× "
