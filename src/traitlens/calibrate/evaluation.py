@@ -83,15 +83,39 @@ def _thin(n: int) -> torch.Tensor:
     return torch.unique(torch.linspace(0, n - 1, MAX_PLOT_POINTS).round().long())
 
 
+# The table's columns (Mai et al., NeurIPS 2024): which images are counted, among which classes predicted.
+CALIBRATION_HEADINGS = {
+    "y/y": "accuracy on all test images, predicting among all classes",
+    "s/y": "accuracy on the classes seen in fine-tuning, predicting among all classes",
+    "u/y": "accuracy on the classes absent from fine-tuning, predicting among all classes (what calibration "
+           "restores)",
+    "s/s": "accuracy on the seen classes, predicting among the seen classes only",
+    "u/u": "accuracy on the absent classes, predicting among the absent classes only (how good their features are)",
+    "top5": "top-5 accuracy on all test images",
+}
+
+
 def format_table(tables: Mapping[str, Mapping[str, float]], gammas: Mapping[str, float]) -> str:
-    """A plain-text table: one row per model/method, accuracies in percent."""
-    keys = ("y/y", "s/y", "u/y", "s/s", "u/u", "top5")
-    lines = [f"{'':<12}{'γ':>8}" + "".join(f"{k:>8}" for k in keys)]
+    """A plain-text table, columns aligned to the longest entry: one row per model/method, accuracies as
+    fractions, followed by what each column means."""
+    keys = [k for k in CALIBRATION_HEADINGS if any(k in t for t in tables.values())]
+    header = ["model", "γ"] + keys
+    body = []
     for name, t in tables.items():
         g = gammas.get(name, 0.0 if name == "fine-tuned" else None)
-        gs = f"{g:8.3f}" if g is not None else f"{'':>8}"
-        lines.append(f"{name:<12}{gs}" + "".join(f"{100 * t.get(k, float('nan')):8.1f}" for k in keys))
+        body.append([name, "" if g is None else f"{g:.3f}"] + [_fraction(t.get(k)) for k in keys])
+    widths = [max(len(row[i]) for row in [header] + body) for i in range(len(header))]
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    lines = [line(header), "  ".join("-" * w for w in widths)] + [line(row) for row in body] + [""]
+    lines += [f"{k:>4}  {CALIBRATION_HEADINGS[k]}" for k in keys]
     return "\n".join(lines)
+
+
+def _fraction(value) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
 
 def load_logits_npz(path) -> Dict[str, np.ndarray]:

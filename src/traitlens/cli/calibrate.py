@@ -88,6 +88,10 @@ def _calibrate(args) -> int:
     else:
         raise UserError("give --logits FILE.npz, or --pretrained, --finetuned and --data")
     _print(result)
+    if args.out is not None:
+        from traitlens.report.pages import calibration_page
+
+        print(f"page: {calibration_page(result, Path(args.out))}")
     write_json(args.json, result)
     return 0
 

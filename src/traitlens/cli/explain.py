@@ -45,7 +45,7 @@ def register(sub) -> None:
         description="Explain a dataset split with several methods and score each map: relative and contrastive "
                     "confidence drop after masking the top k%% of pixels, deletion/insertion AUC, and with part "
                     "masks the pointing game, energy in the specimen and the diagnostic-trait energy (traits.json). "
-                    "Writes table.json, table.md and metrics.png.")
+                    "Writes table.json, table.md, metrics.png and index.html.")
     add_common(v)
     v.add_argument("--checkpoint", type=Path, required=True)
     v.add_argument("--data", type=Path, required=True, help="dataset folder (<split>/<class>/<image>, masks/)")
@@ -145,6 +145,7 @@ def _evaluate(args) -> int:
     from traitlens.engine import distributed
     from traitlens.explain.engine import resolve_layer
     from traitlens.explain.evaluate import evaluate_explanations, recommended_settings
+    from traitlens.report.pages import explanation_evaluation_page, scored_sentence
     from traitlens.report.plots import metrics_bar_plot
     from traitlens.progress import progress
 
@@ -188,6 +189,9 @@ def _evaluate(args) -> int:
         lines.append(f"| {row['method']} | " + " | ".join(cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     metrics_bar_plot(result).savefig(out / "metrics.png", dpi=110)
+    page = explanation_evaluation_page(payload, out, figure=out / "metrics.png")
     print("\n".join(lines))
+    print(scored_sentence(result.counts, args.only_correct))
+    print(f"wrote {out / 'table.json'}, table.md, metrics.png and {page}")
     write_json(args.json, payload)
     return 0

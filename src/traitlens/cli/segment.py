@@ -64,6 +64,10 @@ def register(sub) -> None:
     f.add_argument("--steps", type=int, default=50)
     f.add_argument("--lr", type=float, default=1e-3)
     f.add_argument("--lora", type=int, default=0, help="SAM 2: LoRA rank (0: train the non-encoder weights)")
+    f.add_argument("--checkpoint-every", type=int, default=5, metavar="N",
+                   help="save the training state to OUT/finetune-state.pt every N steps; a rerun with the same "
+                        "options resumes from it (default 5)")
+    f.add_argument("--restart", action="store_true", help="ignore a saved training state and start again")
     f.set_defaults(func=_finetune)
 
     r = sub.add_parser(
@@ -180,7 +184,8 @@ def _finetune(args) -> int:
     from traitlens.data.imageio import SkippedFiles
     from traitlens.engine.distributed import resolve_device
     from traitlens.progress import bar, log
-    from traitlens.segment.finetune import cycle_finetune, save_finetuned, trainable_parameters
+    from traitlens.segment.finetune import (cycle_finetune, load_training_state, save_finetuned,
+                                            save_training_state, trainable_parameters)
     from traitlens.segment.support import load_frames
 
     supports = _supports(args)
@@ -194,9 +199,23 @@ def _finetune(args) -> int:
     torch.manual_seed(args.seed)
     prop = _propagator(args, device, differentiable=True)
     params = trainable_parameters(prop, args.backend, lora=args.lora)
-    progress = bar(args.steps, desc="cycle fine-tuning", unit="step")
+    if args.steps < 1 or args.checkpoint_every < 1:
+        raise UserError("--steps and --checkpoint-every must be at least 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    state_path = args.out / "finetune-state.pt"
+    options = {"backend": args.backend, "steps": args.steps, "lr": args.lr, "lora": args.lora, "seed": args.seed,
+               "support": [str(p) for p in (args.support or [])], "images": [f for f, _ in frames]}
+    if args.restart:
+        state_path.unlink(missing_ok=True)
+    resume = load_training_state(state_path, options)
+    done = len(resume["losses"]) if resume else 0
+    if done:
+        log(f"resuming cycle fine-tuning at step {done + 1} of {args.steps} from {state_path}")
+    progress = bar(args.steps, desc="cycle fine-tuning", unit="step", initial=done)
     losses = cycle_finetune(prop, params, supports[0], [f for _, f in frames], steps=args.steps, lr=args.lr,
-                            seed=args.seed, on_step=lambda i, loss: (progress.update(1), progress.set_postfix(loss=f"{loss:.3f}")))
+                            seed=args.seed, resume=resume, checkpoint_every=args.checkpoint_every,
+                            on_checkpoint=lambda state: save_training_state(state, state_path, options),
+                            on_step=lambda i, loss: (progress.update(1), progress.set_postfix(loss=f"{loss:.3f}")))
     progress.close()
     saved = save_finetuned(prop, args.backend, args.out, lora=args.lora)
     result = {"backend": args.backend, "steps": args.steps, "lr": args.lr, "first_loss": losses[0],

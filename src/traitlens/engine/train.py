@@ -315,6 +315,17 @@ class BatchSource:
         raise NotImplementedError
 
 
+def fitting_batch_size(batch_size: int, n: int, world: int = 1) -> int:
+    """``batch_size``, or on a training split smaller than one batch the largest multiple of ``world`` that fits
+    (said in one line): a few dozen labelled images still train."""
+    if n >= batch_size or n < world:
+        return batch_size  # the sampler refuses what cannot be trained at all
+    lowered = n // world * world
+    log(f"batch_size {batch_size} is larger than the {n} training images: using batch_size {lowered} "
+        "(choose another with --set batch_size=N)")
+    return lowered
+
+
 class SplitBatches(BatchSource):
     """A dataset of sample dicts cut into the same global batches on any number of processes, seeded by (seed,
     epoch): the order by :class:`~traitlens.engine.distributed.ShardedSampler`, augmentation by the dataset."""
@@ -322,7 +333,9 @@ class SplitBatches(BatchSource):
     def __init__(self, dataset: Dataset, config: TrainConfig, ctx: distributed.DistContext):
         self.dataset, self.config, self.device = dataset, config, ctx.device
         self.classes = list(dataset.classes)
-        self.sampler = distributed.ShardedSampler(len(dataset), config.batch_size, config.seed, ctx.rank, ctx.world)
+        self.sampler = distributed.ShardedSampler(len(dataset), fitting_batch_size(config.batch_size, len(dataset),
+                                                                                   ctx.world),
+                                                  config.seed, ctx.rank, ctx.world)
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -6,7 +6,7 @@
 >>> write_page("traitlens demo", [s], "report/index.html")
 """
 
-from traitlens.report.html import Section, write_page, png_data_uri
+from traitlens.report.html import Markup, Section, png_data_uri, swatch, write_page
 from traitlens.report.plots import bar_plot, confusion_matrix_plot, line_plot
 
-__all__ = ["Section", "write_page", "png_data_uri", "bar_plot", "confusion_matrix_plot", "line_plot"]
+__all__ = ["Section", "write_page", "png_data_uri", "Markup", "swatch", "bar_plot", "confusion_matrix_plot", "line_plot"]

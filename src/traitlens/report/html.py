@@ -36,6 +36,11 @@ figcaption{font-size:.82em;color:#444;max-width:420px}
 .gallery{display:grid;gap:10px}
 .gallery figure{margin:0} .gallery img{width:100%}
 .note{color:#555;font-size:.9em}
+.scroll{overflow-x:auto;max-width:100%}
+.swatch{display:inline-block;width:1.1em;height:1.1em;border:1px solid #555;vertical-align:middle;margin-right:6px}
+td.differs{background:#fde8b0;font-weight:600}
+.better{color:#23403a;font-size:.85em;font-weight:400}
+@media (max-width:1100px){main{padding:8px 12px 30px}section{padding:10px 12px 16px}}
 """
 
 
@@ -72,7 +77,20 @@ def _png_bytes(image: ImageLike, scale: int = 1) -> bytes:
     return buf.getvalue()
 
 
+class Markup(str):
+    """Text that is already HTML (a table cell with a colour swatch, a highlighted value): shown as is."""
+
+
+def swatch(rgb: Sequence[int], label: str = "") -> Markup:
+    """A colour swatch (a small filled square) followed by ``label``, for table cells."""
+    r, g, b = (int(c) for c in rgb[:3])
+    return Markup(f'<span class="swatch" style="background:rgb({r},{g},{b})" title="rgb({r}, {g}, {b})"></span>'
+                  f"{html.escape(label)}")
+
+
 def _fmt(value: Any, floatfmt: str) -> str:
+    if isinstance(value, Markup):
+        return str(value)
     if isinstance(value, (float, np.floating)):
         return format(float(value), floatfmt)
     return html.escape(str(value))
@@ -92,20 +110,29 @@ class Section:
         return self
 
     def table(self, rows: Sequence[Mapping[str, Any]], columns: Optional[Sequence[str]] = None,
-              caption: str = "", floatfmt: str = ".3f") -> "Section":
-        """A table of ``rows`` (dicts); ``columns`` picks and orders the keys (default: first row's)."""
+              caption: str = "", floatfmt: str = ".3f",
+              highlight: Optional[Iterable[Tuple[int, str]]] = None) -> "Section":
+        """A table of ``rows`` (dicts); ``columns`` picks and orders the keys (default: first row's).
+
+        ``highlight``: (row index, column) cells to mark (e.g. the trait values in which siblings differ). A
+        wide table scrolls inside its section instead of widening the page.
+        """
         rows = list(rows)
         if not rows:
             self.blocks.append(f'<p class="note">(no rows{": " + html.escape(caption) if caption else ""})</p>')
             return self
         columns = list(columns or rows[0].keys())
-        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+        marked = set(highlight or ())
+        head = "".join(f"<th>{_fmt(c, floatfmt)}</th>" for c in columns)
+        mark = ' class="differs"'
         body = "".join(
-            "<tr>" + "".join(f"<td>{_fmt(row.get(c, ''), floatfmt)}</td>" for c in columns) + "</tr>"
-            for row in rows
+            "<tr>" + "".join(f"<td{mark if (i, c) in marked else ''}>{_fmt(row.get(c, ''), floatfmt)}</td>"
+                             for c in columns) + "</tr>"
+            for i, row in enumerate(rows)
         )
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-        self.blocks.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        self.blocks.append(f'<div class="scroll"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+                           "</table></div>")
         return self
 
     def figure(self, image: ImageLike, caption: str = "", width: Optional[int] = None, scale: int = 1) -> "Section":

@@ -18,21 +18,34 @@ def _figure(width: float, height: float):
 
 def confusion_matrix_plot(confusion: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix",
                           normalise: bool = True):
-    """A C×C confusion matrix (rows: true class, columns: predicted) as a heat map Figure."""
+    """A C×C confusion matrix (rows: true class, columns: predicted) as a heat map Figure.
+
+    Give ``class_names`` as people read them (display names); with up to 20 classes every cell shows its value.
+    """
     cm = np.asarray(confusion, dtype=float)
     if normalise:
         cm = cm / np.clip(cm.sum(axis=1, keepdims=True), 1, None)
     n = len(class_names)
-    size = min(3 + 0.35 * n, 14)
-    fig = _figure(size + 1, size)
+    longest = max((len(str(c)) for c in class_names), default=1)
+    size = min(3.2 + 0.42 * n, 16)
+    margin = min(0.075 * longest, 3.5)  # room for the labels, so they are neither cut nor squeezed
+    fig = _figure(size + 1 + margin, size + margin)
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="viridis", vmin=0, vmax=1 if normalise else None)
-    ax.set_xticks(range(n), labels=class_names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), labels=class_names, fontsize=7)
+    fontsize = 9 if n <= 20 else 7
+    ax.set_xticks(range(n), labels=class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=fontsize)
+    ax.set_yticks(range(n), labels=class_names, fontsize=fontsize)
+    if n <= 20:
+        top = cm.max() if cm.size else 1
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j] > 0:
+                    ax.text(j, i, f"{cm[i, j]:.2f}" if normalise else f"{int(cm[i, j])}", ha="center", va="center",
+                            fontsize=7, color="black" if cm[i, j] > 0.6 * top else "white")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class" if normalise else "images")
     return fig
 
 
@@ -59,19 +72,44 @@ def bar_plot(values: Mapping[str, Mapping[str, float]], title: str = "", ylabel:
 
 def line_plot(xs: Sequence[float], curves: Mapping[str, Sequence[float]], xlabel: str = "", ylabel: str = "",
               title: str = "", marks: Optional[Mapping[str, tuple]] = None):
-    """Lines ``curves[name]`` over ``xs``; ``marks[label] = (x, y)`` adds labelled points."""
-    fig = _figure(4.5, 3.5)
+    """Lines ``curves[name]`` over ``xs``; ``marks[label] = (x, y)`` adds points, each with its own marker in the
+    legend (labels written next to the points overlap when two points are close)."""
+    fig = _figure(5.2, 3.8)
     ax = fig.add_subplot()
     for name, ys in curves.items():
         ax.plot(xs, ys, label=name)
-    for label, (mx, my) in (marks or {}).items():
-        ax.plot([mx], [my], "o")
-        ax.annotate(label, (mx, my), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    for (label, (mx, my)), marker in zip((marks or {}).items(), "osD^vP*X"):
+        ax.plot([mx], [my], marker, markersize=8, markeredgecolor="black", linestyle="none", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    if len(curves) > 1:
-        ax.legend(fontsize=8)
+    if len(curves) > 1 or marks:
+        ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def metric_panels(values: Mapping[str, Mapping[str, float]], higher_is_better: Mapping[str, bool],
+                  errors: Optional[Mapping[str, Mapping[str, float]]] = None, title: str = "", columns: int = 4):
+    """One small bar panel per metric (``values[metric][series]``), each on its own scale, titled with the
+    direction that is better (↑ higher, ↓ lower): metrics of different ranges never share an axis."""
+    metrics = list(values)
+    cols = max(1, min(columns, len(metrics)))
+    rows = math.ceil(len(metrics) / cols) if metrics else 1
+    series = list(dict.fromkeys(k for m in metrics for k in values[m]))
+    fig = _figure(2.6 * cols + 0.4, 2.4 * rows + 0.5)
+    colours = [f"C{i}" for i in range(len(series))]
+    for index, metric in enumerate(metrics):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        ys = [values[metric].get(name, np.nan) for name in series]
+        err = [errors[metric].get(name, 0.0) for name in series] if errors else None
+        ax.bar(range(len(series)), ys, yerr=err, color=colours, capsize=3)
+        ax.set_xticks(range(len(series)), labels=series, rotation=30, ha="right", rotation_mode="anchor", fontsize=8)
+        better = higher_is_better.get(metric)
+        arrow = "" if better is None else (" ↑ higher is better" if better else " ↓ lower is better")
+        ax.set_title(f"{metric}{arrow}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -92,10 +130,13 @@ def seen_unseen_figure(result: Mapping[str, Any], title: str = "Seen-unseen accu
 
 
 def metrics_bar_plot(result):
-    """One grouped bar Figure of an explanation evaluation (``traitlens.explain.EvaluationResult``):
-    metric → method → mean, with 95% CI error bars."""
+    """The panels of an explanation evaluation (``traitlens.explain.EvaluationResult``): one per metric,
+    method → mean with 95% CI error bars, each titled with its better direction."""
+    from traitlens.explain.evaluate import HIGHER_IS_BETTER
+
     summary = result.summary()
     values = {m: {meth: summary[meth][m]["mean"] for meth in result.methods} for m in result.metrics}
     errors = {m: {meth: (0.0 if math.isnan(summary[meth][m]["ci95"]) else summary[meth][m]["ci95"])
                   for meth in result.methods} for m in result.metrics}
-    return bar_plot(values, title="Explanation metrics (mean, 95% CI)", ylabel="score", errors=errors)
+    return metric_panels(values, {m: HIGHER_IS_BETTER.get(m) for m in result.metrics}, errors=errors,
+                         title="Explanation metrics (mean, 95% CI)")

@@ -90,11 +90,15 @@ def add_lora(model: torch.nn.Module, rank: int = 4, alpha: float = 8.0,
 
 def cycle_finetune(propagator: Propagator, params: Iterable[torch.nn.Parameter], support: Support,
                    queries: Sequence[torch.Tensor], steps: int = 50, lr: float = 1e-3, weight_decay: float = 1e-4,
-                   num_labels: Optional[int] = None, seed: int = 0, on_step=None) -> List[float]:
+                   num_labels: Optional[int] = None, seed: int = 0, on_step=None, resume: Optional[dict] = None,
+                   on_checkpoint=None, checkpoint_every: int = 10) -> List[float]:
     """Train ``params`` by the cycle loss over ``queries`` (frames ``3×H×W``); returns the loss per step.
 
     ``propagator`` must be differentiable (label propagation with a ``projection``, or
     ``Sam2Propagator(differentiable=True)``). ``on_step(step, loss)`` is called after every step.
+    ``on_checkpoint(state)`` gets a :func:`training_state` every ``checkpoint_every`` steps and after the last;
+    ``resume`` (such a state, e.g. from :func:`load_training_state`) continues where it stopped: the query
+    order depends only on ``seed``, so a resumed run takes the same steps as an uninterrupted one.
     """
     if not propagator.differentiable():
         raise ValueError("the propagator does not keep gradients: give label propagation a projection, "
@@ -108,7 +112,16 @@ def cycle_finetune(propagator: Propagator, params: Iterable[torch.nn.Parameter],
     labels = support[1]
     k = num_labels or 1 + int(labels.max())
     losses: List[float] = []
-    for step in range(steps):
+    if resume is not None:
+        if len(resume["params"]) != len(params) or any(a.shape != b.shape for a, b in zip(resume["params"], params)):
+            raise ValueError("the saved fine-tuning state holds other parameters than this propagator trains")
+        with torch.no_grad():
+            for p, saved in zip(params, resume["params"]):
+                p.copy_(saved.to(p.device))
+        optimiser.load_state_dict(resume["optimiser"])
+        schedule.load_state_dict(resume["schedule"])
+        losses = list(resume["losses"])
+    for step in range(len(losses), steps):
         query = queries[int(order[step % len(queries)])]
         _, back = cycle_predict(propagator, support, query, num_labels=k)
         loss = cycle_loss(back, labels)
@@ -119,7 +132,48 @@ def cycle_finetune(propagator: Propagator, params: Iterable[torch.nn.Parameter],
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step, losses[-1])
+        if on_checkpoint is not None and (len(losses) % max(checkpoint_every, 1) == 0 or len(losses) == steps):
+            on_checkpoint(training_state(params, optimiser, schedule, losses))
     return losses
+
+
+def training_state(params: Sequence[torch.nn.Parameter], optimiser, schedule, losses: Sequence[float]) -> dict:
+    """What a resumed :func:`cycle_finetune` needs: the trained tensors, the optimiser and schedule, the losses."""
+    import copy
+
+    # A copy: the optimiser's state dict holds its live moment tensors, which the next steps change in place.
+    return {"params": [p.detach().cpu().clone() for p in params], "optimiser": copy.deepcopy(optimiser.state_dict()),
+            "schedule": copy.deepcopy(schedule.state_dict()), "losses": list(losses)}
+
+
+def save_training_state(state: dict, path, options: dict) -> None:
+    """Write ``state`` with the run's ``options`` to ``path``, whole or not at all (a kill mid-write keeps the
+    previous one)."""
+    from pathlib import Path
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({**state, "options": dict(options)}, tmp)
+    tmp.replace(path)
+
+
+def load_training_state(path, options: dict) -> Optional[dict]:
+    """The state at ``path`` if it exists and was written with the same ``options`` (None when absent). Read
+    with ``weights_only=True``: tensors, numbers and lists only, never arbitrary objects."""
+    from pathlib import Path
+
+    from traitlens.errors import UserError
+
+    path = Path(path)
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state.get("options", {})
+    changed = sorted(k for k in set(saved) | set(options) if saved.get(k) != options.get(k))
+    if changed:
+        raise UserError(f"{path} was written with other options ({', '.join(changed)}): rerun with the same "
+                        "options to resume, or pass --restart to start again")
+    return state
 
 
 def projection_state(projection: FeatureProjection) -> Dict[str, torch.Tensor]:

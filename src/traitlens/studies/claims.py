@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from traitlens.cache import cache_dir
-from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.memo import TRAINING, memo_json, memo_path
 from traitlens.studies.recipes import Training, check_scale, finer_cam as finer_cam_recipe
 from traitlens.studies.recipes import FINER_CAM_EVALUATION, interpretable as interpretable_recipe
 from traitlens.studies.recipes import calibration as calibration_recipe
@@ -91,7 +91,7 @@ def finer_cam(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
             data, runs = ctx.data, {k: ctx.checkpoints[k] for k in ("vit", "cnn")}
         else:
             data = _collection(recipe.collection)
-            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (recipe, seed)), data, f"tiny-{kind}",
+            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (recipe, seed), code=TRAINING), data, f"tiny-{kind}",
                                  training, seed) for kind, training in recipe.training.items()}
         traits = load_traits(data)
         return {"vit": _finer_cam_figures(runs["vit"], data, traits, "recommended"),
@@ -126,7 +126,7 @@ def interpretable(scale: str = "broad", seed: int = 0, models: Sequence[str] = M
                            checkpoints={"backbone-vit": backbone})
 
     if recipe.backbone is not None:
-        backbone = _train(memo_path(root, "backbone", (recipe.collection, recipe.backbone, seed)), data, "tiny-vit",
+        backbone = _train(memo_path(root, "backbone", (recipe.collection, recipe.backbone, seed), code=TRAINING), data, "tiny-vit",
                           recipe.backbone, seed)
     else:
         backbone = embedded_backbone("vit", progress=False)

@@ -30,9 +30,10 @@ from traitlens.cache import recipe_key
 # The packages whose code decides a study's numbers (relative to the traitlens package folder).
 COMPUTING = ("data", "backbones", "models", "engine", "explain", "segment", "calibrate", "compbench", "studies",
              "cache.py", "methods.py", "configs")
-# What training a model from a recipe depends on (the embedded pretraining: no explanation, segmentation,
-# calibration or benchmark code runs there, so changing those does not pretrain it again; the recipe's values
-# are in the key itself, so the file that lists the recipes is not).
+# What training a model from a recipe depends on: the key of every trained run (the embedded pretraining, the
+# demo's classifiers, the claims' models, the synthetic collections they train on). No explanation,
+# segmentation, calibration or benchmark code runs there, so changing those re-scores a model without training
+# it again; the recipe's values are in the key itself, so the file that lists the recipes is not.
 TRAINING = ("data", "backbones", "models", "engine", "cache.py", "methods.py", "configs", "studies/embedded.py")
 
 

@@ -9,6 +9,7 @@ in the report and makes the command exit non-zero, but never stops the other sec
 from __future__ import annotations
 
 import importlib
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 from traitlens.cache import cache_dir
 from traitlens.progress import log
 from traitlens.report import Section, write_page
-from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.memo import TRAINING, memo_json, memo_path
 from traitlens.studies.recipes import DEMO_CLASSIFIER, DEMO_COLLECTION, Collection
 
 # Method sections in report order: (name, module). Missing modules are skipped.
@@ -83,7 +84,7 @@ def collection(recipe: Collection, progress: bool = True) -> Path:
     """The synthetic collection of ``recipe``, rendered once into the cache (``datasets/``)."""
     from traitlens.data.synthetic import SynthConfig, generate_collection
 
-    return generate_collection(memo_path(cache_dir("datasets"), "synth", recipe), SynthConfig(**recipe.as_dict()),
+    return generate_collection(memo_path(cache_dir("datasets"), "synth", recipe, code=TRAINING), SynthConfig(**recipe.as_dict()),
                                progress=progress)
 
 
@@ -104,7 +105,7 @@ def train_demo_classifier(kind: str, data: Path, backbone: Path, root: Path, dev
     from traitlens.methods import train
 
     recipe = dict(training=DEMO_CLASSIFIER, kind=kind, data=str(data), backbone=str(backbone), seed=seed)
-    run_dir = memo_path(root / "runs", f"classifier-{kind}", recipe)
+    run_dir = memo_path(root / "runs", f"classifier-{kind}", recipe, code=TRAINING)
     config = TrainConfig(data=str(data), out=str(run_dir), backbone=f"tiny-{kind}",
                          weights=str(backbone), seed=seed, device=str(device), **DEMO_CLASSIFIER.config())
     # train() returns at once for a finished run and resumes an interrupted one.
@@ -117,7 +118,7 @@ def foundation_section(ctx: DemoContext) -> Section:
     from PIL import Image
 
     from traitlens.data.traits import colourise_parts
-    from traitlens.report import confusion_matrix_plot
+    from traitlens.report import confusion_matrix_plot, swatch
 
     traits = ctx.traits
     s = Section(
@@ -136,19 +137,34 @@ def foundation_section(ctx: DemoContext) -> Section:
         items.append((np.asarray(Image.open(first).convert("RGB")), name))
         items.append((colourise_parts(mask), "parts"))
     s.gallery(items, columns=8, scale=2)
-    s.table([{"id": p.id, "part": p.name, "painted on": ", ".join(traits.part_name(h) for h in p.hosts),
-              "colour in the masks": "rgb" + str(tuple(int(c) for c in colourise_parts(np.array([[p.id]]))[0, 0]))}
-             for p in traits.parts], caption="Part ids of the label maps")
-    s.table([{"species": traits.name(i), "genus": traits.genus_of(i), **traits.attributes(i)}
-             for i in range(traits.num_species)], caption="Species, genera and trait values (traits.json)")
+    s.table([{"id": p.id, "part": swatch(colourise_parts(np.array([[p.id]]))[0, 0], p.name),
+              "painted on": ", ".join(traits.part_name(h) for h in p.hosts)} for p in traits.parts],
+            caption="Part ids of the label maps, with the colour each part has in the maps above")
+    rows, marked = trait_table(traits)
+    s.table(rows, highlight=marked, caption="Species, genera and trait values (traits.json). Highlighted: the trait "
+                                            "values in which the species of a genus differ (what tells siblings "
+                                            "apart).")
     for kind in ("vit", "cnn"):
         result = memo_json(ctx.cache, f"eval-{kind}", dict(run=ctx.checkpoints[kind].name, split="test"),
                            lambda: _evaluation(ctx.checkpoints[kind], ctx.data, ctx.device))
         s.text(f"Tiny {kind.upper()} fine-tuned from the embedded backbone: top-1 {result['top1']:.3f}, "
                f"top-5 {result['top5']:.3f} on {result['n']} test images.")
-        s.figure(confusion_matrix_plot(np.array(result["confusion"]), traits.class_names,
-                                       title=f"Tiny {kind.upper()}: test confusion"), width=520)
+        s.figure(confusion_matrix_plot(np.array(result["confusion"]), traits.names,
+                                       title=f"Tiny {kind.upper()}: test confusion"), width=640)
     return s
+
+
+def trait_table(traits):
+    """The species × trait rows of ``traits`` and the (row, column) cells in which the species of a genus differ."""
+    rows = [{"species": traits.name(i), "genus": traits.genus_of(i), **traits.attributes(i)}
+            for i in range(traits.num_species)]
+    marked = []
+    for genus in traits.genera:
+        members = traits.species_in(genus)
+        for column in traits.attribute_names:
+            if len({repr(rows[i].get(column)) for i in members}) > 1:
+                marked += [(i, column) for i in members]
+    return rows, marked
 
 
 def _evaluation(run: Path, data: Path, device) -> dict:
@@ -166,13 +182,18 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, sections: Optional[L
     start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    names = [(n, m) for n, m in SECTIONS if not sections or n in sections]
+    steps = len(names) + 1  # the preparation, then each section
+    timings = _Timings(Path(cache) if cache else cache_dir("demo"))
+    left = timings.estimate(names_of(names))
+    log(f"demo step 1 of {steps}: collection, embedded backbones and classifiers{' (' + left + ')' if left else ''}")
+    t0 = time.time()
     ctx = prepare(device=device, seed=seed, cache=cache)
+    timings.record("prepare", time.time() - t0)
     ctx.out = out
     page: List[Section] = [foundation_section(ctx)]
     failed: List[str] = []
-    for name, module_name in SECTIONS:
-        if sections and name not in sections:
-            continue
+    for k, (name, module_name) in enumerate(names, start=2):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
@@ -180,9 +201,11 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, sections: Optional[L
                 continue
             raise
         t0 = time.time()
-        log(f"demo section: {name}")
+        left = timings.estimate(names_of(names[k - 2:]), first=False)
+        log(f"demo step {k} of {steps}: {name} ({time.time() - start:.0f} s so far{'; ' + left if left else ''})")
         try:
             page.append(module.demo_section(ctx.for_area(name)))
+            timings.record(name, time.time() - t0)
             log(f"demo section {name} took {time.time() - t0:.0f}s")
         except Exception as exc:  # noqa: BLE001 - one failed section must not hide the others
             failed.append(name)
@@ -192,6 +215,42 @@ def run_demo(out: Path, device: str = "cpu", seed: int = 0, sections: Optional[L
             page.append(broken)
     index = write_page("traitlens demo", page, out / "index.html")
     return {"index": index, "failed": failed, "seconds": time.time() - start}
+
+
+class _Timings:
+    """How long each demo step took the last time it ran here (``timings.json`` in the demo cache): the
+    estimate of what is left. A cached rerun records its own (short) times, so the estimate follows."""
+
+    def __init__(self, root: Path):
+        self.path = Path(root) / "timings.json"
+        try:
+            self.seconds = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.seconds = {}
+
+    def estimate(self, steps: List[str], first: bool = True) -> str:
+        """"about 2 min left, going by the last run" for ``steps`` (with ``first``, the preparation too); "" when
+        some step has not run here yet (on a first run: what the first run takes)."""
+        steps = (["prepare"] if first else []) + list(steps)
+        known = [self.seconds[s] for s in steps if isinstance(self.seconds.get(s), (int, float))]
+        if len(known) < len(steps):
+            return "" if self.seconds else "a first run takes up to 10 min on 2 CPU cores; reruns are cached"
+        return f"about {_duration(sum(known))} left, going by the last run"
+
+    def record(self, step: str, seconds: float) -> None:
+        self.seconds[step] = round(seconds, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.seconds, indent=1) + "\n")
+        tmp.replace(self.path)
+
+
+def names_of(sections) -> List[str]:
+    return [name for name, _ in sections]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 def _escape(text: str) -> str:

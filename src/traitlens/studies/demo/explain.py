@@ -45,20 +45,12 @@ def _settings(model, data) -> dict:
     return recommended_settings(model, data[0]["image"].shape[-2:])
 
 
-def _pairs(ctx, kind: str, per_genus: int = 1):
-    """(image, Grad-CAM overlay, Finer-CAM overlay, diagnostic mask) for one image of the first sibling pair of
-    each genus, Finer-CAM comparing with that sibling."""
+def _sibling_batch(ctx, kind: str, per_genus: int):
+    """``per_genus`` test images of the first species of each genus, with that species' first sibling as the
+    reference: (model, names, x B×3×H×W at the explanation scale, parts B×H×W, target B, refs B×1, settings,
+    pictures B×H×W×3 uint8)."""
     from traitlens.methods import load_model
-    from traitlens.explain import explain
-    from traitlens.explain.metrics import diagnostic_masks, diagnostic_table
-    from traitlens.report.overlay import overlay
 
-    path = memo_path(ctx.cache, f"pairs-{kind}", dict(evaluation=RECIPE, checkpoint=str(ctx.checkpoints[kind]),
-                                                     per_genus=per_genus), ".npz")
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            return [tuple(z[f"{i}_{j}"] for j in range(4)) + (str(z[f"{i}_caption"]),)
-                    for i in range(int(z["n"]))]
     model, meta = load_model(ctx.checkpoints[kind], device=ctx.device)
     data = test_split(ctx.data, model, meta)
     names = meta["class_names"]
@@ -82,28 +74,99 @@ def _pairs(ctx, kind: str, per_genus: int = 1):
         parts = torch.nn.functional.interpolate(parts[:, None].float(), size=size, mode="nearest")[:, 0].long()
     target = torch.tensor([a for _, a, _ in chosen], device=ctx.device)
     refs = torch.tensor([[b] for _, _, b in chosen], device=ctx.device)
-    base = explain(model, x, finer=False, target=target, target_layer=settings["target_layer"])
-    finer = explain(model, x, finer=True, alpha=1.0, target=target, references=refs,
-                    target_layer=settings["target_layer"])
-    diag = diagnostic_masks(parts, target.cpu(), refs[:, 0].cpu(), diagnostic_table(traits, names))
     mean = torch.tensor(data.transform.mean).view(1, 3, 1, 1)
     std = torch.tensor(data.transform.std).view(1, 3, 1, 1)
     pics = ((x.cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    out = []
-    for i, (_, a, b) in enumerate(chosen):
-        mask_img = np.where(diag[i].numpy()[..., None], np.array([255, 60, 60], np.uint8), pics[i] // 3)
-        out.append((pics[i], overlay(pics[i], base.maps[i].cpu().numpy()),
-                    overlay(pics[i], finer.maps[i].cpu().numpy()), mask_img.astype(np.uint8),
-                    f"{names[a]} vs {names[b]}"))
-    arrays = {"n": np.array(len(out))}
-    for i, row in enumerate(out):
-        for j in range(4):
-            arrays[f"{i}_{j}"] = row[j]
-        arrays[f"{i}_caption"] = np.array(row[4])
+    return model, names, x, parts, target, refs, settings, pics
+
+
+def _cached_arrays(path, make):
+    """The arrays of npz ``path``, made by ``make() -> dict`` once (written whole or not at all)."""
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    arrays = make()
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)  # whole or not at all
-    return out
+    tmp.replace(path)
+    return arrays
+
+
+def _pairs(ctx, kind: str, per_genus: int = 1):
+    """(image, Grad-CAM overlay, Finer-CAM overlay, diagnostic mask) for one image of the first sibling pair of
+    each genus, Finer-CAM comparing with that sibling."""
+    path = memo_path(ctx.cache, f"pairs-{kind}", dict(evaluation=RECIPE, checkpoint=str(ctx.checkpoints[kind]),
+                                                     per_genus=per_genus), ".npz")
+
+    def make():
+        from traitlens.explain import explain
+        from traitlens.explain.metrics import diagnostic_masks, diagnostic_table
+        from traitlens.report.overlay import overlay
+
+        model, names, x, parts, target, refs, settings, pics = _sibling_batch(ctx, kind, per_genus)
+        base = explain(model, x, finer=False, target=target, target_layer=settings["target_layer"])
+        finer = explain(model, x, finer=True, alpha=1.0, target=target, references=refs,
+                        target_layer=settings["target_layer"])
+        diag = diagnostic_masks(parts, target.cpu(), refs[:, 0].cpu(), diagnostic_table(ctx.traits, names))
+        arrays = {"n": np.array(len(pics))}
+        for i in range(len(pics)):
+            mask_img = np.where(diag[i].numpy()[..., None], np.array([255, 60, 60], np.uint8), pics[i] // 3)
+            row = (pics[i], overlay(pics[i], base.maps[i].cpu().numpy()),
+                   overlay(pics[i], finer.maps[i].cpu().numpy()), mask_img.astype(np.uint8))
+            for j in range(4):
+                arrays[f"{i}_{j}"] = row[j]
+            arrays[f"{i}_caption"] = np.array(f"{ctx.traits.name(names[int(target[i])])} vs "
+                                              f"{ctx.traits.name(names[int(refs[i, 0])])}")
+        return arrays
+
+    z = _cached_arrays(path, make)
+    return [tuple(z[f"{i}_{j}"] for j in range(4)) + (str(z[f"{i}_caption"]),) for i in range(int(z["n"]))]
+
+
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _alpha_sweep(ctx, kind: str, per_genus: int = 4) -> dict:
+    """Finer-CAM at each α of :data:`ALPHAS` (one explanation pass for all of them): the diagnostic lift per α
+    over the sibling images of :func:`_sibling_batch` (A×N), and one image's overlays (A×H×W×3)."""
+    path = memo_path(ctx.cache, f"alpha-sweep-{kind}", dict(evaluation=RECIPE, alphas=ALPHAS, per_genus=per_genus,
+                                                          checkpoint=str(ctx.checkpoints[kind])), ".npz")
+
+    def make():
+        from traitlens.explain import explain
+        from traitlens.explain.metrics import diagnostic_lift, diagnostic_table
+        from traitlens.report.overlay import overlay
+
+        model, names, x, parts, target, refs, settings, pics = _sibling_batch(ctx, kind, per_genus)
+        sweep = explain(model, x, finer=True, alpha=list(ALPHAS), target=target, references=refs,
+                        target_layer=settings["target_layer"])  # maps: A×B×H×W
+        table = diagnostic_table(ctx.traits, names)
+        lift = torch.stack([diagnostic_lift(sweep.maps[a].cpu(), parts, target.cpu(), refs[:, 0].cpu(), table)
+                            for a in range(len(ALPHAS))])
+        return {"alphas": np.array(ALPHAS), "lift": lift.numpy(), "picture": pics[0],
+                "overlays": np.stack([overlay(pics[0], sweep.maps[a, 0].cpu().numpy()) for a in range(len(ALPHAS))]),
+                "caption": np.array(f"{ctx.traits.name(names[int(target[0])])} vs "
+                                    f"{ctx.traits.name(names[int(refs[0, 0])])}")}
+
+    return _cached_arrays(path, make)
+
+
+def _alpha_sweep_blocks(s: Section, ctx, kind: str) -> None:
+    from traitlens.report.plots import line_plot
+
+    sweep = _alpha_sweep(ctx, kind)
+    lift = sweep["lift"]
+    mean = np.nanmean(lift, axis=1)
+    n = int(np.isfinite(lift).all(axis=0).sum())
+    gallery = [(sweep["picture"], str(sweep["caption"]))]
+    gallery += [(o, f"α = {a:g}" + (" (Grad-CAM)" if a == 0 else "")) for a, o in zip(sweep["alphas"],
+                                                                                        sweep["overlays"])]
+    s.gallery(gallery, columns=len(gallery), scale=2)
+    s.figure(line_plot(list(sweep["alphas"]), {"diagnostic lift (mean)": list(mean)}, xlabel="α",
+                       ylabel="diagnostic lift ↑", title=f"Tiny {kind.upper()}: Finer-CAM's α"),
+             caption=f"α sweep on {n} sibling images (one explanation pass for all five α): α = 0 is Grad-CAM; "
+                     "raising α subtracts more of the sibling's evidence, moving the map onto the traits the two "
+                     "species do not share.", width=420)
 
 
 def demo_section(ctx) -> Section:
@@ -126,12 +189,14 @@ def demo_section(ctx) -> Section:
                         (fin, "Finer-CAM vs sibling")]
         s.gallery(gallery, columns=8, scale=2)
         table = _table(ctx, kind)
+        from traitlens.explain.evaluate import HIGHER_IS_BETTER
+
         rows = []
         for method, stats in table["summary"].items():
             row = {"method": method}
-            for m in table["metrics"]:
-                row[m] = stats[m]["mean"]
-                row[f"{m} ±95%"] = stats[m]["ci95"]
+            for m in table["metrics"]:  # one cell per metric: mean ± 95% CI, the better direction in the heading
+                arrow = {True: " ↑", False: " ↓"}.get(HIGHER_IS_BETTER.get(m), "")
+                row[f"{m.replace('_', ' ')}{arrow}"] = f"{stats[m]['mean']:.3f} ± {stats[m]['ci95']:.3f}"
             rows.append(row)
         counts, where = table.get("counts", {}), table.get("settings", {})
         s.table(rows, caption=f"Tiny {kind.upper()} classifier, layer {where.get('layer')} at {where.get('scale')}× "
@@ -141,7 +206,8 @@ def demo_section(ctx) -> Section:
                               "(lift), the diagnostic parts' share of the energy on the specimen and their energy "
                               "density over the shared parts'; mean and 95% CI.")
         result = EvaluationResult(table["methods"], table["metrics"], table["per_image"])
-        s.figure(bar_plots(result), caption=f"Tiny {kind.upper()}: the same table as bars", width=720)
+        s.figure(bar_plots(result), caption=f"Tiny {kind.upper()}: the same table, one panel per metric", width=900)
+        _alpha_sweep_blocks(s, ctx, kind)
         g, f = table["summary"]["gradcam"], table["summary"]["finer-gradcam"]
         summaries.append(f"{kind.upper()}: diagnostic lift {g['diagnostic_lift']['mean']:.2f} → "
                          f"{f['diagnostic_lift']['mean']:.2f}, diagnostic share of the specimen's energy "

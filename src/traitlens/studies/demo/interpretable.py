@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from traitlens.studies.demo import test_split
-from traitlens.studies.memo import memo_json, memo_path
+from traitlens.studies.memo import TRAINING, memo_json, memo_path
 from traitlens.studies.recipes import MAP_COMPARISON, Training, interpretable
 
 LABELS = {"prompt-cam": "Prompt-CAM", "intr": "INTR"}
@@ -47,7 +47,7 @@ def train_and_score(ctx, name: str, recipe: Optional[Training] = None) -> dict:
     it on the test split; the run folder and the scores are cached by :mod:`traitlens.studies.memo`."""
     recipe = _recipes()[name] if recipe is None else recipe
     study = _study(ctx, recipe)
-    run = memo_path(ctx.cache, name, study)
+    run = memo_path(ctx.cache, name, study, code=TRAINING)  # the run depends on the training code only
 
     def train_and_measure() -> dict:
         from traitlens.methods import load_model
@@ -175,8 +175,34 @@ def _compare(ctx, classifier_run: Path, runs: Dict[str, str], batch_size: int) -
     return {"rows": rows, "n": len(correct["classifier"])}
 
 
+def head_part(head_map: torch.Tensor, parts: torch.Tensor, traits, min_share: float = 0.15) -> str:
+    """Which part a head looks at ("wing spot 25%, 9.1× its area"): of the specimen parts holding at least
+    ``min_share`` of the map ``h×w`` (upsampled to the part-id map ``H×W``), the one where the attention is
+    densest (share over area share), so that a small trait is named rather than the large body around it;
+    the part with the largest share when none reaches ``min_share``; "background" when more of the map lies off
+    the specimen than on any part."""
+    from traitlens.explain.engine import upsample
+
+    m = upsample(head_map[None].float(), parts.shape[-2:])[0].clamp_min(0)
+    total = float(m.sum())
+    if total <= 0:
+        return "no attention"
+    found = []  # (share, lift, part id)
+    for pid in parts.unique().tolist():
+        if pid > 0:
+            inside = parts == pid
+            share = float(m[inside].sum()) / total
+            found.append((share, share / float(inside.float().mean()), pid))
+    if not found or max(f[0] for f in found) < 1 - sum(f[0] for f in found):  # mostly off the specimen
+        return "background"
+    strong = [f for f in found if f[0] >= min_share]
+    share, lift, best = max(strong, key=lambda f: f[1]) if strong else max(found)
+    return f"{traits.part_name(best).replace('_', ' ')} {share:.0%}, {lift:.1f}× its area"
+
+
 def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
-    """(overlay, caption) tiles: each species' first test image through its true class's top heads."""
+    """(overlay, caption) tiles: each species' first test image through its true class's top heads, each head
+    captioned with the part it looks at most (:func:`head_part`)."""
     from traitlens.report.overlay import overlay
     from traitlens.data.imageio import load_image
     from traitlens.methods import load_model
@@ -196,10 +222,13 @@ def _gallery(ctx, name: str, run: Path, per_species: int = 1, top: int = 3):
             x = sample["image"][None].to(ctx.device)
             found = model.identify_traits(x, torch.tensor([sample["label"]]), top_k=top)
             shown = np.asarray(load_image(sample["path"]).resize(tuple(x.shape[-1:-3:-1])))
-            species = meta["class_names"][sample["label"]]
+            species = ctx.traits.name(meta["class_names"][sample["label"]])
             tiles.append((shown, species))
             for r, h in enumerate(found.ranked_heads[0, :top].tolist()):
-                tiles.append((overlay(shown, found.maps[0, h].float().cpu().numpy(), normalise=True), f"{name} rank {r + 1}: head {h}"))
+                head_map = found.maps[0, h].float().cpu()
+                where = head_part(head_map, sample["mask"], ctx.traits) if "mask" in sample else ""
+                tiles.append((overlay(shown, head_map.numpy(), normalise=True),
+                              f"{name} rank {r + 1}: head {h}" + (f" → {where}" if where else "")))
     return tiles
 
 
@@ -248,6 +277,16 @@ def demo_section(ctx):
                     "parts in which the species differs from the class the classifier finds closest; lift: that "
                     "share over the parts' area share (1 = a flat map). Pointing game: the map's maximum on the "
                     "specimen. Deletion (lower is better) and insertion AUC on each map's own model.")
+        section.text("Why these diagnostic lifts differ from the section above: there, Finer-CAM compares the "
+                     "predicted species with its sibling in traits.json, on correctly classified images only, with "
+                     "maps from the ViT's last block at 2× input (a 16×16 grid). Here every map explains the true "
+                     "class of the same test images, correct or not, the reference is the class the classifier "
+                     "finds closest (by logit), and Grad-CAM and Finer-CAM use the layout's default layer at 1× "
+                     "input (8×8), so that all four maps are taken alike. Both protocols agree on the direction.",
+                     note=True)
     for name, r in results.items():
-        section.gallery(_gallery(ctx, LABELS.get(name, name), Path(r["run"])), columns=4)
+        section.text(f"{LABELS.get(name, name)}: each species' first test image and its true class's three "
+                     "best heads; each caption names the part the head attends to most, its share of the head's "
+                     "attention and how many times its area share that is.", note=True)
+        section.gallery(_gallery(ctx, LABELS.get(name, name), Path(r["run"])), columns=8)
     return section
