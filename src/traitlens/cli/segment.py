@@ -170,6 +170,9 @@ def _segment(args) -> int:
     gone = f", {len(missing)} listed but not on disk" if missing else ""
     print(f"segmented {summary['done']} images ({summary['resumed']} already done, {summary['skipped']} unreadable"
           f"{gone}){miou} → {args.out}")
+    if summary.get("gt_errors"):
+        bad = summary["gt_errors"]
+        print(f"ground truth not scored for {bad['count']} images (first: {bad['first']})")
     write_json(args.json, summary)
     return 0
 
