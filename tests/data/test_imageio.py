@@ -222,6 +222,63 @@ def test_data_masks_command_writes_label_maps(tmp_path, capsys):
     assert int((out == 4).sum()) == 9 and int(out.max()) == 4
 
 
+def write_linear_dng(path, rgb, orientation=1):
+    """A minimal DNG (TIFF, LinearRaw, 16-bit RGB, identity colour matrix): a camera raw file LibRaw develops."""
+    import struct
+
+    h, w, _ = rgb.shape
+    data = rgb.astype("<u2").tobytes()
+    model = b"traitlens\x00"
+    tags = {254: (4, [0]), 256: (4, [w]), 257: (4, [h]), 258: (3, [16, 16, 16]), 259: (3, [1]), 262: (3, [34892]),
+            272: (2, model), 273: (4, [0]), 274: (3, [orientation]), 277: (3, [3]), 278: (4, [h]),
+            279: (4, [len(data)]), 284: (3, [1]), 50706: (1, [1, 4, 0, 0]), 50708: (2, model),
+            50721: (10, [(1, 1), (0, 1), (0, 1), (0, 1), (1, 1), (0, 1), (0, 1), (0, 1), (1, 1)]), 50778: (3, [21])}
+    packed = []
+    for tag in sorted(tags):
+        typ, vals = tags[tag]
+        if typ == 2:
+            raw = vals
+        elif typ == 10:
+            raw = b"".join(struct.pack("<ii", *v) for v in vals)
+        else:
+            raw = struct.pack("<" + {1: "B", 3: "H", 4: "I"}[typ] * len(vals), *vals)
+        packed.append((tag, typ, len(vals), raw))
+    extra_at = 8 + 2 + 12 * len(packed) + 4
+    extra, where = b"", {}
+    for tag, _, _, raw in packed:
+        if len(raw) > 4:
+            where[tag] = extra_at + len(extra)
+            extra += raw + b"\x00" * (len(raw) % 2)
+    out = b"II*\x00" + struct.pack("<IH", 8, len(packed))
+    for tag, typ, count, raw in packed:
+        if tag == 273:
+            raw = struct.pack("<I", extra_at + len(extra))
+        value = struct.pack("<I", where[tag]) if tag in where else raw.ljust(4, b"\x00")
+        out += struct.pack("<HHI", tag, typ, count) + value
+    path.write_bytes(out + struct.pack("<I", 0) + extra + data)
+
+
+def test_camera_raw_files_are_developed_with_rawpy(tmp_path):
+    from traitlens.data.imageio import image_orientation
+
+    rgb = np.full((40, 60, 3), 8000, np.uint16)
+    rgb[10:20, 10:40] = (60000, 3000, 3000)  # a red patch in the stored frame's upper left
+    write_linear_dng(tmp_path / "flat.dng", rgb)
+    im = load_image(tmp_path / "flat.dng")
+    arr = np.asarray(im).astype(int)
+    assert im.mode == "RGB" and im.size == (60, 40) and image_orientation(tmp_path / "flat.dng") == 1
+    assert arr[15, 20, 0] > 200 and arr[15, 20, 1] < 40 and abs(arr[30, 50, 0] - arr[30, 50, 1]) < 10
+    write_linear_dng(tmp_path / "turned.dng", rgb, orientation=6)  # camera held upright: shown 40 wide, 60 high
+    turned = load_image(tmp_path / "turned.dng")
+    assert turned.size == (40, 60) and image_orientation(tmp_path / "turned.dng") == 6
+    from traitlens.data.imageio import orient_labels
+    labels = np.zeros((40, 60), np.uint8)
+    labels[10:20, 10:40] = 1
+    red = np.asarray(turned)[..., 0] > 200
+    np.testing.assert_array_equal(orient_labels(labels, 6) == 1, red)  # the mask turns as LibRaw turns the photo
+    assert load_image(tmp_path / "flat.dng", max_size=30).size == (30, 20)
+
+
 def test_camera_raw_files_are_read_with_rawpy_or_refused_by_name(tmp_path, monkeypatch):
     from traitlens.data.folders import IMAGE_EXTENSIONS, find_images
 

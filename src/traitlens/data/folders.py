@@ -353,7 +353,7 @@ def collection_layout(root: PathLike) -> str:
     (CUB-200-2011) or ``"classes"`` (an unsplit ``<class>/<image>`` tree); UserError for anything else."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"data folder not found: {root}")
+        raise UserError(f"data folder not found: {root} is not a folder")
     if any((root / s).is_dir() for s in SPLIT_NAMES):
         return "splits"
     if (root / SPLIT_FILE).is_file():

@@ -34,6 +34,7 @@ photo.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -58,13 +59,35 @@ class TraitMaskRecord:
     url: Optional[str] = None
 
 
-def _find_image(folder: Path, stem: str, url: Optional[str]) -> Optional[Path]:
-    for ext in sorted(IMAGE_EXTENSIONS):
-        for candidate in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
-            if candidate.is_file():
-                return candidate
+class _Folders:
+    """The file names of each folder, listed once (a release lists thousands of images; probing every
+    extension of every id with a stat each was most of the time spent)."""
+
+    def __init__(self) -> None:
+        self._names: Dict[Path, set] = {}
+
+    def names(self, folder: Path) -> set:
+        if folder not in self._names:
+            try:
+                self._names[folder] = {e.name for e in os.scandir(folder) if not e.is_dir()}
+            except OSError:
+                self._names[folder] = set()
+        return self._names[folder]
+
+
+_EXTENSIONS = sorted(IMAGE_EXTENSIONS)
+
+
+def _find_image(folder: Path, stem: str, url: Optional[str], listed: Optional[_Folders] = None) -> Optional[Path]:
+    names = (listed or _Folders()).names(folder)
+    if not names:
+        return None
+    for ext in _EXTENSIONS:
+        for candidate in (f"{stem}{ext}", f"{stem}{ext.upper()}"):
+            if candidate in names:
+                return folder / candidate
     name = _url_name(url)
-    if name and (folder / name).is_file():
+    if name and name in names:
         return folder / name
     return None
 
@@ -159,7 +182,7 @@ def heliconius(root: PathLike, split: str = "train", images: str = "images", mas
     if not listings:
         where = f"train_test_separate/{group or '*'}/{split}_data.json"
         raise UserError(f"{root}: no {split}.json or {where} list of image ids and URLs")
-    records, missing, seen = [], [], set()
+    records, missing, seen, listed = [], [], set(), _Folders()
     for listing in listings:
         flat = listing.name == f"{split}.json" or not listing.name.endswith("_data.json")
         for entry in _entries(listing, group if flat else None):
@@ -170,7 +193,7 @@ def heliconius(root: PathLike, split: str = "train", images: str = "images", mas
             folders = [root / images, root / images / listing.parent.name]
             if entry.get("group"):
                 folders.insert(1, root / images / str(entry["group"]))
-            image = next((found for f in folders if (found := _find_image(f, stem, entry["url"]))), None)
+            image = next((found for f in folders if (found := _find_image(f, stem, entry["url"], listed))), None)
             if image is None:
                 missing.append(entry["id"])
                 continue
@@ -243,7 +266,7 @@ def _neon_from_metadata(root: Path, image_dir: Path, masks: str, skipped: Option
         rows = [{k: v[i] for k, v in data.items() if isinstance(v, list) and len(v) == n} for i in range(n)]
     else:
         rows = list(data)
-    records, missing, seen = [], [], set()
+    records, missing, seen, listed = [], [], set(), _Folders()
     for row in rows:
         given = row.get("mask_path") or ""
         species = str(row.get("species") or "")
@@ -261,7 +284,7 @@ def _neon_from_metadata(root: Path, image_dir: Path, masks: str, skipped: Option
         if species:
             folders.append(image_dir / species)
         folders.append(image_dir)
-        image = next((found for f in folders if (found := _find_image(f, stem, url))), None)
+        image = next((found for f in folders if (found := _find_image(f, stem, url, listed))), None)
         if image is None:
             missing.append(stem or str(url))
             continue
