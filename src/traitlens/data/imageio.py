@@ -196,6 +196,11 @@ def _rawpy():
     return rawpy
 
 
+def raw_available() -> bool:
+    """Whether camera raw files can be read here (the optional ``rawpy`` is installed)."""
+    return _rawpy() is not None
+
+
 def _check_file(path: Path) -> None:
     """BadImageError for a missing, folder or special file (what :func:`_open` checks before PIL opens it)."""
     try:

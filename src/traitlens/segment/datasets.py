@@ -211,9 +211,9 @@ def heliconius(root: PathLike, split: str = "train", images: str = "images", mas
 
 def raw_unreadable(records: Sequence[TraitMaskRecord]) -> List[TraitMaskRecord]:
     """The records whose image is a camera raw file that cannot be read here (rawpy is not installed)."""
-    from traitlens.data import imageio
+    from traitlens.data.imageio import raw_available
 
-    if imageio._rawpy() is not None:
+    if raw_available():
         return []
     return [r for r in records if r.image.suffix.lower() in RAW_EXTENSIONS]
 
