@@ -334,8 +334,13 @@ def test_neon_release_resolves_every_row_by_url_folder(tmp_path):
         _photo(mask, (w // 2, h // 2), img.with_suffix(".jpg"), seed=i)  # photos at another resolution (half)
         img.with_suffix(".jpg").rename(img)  # the URL's own name (.png), JPEG data inside: PIL reads by content
     assert disagree == 30
+    # one photo kept as a snapshot of the dataset repository stores it (the URL's path below resolve/main/)
+    url = meta["url"][7]
+    snapshot = root / "images" / unquote(url.split("/resolve/main/", 1)[1])
+    snapshot.parent.mkdir(parents=True)
+    (root / "images" / unquote(url.split("/")[-2]) / url.split("/")[-1]).rename(snapshot)
     records = neon_beetles(root)
-    assert len(records) == 181 and len({r.image for r in records}) == 181
+    assert len(records) == 181 and len({r.image for r in records}) == 181 and records[7].image == snapshot
     masked = [r for r in records if r.mask is not None]
     assert len(masked) == sum((NEON / m).is_file() for m in meta["mask_path"]) == 90
     for rec in masked[::15] + [r for r in masked if r.id.startswith("melanarius")][:3]:

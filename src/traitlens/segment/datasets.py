@@ -256,7 +256,8 @@ def _neon_from_metadata(root: Path, image_dir: Path, masks: str, skipped: Option
 
     The image is looked for under its URL's folder first (``images/<URL folder>/<file>``, how a download that
     keeps the URL's layout stores it; the release's ``species`` column disagrees with it on 30 rows), then
-    under the URL's path below ``resolve/main/``, then under ``images/<species>/`` and ``images/``."""
+    under the URL's path below ``resolve/<revision>/`` (a snapshot of the dataset repository), then under
+    ``images/<species>/`` and ``images/``."""
     try:
         data = json.loads((root / "metadata.json").read_text())
     except (OSError, ValueError) as exc:
@@ -277,7 +278,8 @@ def _neon_from_metadata(root: Path, image_dir: Path, masks: str, skipped: Option
         folders = []
         if _url_folder(url):
             folders.append(image_dir / _url_folder(url))
-        tail = unquote(urlparse(url).path).split("/resolve/", 1)[-1].split("/", 2)[-1] if isinstance(url, str) \
+        # a snapshot of the dataset repository: the URL's path below resolve/<revision>/
+        tail = unquote(urlparse(url).path).split("/resolve/", 1)[-1].split("/", 1)[-1] if isinstance(url, str) \
             and "/resolve/" in url else ""
         if tail:
             folders.append((image_dir / tail).parent)
