@@ -304,7 +304,6 @@ class ImageFolderDataset(torch.utils.data.Dataset):
         view.samples = [(p, remap[label], m) for p, label, m in self.samples if label in remap]
         return view
 
-
     @classmethod
     def from_samples(cls, root: PathLike, image_root: PathLike, samples: Sequence[Tuple[str, int]],
                      classes: Sequence[str], split: Optional[str] = None, transform=None,
