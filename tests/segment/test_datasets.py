@@ -217,7 +217,7 @@ def test_heliconius_release_masks_fit_non_square_and_rotated_photos(butterfly):
         truth = sample["mask"].numpy()
         painted = _painted_labels(sample["image"], truth if rec.image.suffix == ".CR2" else None)
         agree = float((truth == painted).mean())
-        assert agree > 0.97, (rec.id, agree)  # measured 0.997-1.000 (JPEG edges)
+        assert agree > 0.97, (rec.id, agree)  # measured 0.980-0.991 (JPEG edges at 240×160), CR2 0.9995-1.0
     assert shapes == {(160, 240), (240, 160)}  # landscape and rotated (upright portrait) photos
 
 
@@ -238,7 +238,7 @@ def test_segment_heliconius_release_scores_every_readable_record(butterfly, tmp_
     assert len(rows) == 10 and all(r["gt"] and r.get("miou") is not None for r in rows)  # every record scored
     assert sum(r["path"].endswith(".CR2") for r in rows) >= 1 and not skipped  # the .CR2 sources developed
     assert summary["scored_images"] == 10 and "gt_errors" not in summary
-    assert "0 unreadable" in printed and summary["miou"] > 0.4  # colour propagation: measured 0.567
+    assert "0 unreadable" in printed and summary["miou"] > 0.4  # colour propagation: measured 0.481
 
     # An explicit --support (the last landscape malleti train photo, its mask fitted to it) is scored the same way.
     train = [r for r in heliconius(root, "train", group="malleti", require_mask=False, skipped=[])
@@ -254,7 +254,7 @@ def test_segment_heliconius_release_scores_every_readable_record(butterfly, tmp_
     assert sorted(r["path"] for r in rows2) == sorted(r["path"] for r in rows)
     assert all(r.get("miou") is not None for r in rows2)
     summary2 = json.loads((out2 / "summary.json").read_text())
-    # measured mIoU 0.567 (the release's own support) and 0.438 (this one): scored, not skipped
+    # measured mIoU 0.481 (the release's own support) and 0.369 (this one) at work size 32: scored, not skipped
     assert summary2["scored_images"] == len(rows2) and summary2["miou"] > 0.3
 
 
