@@ -136,8 +136,12 @@ def test_missing_files_are_user_errors(cub, tmp_path):
         CUBDataset(tmp_path / "nowhere")
     with pytest.raises(UserError, match="split must be"):
         CUBDataset(cub, "val")
-    (cub / "bounding_boxes.txt").unlink()
+    (cub / "bounding_boxes.txt").unlink()  # optional: items lose "bbox"; cropping to it is an error
+    assert "bbox" not in CUBDataset(cub, transform=SpecimenTransform(16))[0]
     with pytest.raises(UserError, match="bounding_boxes.txt"):
+        CUBDataset(cub, crop="bbox")
+    (cub / "train_test_split.txt").unlink()
+    with pytest.raises(UserError, match="train_test_split.txt"):
         CUBDataset(cub)
 
 

@@ -164,15 +164,150 @@ def test_load_mask_keeps_ids(tmp_path):
     assert out.dtype == np.int32
     np.testing.assert_array_equal(out, big.astype(np.int32))
 
+    # An RGB file is a picture of a mask: refused (grey or not) unless a palette says how to read it.
     grey = np.repeat(ids[..., None], 3, axis=2)
     Image.fromarray(grey).save(tmp_path / "grey.png")
-    np.testing.assert_array_equal(load_mask(tmp_path / "grey.png"), ids)
+    with pytest.raises(BadImageError, match="grey RGB image .*palette"):
+        load_mask(tmp_path / "grey.png")
+    np.testing.assert_array_equal(load_mask(tmp_path / "grey.png", palette="grey"), ids)
 
     colour = grey.copy()
     colour[0, 0] = (255, 0, 0)
     Image.fromarray(colour).save(tmp_path / "colour.png")
-    with pytest.raises(BadImageError, match="colour"):
+    with pytest.raises(BadImageError, match="colour RGB image"):
         load_mask(tmp_path / "colour.png")
+    with pytest.raises(BadImageError, match="R = G = B"):
+        load_mask(tmp_path / "colour.png", palette="grey")
+
+
+def test_rgb_mask_with_an_explicit_palette(tmp_path):
+    """The issue's case: a mask drawn in grey 100 / 200 is not read as traits 100 and 200; a palette maps it."""
+    from traitlens.data.imageio import read_palette
+
+    picture = np.zeros((6, 8, 3), np.uint8)
+    picture[1:3, 1:4] = 100
+    picture[3:5, 4:7] = (200, 200, 200)
+    picture[0, 7] = (255, 0, 0)
+    Image.fromarray(picture).save(tmp_path / "drawn.png")
+    with pytest.raises(BadImageError, match="not a label map"):
+        load_mask(tmp_path / "drawn.png")
+    (tmp_path / "palette.json").write_text('{"#000000": 0, "100,100,100": 1, "#c8c8c8": 2}')
+    palette = read_palette(tmp_path / "palette.json")
+    assert palette == {(0, 0, 0): 0, (100, 100, 100): 1, (200, 200, 200): 2}
+    with pytest.raises(BadImageError, match="1 colour.*not in the palette.*#ff0000"):
+        load_mask(tmp_path / "drawn.png", palette=palette)
+    palette[(255, 0, 0)] = 3
+    labels = load_mask(tmp_path / "drawn.png", palette=palette)
+    assert labels.dtype == np.uint8 and labels.shape == (6, 8)
+    assert [int((labels == k).sum()) for k in range(4)] == [48 - 6 - 6 - 1, 6, 6, 1]
+    assert labels[1, 1] == 1 and labels[4, 6] == 2 and labels[0, 7] == 3
+    for bad in ('{"#12": 1}', '{"1,2": 1}', '{"#000000": "x"}', '[1, 2]', '{}'):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(UserError, match="palette"):
+            read_palette(tmp_path / "bad.json")
+
+
+def test_data_masks_command_writes_label_maps(tmp_path, capsys):
+    from traitlens.cli import main
+
+    (tmp_path / "rgb" / "sp").mkdir(parents=True)
+    picture = np.zeros((5, 5, 3), np.uint8)
+    picture[1:4, 1:4] = (0, 255, 0)
+    Image.fromarray(picture).save(tmp_path / "rgb" / "sp" / "a.png")
+    (tmp_path / "p.json").write_text('{"#000000": 0, "#00ff00": 4}')
+    assert main(["data", "masks", "--masks", str(tmp_path / "rgb"), "--palette", str(tmp_path / "p.json"),
+                 "--out", str(tmp_path / "ids")]) == 0
+    assert "ids: 0, 4" in capsys.readouterr().out
+    out = load_mask(tmp_path / "ids" / "sp" / "a.png")  # single-channel now: read without a palette
+    assert int((out == 4).sum()) == 9 and int(out.max()) == 4
+
+
+def write_linear_dng(path, rgb, orientation=1):
+    """A minimal DNG (TIFF, LinearRaw, 16-bit RGB, identity colour matrix): a camera raw file LibRaw develops."""
+    import struct
+
+    h, w, _ = rgb.shape
+    data = rgb.astype("<u2").tobytes()
+    model = b"traitlens\x00"
+    tags = {254: (4, [0]), 256: (4, [w]), 257: (4, [h]), 258: (3, [16, 16, 16]), 259: (3, [1]), 262: (3, [34892]),
+            272: (2, model), 273: (4, [0]), 274: (3, [orientation]), 277: (3, [3]), 278: (4, [h]),
+            279: (4, [len(data)]), 284: (3, [1]), 50706: (1, [1, 4, 0, 0]), 50708: (2, model),
+            50721: (10, [(1, 1), (0, 1), (0, 1), (0, 1), (1, 1), (0, 1), (0, 1), (0, 1), (1, 1)]), 50778: (3, [21])}
+    packed = []
+    for tag in sorted(tags):
+        typ, vals = tags[tag]
+        if typ == 2:
+            raw = vals
+        elif typ == 10:
+            raw = b"".join(struct.pack("<ii", *v) for v in vals)
+        else:
+            raw = struct.pack("<" + {1: "B", 3: "H", 4: "I"}[typ] * len(vals), *vals)
+        packed.append((tag, typ, len(vals), raw))
+    extra_at = 8 + 2 + 12 * len(packed) + 4
+    extra, where = b"", {}
+    for tag, _, _, raw in packed:
+        if len(raw) > 4:
+            where[tag] = extra_at + len(extra)
+            extra += raw + b"\x00" * (len(raw) % 2)
+    out = b"II*\x00" + struct.pack("<IH", 8, len(packed))
+    for tag, typ, count, raw in packed:
+        if tag == 273:
+            raw = struct.pack("<I", extra_at + len(extra))
+        value = struct.pack("<I", where[tag]) if tag in where else raw.ljust(4, b"\x00")
+        out += struct.pack("<HHI", tag, typ, count) + value
+    path.write_bytes(out + struct.pack("<I", 0) + extra + data)
+
+
+def test_camera_raw_files_are_developed_with_rawpy(tmp_path):
+    from traitlens.data.imageio import image_orientation
+
+    rgb = np.full((40, 60, 3), 8000, np.uint16)
+    rgb[10:20, 10:40] = (60000, 3000, 3000)  # a red patch in the stored frame's upper left
+    write_linear_dng(tmp_path / "flat.dng", rgb)
+    im = load_image(tmp_path / "flat.dng")
+    arr = np.asarray(im).astype(int)
+    assert im.mode == "RGB" and im.size == (60, 40) and image_orientation(tmp_path / "flat.dng") == 1
+    assert arr[15, 20, 0] > 200 and arr[15, 20, 1] < 40 and abs(arr[30, 50, 0] - arr[30, 50, 1]) < 10
+    write_linear_dng(tmp_path / "turned.dng", rgb, orientation=6)  # camera held upright: shown 40 wide, 60 high
+    turned = load_image(tmp_path / "turned.dng")
+    assert turned.size == (40, 60) and image_orientation(tmp_path / "turned.dng") == 6
+    from traitlens.data.imageio import orient_labels
+    labels = np.zeros((40, 60), np.uint8)
+    labels[10:20, 10:40] = 1
+    red = np.asarray(turned)[..., 0] > 200
+    np.testing.assert_array_equal(orient_labels(labels, 6) == 1, red)  # the mask turns as LibRaw turns the photo
+    assert load_image(tmp_path / "flat.dng", max_size=30).size == (30, 20)
+
+
+def test_camera_raw_files_are_read_with_rawpy_or_refused_by_name(tmp_path, monkeypatch):
+    from traitlens.data.folders import IMAGE_EXTENSIONS, find_images
+
+    raw = tmp_path / "CAM016703_d.CR2"
+    raw.write_bytes(b"II*\x00" + bytes(200))  # a TIFF header with nothing LibRaw can develop
+    assert ".cr2" in IMAGE_EXTENSIONS and find_images(tmp_path) == [raw]
+    with pytest.raises(BadImageError, match="unreadable camera raw file"):
+        load_image(raw)
+    monkeypatch.setattr(imageio, "_rawpy", lambda: None)  # rawpy not installed
+    with pytest.raises(BadImageError, match=r"camera raw file \(\.CR2\); install the raw extra"):
+        load_image(raw)
+    with pytest.raises(BadImageError, match="no such file"):
+        load_image(tmp_path / "gone.CR2")
+
+
+def test_orient_labels_turns_a_mask_as_load_image_turns_its_photo(tmp_path):
+    from traitlens.data.imageio import image_orientation, orient_labels
+
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[2:6, 3:9] = 255  # a white block near the stored top-left
+    labels = (arr[..., 0] > 0).astype(np.uint8) * 5
+    for orientation in range(1, 9):
+        im = Image.fromarray(arr)
+        exif = im.getexif()
+        exif[0x0112] = orientation
+        im.save(tmp_path / f"o{orientation}.png", exif=exif)
+        assert image_orientation(tmp_path / f"o{orientation}.png") == orientation
+        upright = np.asarray(load_image(tmp_path / f"o{orientation}.png"))[..., 0] > 0
+        np.testing.assert_array_equal(orient_labels(labels, orientation) == 5, upright)
 
 
 def test_skipped_files_records_and_writes(tmp_path):

@@ -91,3 +91,16 @@ def test_size_mismatch_and_bad_mask_are_skipped_in_a_batch(tmp_path):
     assert set(reasons) == {str(tmp_path / "i/b.png"), str(tmp_path / "i/c.png")}
     assert "5x5" in reasons[str(tmp_path / "i/b.png")] and "colour" in reasons[str(tmp_path / "i/c.png")]
     assert isinstance(batch["mask"], torch.Tensor) and batch["mask"].dtype == torch.long
+
+
+def test_rgb_mask_pictures_need_a_palette(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "msk").mkdir()
+    Image.fromarray(np.full((4, 6, 3), 90, np.uint8)).save(tmp_path / "img" / "a.jpg")
+    picture = np.zeros((4, 6, 3), np.uint8)
+    picture[1:3, 2:5] = (0, 0, 255)
+    Image.fromarray(picture).save(tmp_path / "msk" / "a.png")
+    refused = MaskPairDataset(tmp_path / "img", tmp_path / "msk")[0]
+    assert "error" in refused and "palette" in refused["error"]  # an unreadable pair, named
+    ds = MaskPairDataset(tmp_path / "img", tmp_path / "msk", palette={(0, 0, 0): 0, (0, 0, 255): 3})
+    assert int((ds[0]["mask"] == 3).sum()) == 6

@@ -21,10 +21,19 @@ def test_prompt_cam_dinov2_preset():
     assert in_code.to_dict() == {**cfg.to_dict(), "amp": in_code.amp}
 
 
+def test_prompt_cam_dino_preset():
+    cfg = load_config("prompt-cam-dino", data="d", out="o")
+    assert (cfg.backbone, cfg.lr, cfg.epochs, cfg.warmup_epochs) == ("dino-vitb16", 5e-3, 130, 20)
+    assert cfg.lr * cfg.min_lr_ratio == pytest.approx(1e-6)
+    assert prompt_cam.method_options(cfg)["prompt_dropout"] == 0.1
+    in_code = load_config(None, **prompt_cam.TRAINING_PRESETS["dino"], data="d", out="o")
+    assert in_code.to_dict() == {**cfg.to_dict(), "amp": in_code.amp}
+
+
 def test_intr_detr_preset():
     cfg = load_config("intr-detr", data="d", out="o", overrides=["method_options.detr=detr-r50.pth"])
     assert (cfg.method, cfg.backbone, cfg.optimizer, cfg.scheduler) == ("intr", "resnet50", "adamw", "step")
-    assert cfg.lr == 1e-4 and cfg.lr * cfg.backbone_lr_scale == pytest.approx(1e-5)
+    assert cfg.lr == 5e-5 and cfg.lr * cfg.backbone_lr_scale == pytest.approx(1e-5)  # Imageomics/INTR main.py
     assert (cfg.weight_decay, cfg.grad_clip, cfg.epochs, cfg.step_size, cfg.gamma) == (1e-6, 0.1, 140, 80, 0.1)
     assert cfg.warmup_epochs == 0 and cfg.batch_size == 12
     opts = intr.method_options(cfg)

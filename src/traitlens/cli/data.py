@@ -1,4 +1,5 @@
-"""``traitlens data``: make the synthetic specimen collection and describe collections on disk."""
+"""``traitlens data``: make the synthetic specimen collection, describe and split collections on disk, and turn
+RGB mask pictures into label maps."""
 
 from __future__ import annotations
 
@@ -30,10 +31,41 @@ def register(sub) -> None:
     synth.set_defaults(func=_synth)
 
     info = data.add_parser("info", help="describe a collection folder",
-                           description="Species, genera, images per split and parts of a collection folder.")
+                           description="Layout, species, images per split (every image format the readers "
+                                       "read) and, for the synthetic collection, genera and parts. Any --data "
+                                       "folder: split folders, a split.json, a CUB-200-2011 root, or an "
+                                       "unsplit <class>/<image> tree.")
     info.add_argument("path", type=Path, help="collection folder")
     info.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the summary as JSON")
     info.set_defaults(func=_info)
+
+    split = data.add_parser(
+        "split", help="write the train/val/test split of a CUB root or an unsplit <class>/<image> tree",
+        description="Write DIR/split.json: the seeded split every command taking --data DIR then reads. Within "
+                    "each class, images are ordered by sha256('<seed>:<path>'); the first --test go to test, "
+                    "the next --val to val. A CUB-200-2011 root keeps its official test split and carves val "
+                    "from train (--val, default 0.1).")
+    split.add_argument("path", type=Path, help="a CUB-200-2011 root or a <class>/<image> folder")
+    split.add_argument("--val", type=float, default=None, help="validation fraction (default 0.15; CUB 0.1)")
+    split.add_argument("--test", type=float, default=None, help="test fraction (default 0.15; CUB: official)")
+    split.add_argument("--seed", type=int, default=0, help="the split's seed (default 0)")
+    split.add_argument("--out", type=Path, default=None, metavar="FILE",
+                       help="where to write it (default DIR/split.json, what --data DIR reads)")
+    split.add_argument("--force", action="store_true", help="replace an existing DIR/split.json")
+    split.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the counts as JSON")
+    split.set_defaults(func=_split)
+
+    masks = data.add_parser(
+        "masks", help="turn RGB mask pictures into label-id PNGs with an explicit palette",
+        description="Read every RGB(A) mask under --masks, map its colours to label ids with --palette (a JSON "
+                    "object {\"#rrggbb\": id} or {\"r,g,b\": id}; 'grey' takes the grey level as the id), and "
+                    "write single-channel PNGs mirroring the tree under --out. A colour the palette lacks is an "
+                    "error naming it.")
+    masks.add_argument("--masks", type=Path, required=True, metavar="DIR", help="folder of RGB mask images")
+    masks.add_argument("--palette", required=True, metavar="FILE|grey", help="colour → id palette (JSON) or 'grey'")
+    masks.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the label-map PNGs")
+    masks.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the summary as JSON")
+    masks.set_defaults(func=_masks)
 
 
 def _synth(args) -> int:
@@ -56,12 +88,21 @@ def _synth(args) -> int:
 
 
 def _info(args) -> int:
-    from traitlens.data.synthetic import collection_info
+    from traitlens.data.folders import describe_collection
 
-    info = collection_info(args.path)
+    info = describe_collection(args.path)
+    if info["layout"] == "splits" and ((args.path / "collection.json").is_file() or (args.path / "traits.json").is_file()):
+        from traitlens.data.synthetic import collection_info
+
+        info = {**collection_info(args.path), **{k: v for k, v in info.items() if k != "species"}}
+    layouts = {"splits": "split folders", "split-file": "split.json", "cub": "CUB-200-2011",
+               "classes": "unsplit class folders"}
     print(f"{info['path']}: {info['species']} species"
-          + (f" in {len(info['genera'])} genera" if "genera" in info else ""))
-    print("images: " + ", ".join(f"{k} {v}" for k, v in info["images"].items()))
+          + (f" in {len(info['genera'])} genera" if "genera" in info else "") + f" ({layouts[info['layout']]})")
+    print("images: " + ", ".join(f"{k} {v}" for k, v in info["images"].items())
+          + (" (" + ", ".join(f"{n} {ext}" for ext, n in info["formats"].items()) + ")" if info["formats"] else ""))
+    if info.get("split_rule"):
+        print(f"split: {info['split_rule']}")
     cfg = info.get("config")
     if cfg:
         print(f"made with: size {cfg['size']}, seed {cfg['seed']}, domain {cfg['domain']}, "
@@ -71,4 +112,56 @@ def _info(args) -> int:
     if "parts" in info:
         print("parts: " + ", ".join(f"{k} {v}" for k, v in info["parts"].items()))
     write_json(args.json, info)
+    return 0
+
+
+def _split(args) -> int:
+    from traitlens.data.folders import SPLIT_FILE, read_split, write_split
+    from traitlens.errors import UserError
+
+    target = args.out if args.out is not None else args.path / SPLIT_FILE
+    if target == args.path / SPLIT_FILE and target.exists():
+        if not args.force:
+            raise UserError(f"{target} exists; pass --force to replace it (commands reading --data {args.path} "
+                            "then use the new split)")
+        target.unlink()
+    out = write_split(args.path, target, seed=args.seed, val=args.val, test=args.test)
+    definition = read_split(out)
+    counts = {k: len(v) for k, v in definition["splits"].items()}
+    print(out)
+    print(f"{len(definition['classes'])} classes; " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + f"; {definition['rule']}")
+    write_json(args.json, {"path": str(out), "images": counts, "rule": definition["rule"], "seed": args.seed})
+    return 0
+
+
+def _masks(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from traitlens.data.folders import find_images
+    from traitlens.data.imageio import load_mask, read_palette
+    from traitlens.errors import BadImageError, UserError
+    from traitlens.progress import progress
+
+    palette = "grey" if args.palette == "grey" else read_palette(Path(args.palette))
+    files = find_images(args.masks)
+    if not files:
+        raise UserError(f"--masks {args.masks}: no mask images there")
+    counts: dict = {}
+    for path in progress(files, desc="masks", unit="mask"):
+        try:
+            labels = load_mask(path, palette=palette)
+        except BadImageError as exc:
+            raise UserError(f"{exc.path}: {exc.reason}") from None
+        out = args.out / path.relative_to(args.masks).with_suffix(".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if labels.max(initial=0) > 255:
+            Image.fromarray(labels.astype(np.uint16)).save(out)
+        else:
+            Image.fromarray(labels.astype(np.uint8), mode="L").save(out)
+        for ident, n in zip(*np.unique(labels, return_counts=True)):
+            counts[int(ident)] = counts.get(int(ident), 0) + int(n)
+    print(f"wrote {len(files)} label maps → {args.out} (ids: {', '.join(str(k) for k in sorted(counts))})")
+    write_json(args.json, {"masks": len(files), "out": str(args.out), "pixels_per_id": counts})
     return 0

@@ -141,7 +141,7 @@ def _explain(args) -> int:
 def _evaluate(args) -> int:
     import torch
 
-    from traitlens.data.folders import ImageFolderDataset, collate
+    from traitlens.data.folders import collate, open_collection_split
     from traitlens.engine import distributed
     from traitlens.explain.engine import resolve_layer
     from traitlens.explain.evaluate import evaluate_explanations, recommended_settings
@@ -152,7 +152,7 @@ def _evaluate(args) -> int:
     device = distributed.resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, meta, names, transform = _load(args.checkpoint, device)
-    dataset = ImageFolderDataset(args.data, split=args.split, transform=transform, classes=names, masks="auto")
+    dataset = open_collection_split(args.data, args.split, transform=transform, classes=names, masks="auto")
     if args.limit is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
     traits = None

@@ -45,8 +45,10 @@ def register(sub) -> None:
                    help="segment a local copy of a published trait-mask release (--dataset-root): its images are "
                         "the queries, its masks the ground truth")
     s.add_argument("--dataset-root", type=Path, default=None, metavar="DIR", help="the release's folder (--dataset)")
-    s.add_argument("--split", default="test", help="Heliconius: the list to segment (default test)")
-    s.add_argument("--group", default=None, help="Heliconius: one train_test_separate/<group> only")
+    s.add_argument("--split", default="test",
+                   help="Heliconius: the list to segment: test (default), train, or minor_species")
+    s.add_argument("--group", default=None,
+                   help="Heliconius: one train_test_separate/<group> only (minor_species: one species)")
     s.add_argument("--support-id", default=None, metavar="ID",
                    help="--dataset without --support: the record whose mask is the support (default: the first "
                         "masked record of the train list for Heliconius, of the release for NEON)")
@@ -174,6 +176,9 @@ def _segment(args) -> int:
     gone = f", {len(missing)} listed but not on disk" if missing else ""
     print(f"segmented {summary['done']} images ({summary['resumed']} already done, {summary['skipped']} unreadable"
           f"{gone}){miou} → {args.out}")
+    if summary.get("gt_errors"):
+        bad = summary["gt_errors"]
+        print(f"ground truth not scored for {bad['count']} images (first: {bad['first']})")
     write_json(args.json, summary)
     return 0
 

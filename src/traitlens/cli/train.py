@@ -27,7 +27,8 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML config file, or a packaged preset (linear-probe, finetune, tiny-cpu)")
     p.add_argument("--method", default=None, help="linear-probe, finetune, prompt-cam or intr")
-    p.add_argument("--data", default=None, metavar="DIR", help="ImageFolder root with train/ and val/ splits")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="collection: train/ val/ folders, a CUB-200-2011 root, <class>/<image> folders or a split.json")
     p.add_argument("--backbone", default=None, metavar="NAME", help="backbone preset or timm model name")
     p.add_argument("--weights", default=None, metavar="FILE", help="local backbone weights (.safetensors/.pth) "
                                                                     "or a traitlens run folder")

@@ -6,7 +6,7 @@
     image_class_labels.txt      <image_id> <class_id>
     train_test_split.txt        <image_id> <1 = train, 0 = test>
     classes.txt                 <class_id> <name>
-    bounding_boxes.txt          <image_id> <x> <y> <width> <height>     (pixels)
+    bounding_boxes.txt          <image_id> <x> <y> <width> <height>     (pixels; optional)
     parts/parts.txt             <part_id> <name with spaces>             (optional, with part_locs.txt)
     parts/part_locs.txt         <image_id> <part_id> <x> <y> <visible>
     attributes.txt (or attributes/attributes.txt, or beside CUB_200_2011/)      <attribute_id> <name>
@@ -62,6 +62,44 @@ def _int(path: Path, value: str) -> int:
         raise UserError(f"{path}: expected a number, got {value!r}") from None
 
 
+def _tables(r: Path):
+    """(images {id: rel path}, class rows [(class id, name)] sorted, labels {id: class id}, is_train {id: bool})."""
+    images = {_int(r / "images.txt", i): p.strip() for i, p in _rows(r / "images.txt", 2, split_rest=True)}
+    class_rows = sorted((_int(r / "classes.txt", c), n.strip())
+                        for c, n in _rows(r / "classes.txt", 2, split_rest=True))
+    labels = {_int(r / "image_class_labels.txt", i): _int(r / "image_class_labels.txt", c)
+              for i, c in _rows(r / "image_class_labels.txt", 2)}
+    is_train = {_int(r / "train_test_split.txt", i): _int(r / "train_test_split.txt", t) == 1
+                for i, t in _rows(r / "train_test_split.txt", 2)}
+    return images, class_rows, labels, is_train
+
+
+def _official_samples(r: Path, images, class_rows, labels, is_train, want_train: bool) -> List[Tuple[int, str, int]]:
+    """``(image id, rel path below images/, class index)`` of the official train (or test) images, id order."""
+    class_index = {cid: i for i, (cid, _) in enumerate(class_rows)}
+    out = []
+    for image_id in sorted(images):
+        if image_id not in labels or image_id not in is_train:
+            raise UserError(f"CUB image {image_id} ({images[image_id]}) has no label or split entry in {r}")
+        if is_train[image_id] != want_train:
+            continue
+        if labels[image_id] not in class_index:
+            raise UserError(f"CUB image {image_id} has class {labels[image_id]}, not in {r / 'classes.txt'}")
+        out.append((image_id, images[image_id], class_index[labels[image_id]]))
+    return out
+
+
+def cub_items(root: PathLike) -> Tuple[List[str], List[Tuple[str, int]], List[Tuple[str, int]]]:
+    """``(class names, train items, test items)`` of CUB's official split; items are ``(path below the CUB
+    folder, e.g. images/001.Black_footed_Albatross/x.jpg, class index)``. Needs only images.txt, classes.txt,
+    image_class_labels.txt and train_test_split.txt."""
+    r = find_cub_root(root)
+    images, class_rows, labels, is_train = _tables(r)
+    split = {want: [(f"images/{rel}", label) for _, rel, label in
+                    _official_samples(r, images, class_rows, labels, is_train, want)] for want in (True, False)}
+    return [name for _, name in class_rows], split[True], split[False]
+
+
 class CUBDataset(torch.utils.data.Dataset):
     """CUB-200-2011 images of one official split.
 
@@ -70,7 +108,12 @@ class CUBDataset(torch.utils.data.Dataset):
     x, y, w, h) and ``parts`` (FloatTensor P×3: x, y, visible; invisible parts are (0, 0, 0)), both in the
     transformed image's pixels; a horizontal flip swaps the left/right parts (a mirrored bird's left eye is the
     original's right eye). ``parts`` is left out when the copy has no ``parts/`` folder; ``bbox`` and
-    ``parts`` are left out when the transform cannot report its geometry (a plain torchvision pipeline).
+    ``parts`` are left out when the transform cannot report its geometry (a plain torchvision pipeline);
+    ``bbox`` is left out when the copy has no ``bounding_boxes.txt``.
+
+    For training and evaluation through ``--data`` (train/val/test), see
+    :func:`traitlens.data.folders.open_collection_split`: a CUB root is read with the official split and a
+    validation split carved from train by a seeded rule.
     """
 
     def __init__(self, root: PathLike, split: str = "train", transform=None, crop: str = "none", seed: int = 0):
@@ -83,35 +126,24 @@ class CUBDataset(torch.utils.data.Dataset):
         self.seed, self.epoch = int(seed), 0
 
         r = self.root
-        images = {_int(r / "images.txt", i): p for i, p in _rows(r / "images.txt", 2, split_rest=True)}
-        class_rows = sorted((_int(r / "classes.txt", c), n.strip())
-                            for c, n in _rows(r / "classes.txt", 2, split_rest=True))
+        images, class_rows, labels, is_train = _tables(r)
         self._classes = [name for _, name in class_rows]
-        class_index = {cid: i for i, (cid, _) in enumerate(class_rows)}
-        labels = {_int(r / "image_class_labels.txt", i): _int(r / "image_class_labels.txt", c)
-                  for i, c in _rows(r / "image_class_labels.txt", 2)}
-        is_train = {_int(r / "train_test_split.txt", i): _int(r / "train_test_split.txt", t) == 1
-                    for i, t in _rows(r / "train_test_split.txt", 2)}
-        boxes = {_int(r / "bounding_boxes.txt", row[0]): tuple(float(v) for v in row[1:5])
-                 for row in _rows(r / "bounding_boxes.txt", 5)}
-
-        want_train = split == "train"
-        samples = []
-        for image_id in sorted(images):
-            if image_id not in labels or image_id not in is_train:
-                raise UserError(f"CUB image {image_id} ({images[image_id]}) has no label or split entry in {r}")
-            if is_train[image_id] != want_train:
-                continue
-            if labels[image_id] not in class_index:
-                raise UserError(f"CUB image {image_id} has class {labels[image_id]}, not in {r / 'classes.txt'}")
-            samples.append((image_id, str(r / "images" / images[image_id]), class_index[labels[image_id]]))
+        samples = [(i, str(r / "images" / rel), label) for i, rel, label in
+                   _official_samples(r, images, class_rows, labels, is_train, split == "train")]
         if not samples:
             raise UserError(f"no {split} images listed in {r / 'train_test_split.txt'}")
         self.samples: List[Tuple[int, str, int]] = samples
-        missing_box = [i for i, _, _ in samples if i not in boxes]
-        if missing_box:
-            raise UserError(f"{len(missing_box)} images have no box in {r / 'bounding_boxes.txt'} "
-                            f"(first id {missing_box[0]})")
+        # bounding_boxes.txt is optional (a copy without it gives items without "bbox"; crop="bbox" needs it).
+        boxes: Dict[int, Tuple[float, ...]] = {}
+        if (r / "bounding_boxes.txt").is_file():
+            boxes = {_int(r / "bounding_boxes.txt", row[0]): tuple(float(v) for v in row[1:5])
+                     for row in _rows(r / "bounding_boxes.txt", 5)}
+            missing_box = [i for i, _, _ in samples if i not in boxes]
+            if missing_box:
+                raise UserError(f"{len(missing_box)} images have no box in {r / 'bounding_boxes.txt'} "
+                                f"(first id {missing_box[0]})")
+        elif crop == "bbox":
+            raise UserError(f"crop='bbox' needs {r / 'bounding_boxes.txt'}, which this copy lacks")
         self._boxes = boxes
         self.part_names, self._parts = self._read_parts(r, max(images))
         # A mirrored bird's left eye is the original's right eye: flips swap left/right part rows.
@@ -152,7 +184,8 @@ class CUBDataset(torch.utils.data.Dataset):
             image = load_image(path)
         except BadImageError as exc:
             return {"error": exc.reason, "path": path, "index": int(index)}
-        x, y, w, h = self._boxes[image_id]
+        box = self._boxes.get(image_id)
+        x, y, w, h = box if box is not None else (0.0, 0.0, float(image.width), float(image.height))
         parts = self._parts[image_id].copy() if self._parts is not None else None
         if self.crop == "bbox":
             x0, y0 = max(0, math.floor(x)), max(0, math.floor(y))
@@ -173,7 +206,8 @@ class CUBDataset(torch.utils.data.Dataset):
                                 "image_id": int(image_id)}
         if geo is None:
             return item
-        item["bbox"] = geo.map_boxes([[x, y, w, h]])[0]
+        if box is not None:
+            item["bbox"] = geo.map_boxes([[x, y, w, h]])[0]
         if parts is not None:
             xy, inside = geo.map_points(parts[:, :2])
             visible = torch.from_numpy(parts[:, 2] > 0) & inside

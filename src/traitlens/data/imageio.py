@@ -2,8 +2,11 @@
 
 ``load_image`` turns whatever a collection holds (EXIF-rotated phone JPEGs, grayscale scans, palette GIFs,
 RGBA PNGs, CMYK JPEGs, 16-bit TIFF/PNG) into an upright 8-bit RGB ``PIL.Image``, decoding each file once.
-``load_mask`` keeps label ids exactly. Anything unreadable raises :class:`BadImageError` naming the path;
-bulk commands catch it, record it in :class:`SkippedFiles` and go on.
+``load_mask`` keeps label ids exactly; an RGB mask (a picture of a label map) is refused unless a palette maps
+its colours to ids. Camera raw files (``.CR2``, ``.NEF``, ``.DNG``, ...) are developed with ``rawpy`` (LibRaw),
+the optional ``raw`` extra; without it they raise :class:`BadImageError` saying so, so bulk runs skip them by
+name and count them. Anything unreadable raises :class:`BadImageError` naming the path; bulk commands catch it,
+record it in :class:`SkippedFiles` and go on.
 
 Decompression-bomb limit: PIL refuses images above ``Image.MAX_IMAGE_PIXELS`` (about 89 M pixels) to protect
 against malicious files. Herbarium sheets and slide scans legitimately exceed that, so this module raises PIL's
@@ -13,12 +16,13 @@ with a clear error. Change ``traitlens.data.imageio.MAX_PIXELS`` to move the cap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import warnings
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -37,6 +41,11 @@ BACKGROUND = (128, 128, 128)
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < MAX_PIXELS:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
+#: Camera raw formats read through rawpy (LibRaw) when it is installed (``pip install 'traitlens[raw]'``).
+RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".dng", ".raf",
+                            ".orf", ".rw2", ".pef", ".srw", ".3fr", ".erf", ".kdc", ".mrw", ".x3f"})
+RAW_HINT = "install the raw extra (pip install 'traitlens[raw]', i.e. rawpy) to read camera raw files"
+
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I;16S")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
@@ -53,17 +62,7 @@ def special_file_kind(mode: int) -> Optional[str]:
 def _open(path: Path, max_pixels: Optional[int] = None) -> Image.Image:
     """Open lazily (header only) with every failure mapped to BadImageError, and enforce the pixel limit
     (``max_pixels``, default :data:`MAX_PIXELS`) before anything is decoded."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise BadImageError(path, "no such file") from None
-    except OSError as exc:
-        raise BadImageError(path, f"cannot open ({exc})") from None
-    if stat.S_ISDIR(mode):
-        raise BadImageError(path, "is a folder, not an image file")
-    kind = special_file_kind(mode)
-    if kind is not None:
-        raise BadImageError(path, f"is {kind}, not an image file")
+    _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -160,6 +159,8 @@ def load_image(path: PathLike, max_size: Optional[int] = None, max_pixels: Optio
     missing, special (FIFO, socket, device), unreadable, corrupt, truncated or too large file.
     """
     path = Path(path)
+    if path.suffix.lower() in RAW_EXTENSIONS:
+        return _load_raw(path, max_size, max_pixels)
     im = _open(path, max_pixels)
     keep_open = False
     try:
@@ -187,6 +188,108 @@ def load_image(path: PathLike, max_size: Optional[int] = None, max_pixels: Optio
             im.close()
 
 
+def _rawpy():
+    try:
+        import rawpy
+    except ImportError:
+        return None
+    return rawpy
+
+
+def raw_available() -> bool:
+    """Whether camera raw files can be read here (the optional ``rawpy`` is installed)."""
+    return _rawpy() is not None
+
+
+def _check_file(path: Path) -> None:
+    """BadImageError for a missing, folder or special file (what :func:`_open` checks before PIL opens it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise BadImageError(path, "no such file") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot open ({exc})") from None
+    if stat.S_ISDIR(mode):
+        raise BadImageError(path, "is a folder, not an image file")
+    kind = special_file_kind(mode)
+    if kind is not None:
+        raise BadImageError(path, f"is {kind}, not an image file")
+
+
+@contextlib.contextmanager
+def _open_raw(path: Path):
+    """A LibRaw handle of ``path``; every failure (no rawpy, unreadable file) a BadImageError naming it."""
+    _check_file(path)
+    rawpy = _rawpy()
+    if rawpy is None:
+        raise BadImageError(path, f"camera raw file ({path.suffix}); {RAW_HINT}")
+    try:
+        raw = rawpy.imread(str(path))
+    except Exception as exc:  # LibRawError and its subclasses, and IO errors
+        raise BadImageError(path, f"unreadable camera raw file ({type(exc).__name__}: {exc})") from None
+    try:
+        yield raw
+    except BadImageError:
+        raise
+    except Exception as exc:
+        raise BadImageError(path, f"unreadable camera raw file ({type(exc).__name__}: {exc})") from None
+    finally:
+        raw.close()
+
+
+def _load_raw(path: Path, max_size: Optional[int], max_pixels: Optional[int]) -> Image.Image:
+    """A camera raw file developed by LibRaw (camera white balance, sRGB, 8 bit), turned upright as the camera
+    recorded it; the pixel limit is checked from the raw header before anything is developed."""
+    with _open_raw(path) as raw:
+        w, h = int(raw.sizes.width), int(raw.sizes.height)
+        limit = MAX_PIXELS if max_pixels is None else max_pixels
+        if w * h > limit:
+            raise BadImageError(path, f"image too large ({w}x{h} = {w * h} pixels > the limit of {limit})")
+        # half_size skips demosaicing (4x fewer pixels): used only when the caller shrinks far below it.
+        half = max_size is not None and max(w, h) // 2 >= max_size
+        rgb = raw.postprocess(use_camera_wb=True, output_bps=8, half_size=half)
+    out = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    return _shrink(out, max_size) if max_size is not None else out
+
+
+# LibRaw's ``flip`` (0 none, 3 = 180°, 5 = 90° counter-clockwise, 6 = 90° clockwise) as an EXIF orientation.
+_LIBRAW_FLIP = {0: 1, 3: 3, 5: 8, 6: 6}
+
+
+def image_orientation(path: PathLike) -> int:
+    """The EXIF orientation (1…8) :func:`load_image` applies to ``path``: 1 when there is none; for a raw file
+    the rotation LibRaw applies. Reads the header only. Raises :class:`BadImageError` for an unreadable file."""
+    path = Path(path)
+    if path.suffix.lower() in RAW_EXTENSIONS:
+        with _open_raw(path) as raw:
+            return _LIBRAW_FLIP.get(int(raw.sizes.flip), 1)
+    im = _open(path)
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:  # as _upright: a malformed EXIF block means no rotation
+        return 1
+    finally:
+        im.close()
+    return int(orientation) if orientation in range(1, 9) else 1
+
+
+#: What each EXIF orientation does to the stored pixels to show them upright (as ``ImageOps.exif_transpose``).
+ORIENTATION_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                         4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                         6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                         8: Image.Transpose.ROTATE_90}
+
+
+def orient_labels(labels: np.ndarray, orientation: int) -> np.ndarray:
+    """A label map (H×W) of an image's stored pixels turned the way ``orientation`` turns the image upright
+    (ids unchanged; the same PIL transposition :func:`load_image` applies)."""
+    method = ORIENTATION_TRANSPOSE.get(int(orientation))
+    if method is None:
+        return labels
+    im = Image.fromarray(labels if labels.dtype == np.uint8 else labels.astype(np.int32))
+    return np.array(im.transpose(method), dtype=labels.dtype)
+
+
 def _upright(im: Image.Image, path: Path) -> Image.Image:
     """Apply the EXIF orientation tag; the image itself when there is none (no copy)."""
     try:
@@ -202,15 +305,57 @@ def _upright(im: Image.Image, path: Path) -> Image.Image:
         return im
 
 
-def load_mask(path: PathLike, max_pixels: Optional[int] = None, max_label: Optional[int] = None) -> np.ndarray:
+Palette = Union[str, Dict[Tuple[int, int, int], int]]
+
+
+def read_palette(source: Union[PathLike, Dict]) -> Dict[Tuple[int, int, int], int]:
+    """A colour → label id palette from a JSON file or a dict: ``{"#ff0000": 1, "0,255,0": 2, ...}`` (keys
+    ``#rrggbb`` or ``r,g,b``; values ids 0…65535). ``"grey"`` is accepted by :func:`load_mask` instead of a
+    palette: grey RGB masks whose grey level is the id."""
+    from traitlens.errors import UserError
+
+    where = "palette"
+    if not isinstance(source, dict):
+        where = str(source)
+        try:
+            source = json.loads(Path(source).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"palette {where}: not a readable JSON object ({exc})") from None
+        if not isinstance(source, dict):
+            raise UserError(f"palette {where}: expected a JSON object {{\"#rrggbb\": id, ...}}")
+    out: Dict[Tuple[int, int, int], int] = {}
+    for key, value in source.items():
+        text = str(key).strip()
+        try:
+            if text.startswith("#") and len(text) == 7:
+                rgb = tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))
+            else:
+                rgb = tuple(int(v) for v in text.replace(" ", "").split(","))
+            ident = int(value)
+        except (TypeError, ValueError):
+            raise UserError(f"palette {where}: {key!r}: {value!r} is not a colour (#rrggbb or r,g,b) and an id") from None
+        if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb) or not 0 <= ident <= 65535:
+            raise UserError(f"palette {where}: {key!r}: {value!r} is not a colour (#rrggbb or r,g,b) and an id")
+        if rgb in out and out[rgb] != ident:
+            raise UserError(f"palette {where}: colour {key!r} is given twice")
+        out[rgb] = ident
+    if not out:
+        raise UserError(f"palette {where}: no colours")
+    return out
+
+
+def load_mask(path: PathLike, max_pixels: Optional[int] = None, max_label: Optional[int] = None,
+              palette: Optional[Palette] = None) -> np.ndarray:
     """Read a label map (part ids, 0 = background) keeping ids exactly: H×W uint8 (L, P, 1) or int32 (16-bit, I).
 
-    Palette PNGs give their palette indices, never the palette colours. An RGB(A) file is accepted only when it
-    is grey (R = G = B); a coloured mask raises :class:`BadImageError`, since colours are not label ids.
-    ``max_label`` refuses ids above it (:class:`BadImageError`), before a caller sizes one-hot maps by them.
+    Palette PNGs give their palette indices, never the palette colours. An RGB(A) file is a picture of a label
+    map, not one: it raises :class:`BadImageError` unless ``palette`` says how to read it, either a dict
+    ``{(r, g, b): id}`` (see :func:`read_palette`; a colour it lacks is an error naming the colour) or
+    ``"grey"`` (R = G = B, the grey level is the id). ``max_label`` refuses ids above it
+    (:class:`BadImageError`), before a caller sizes one-hot maps by them.
     """
     path = Path(path)
-    labels = _read_mask(path, max_pixels)
+    labels = _read_mask(path, max_pixels, palette)
     if max_label is not None and labels.size:
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0 or hi > max_label:
@@ -218,7 +363,40 @@ def load_mask(path: PathLike, max_pixels: Optional[int] = None, max_label: Optio
     return labels
 
 
-def _read_mask(path: Path, max_pixels: Optional[int]) -> np.ndarray:
+RGB_MASK_HINT = ("save label ids as a single-channel (L, P or 16-bit) PNG, or map its colours to ids with a "
+                 "palette (traitlens data masks --palette FILE.json; API: load_mask(path, palette=...))")
+
+
+def _rgb_labels(arr: np.ndarray, path: Path, palette: Optional[Palette]) -> np.ndarray:
+    """H×W×3 colours → H×W ids through ``palette`` (all pixels at once: colours packed into one int)."""
+    rgb = arr[..., :3]
+    grey = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+    if palette is None:
+        what = "a grey RGB image" if grey else "a colour RGB image"
+        levels = np.unique(rgb[..., 0]) if grey else None
+        seen = f" (grey levels {', '.join(str(int(v)) for v in levels[:6])}{' ...' if len(levels) > 6 else ''})" \
+            if grey else ""
+        raise BadImageError(path, f"mask is {what}{seen}, not a label map; {RGB_MASK_HINT}")
+    if isinstance(palette, str):
+        if palette != "grey":
+            raise ValueError(f"palette must be a dict or 'grey', got {palette!r}")
+        if not grey:
+            raise BadImageError(path, "palette 'grey' needs R = G = B; the mask has colours")
+        return np.array(rgb[..., 0], dtype=np.uint8)
+    packed = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    colours, inverse = np.unique(packed.ravel(), return_inverse=True)
+    keys = {(r << 16) | (g << 8) | b: ident for (r, g, b), ident in palette.items()}
+    unknown = [int(c) for c in colours if int(c) not in keys]
+    if unknown:
+        c = unknown[0]
+        raise BadImageError(path, f"{len(unknown)} colour(s) of the mask are not in the palette (first "
+                                  f"#{c >> 16:02x}{(c >> 8) & 255:02x}{c & 255:02x})")
+    ids = np.array([keys[int(c)] for c in colours], dtype=np.int32)
+    out = ids[inverse].reshape(packed.shape)
+    return out.astype(np.uint8) if out.max(initial=0) <= 255 else out
+
+
+def _read_mask(path: Path, max_pixels: Optional[int], palette: Optional[Palette] = None) -> np.ndarray:
     im = _open(path, max_pixels)
     try:
         _decode(im, path)
@@ -238,11 +416,7 @@ def _read_mask(path: Path, max_pixels: Optional[int]) -> np.ndarray:
                 raise BadImageError(path, "float mask with non-integer values; save label ids as integers")
             return arr.astype(np.int32)
         if mode in ("RGB", "RGBA"):
-            arr = np.asarray(view)
-            if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
-                return np.array(arr[..., 0], dtype=np.uint8)
-            raise BadImageError(path, "mask is a colour RGB image; save label ids as a single-channel "
-                                      "(L, P or 16-bit) PNG")
+            return _rgb_labels(np.asarray(view), path, palette)
         raise BadImageError(path, f"unsupported mask mode {mode!r}; save label ids as an L, P or 16-bit PNG")
     finally:
         im.close()

@@ -73,12 +73,14 @@ class MaskPairDataset(torch.utils.data.Dataset):
     """Images with their label maps. ``images``/``masks``: folders or lists of files.
 
     ``missing="error"`` raises a :class:`UserError` when an image has no mask; ``"skip"`` leaves it out and
-    records it in ``unpaired`` (``num_unpaired``). Items: ``{"image", "mask" (H×W long, ids exact), "label": -1
+    records it in ``unpaired`` (``num_unpaired``). ``palette`` reads RGB mask pictures (see
+    :func:`~traitlens.data.imageio.load_mask`: a ``{(r, g, b): id}`` dict or ``"grey"``); without one they are
+    unreadable pairs. Items: ``{"image", "mask" (H×W long, ids exact), "label": -1
     (no class), "index", "path", "mask_path"}``, or ``{"error", "path", "index"}`` for an unreadable pair.
     """
 
     def __init__(self, images: Source, masks: Source, transform=None, missing: str = "error",
-                 mask_suffix: str = "", seed: int = 0):
+                 mask_suffix: str = "", seed: int = 0, palette=None):
         if missing not in ("error", "skip"):
             raise UserError(f"missing must be 'error' or 'skip', got {missing!r}")
         if transform is not None and not is_joint(transform):
@@ -94,6 +96,7 @@ class MaskPairDataset(torch.utils.data.Dataset):
         self.unpaired: List[str] = [str(p) for p in unpaired]
         self.transform = transform
         self.seed, self.epoch = int(seed), 0
+        self.palette = palette
 
     @property
     def num_unpaired(self) -> int:
@@ -109,7 +112,7 @@ class MaskPairDataset(torch.utils.data.Dataset):
         path, mask_path = self.pairs[index]
         try:
             image = load_image(path)
-            mask = load_mask(mask_path)
+            mask = load_mask(mask_path, palette=self.palette)
             if mask.shape != (image.height, image.width):
                 raise BadImageError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
                                                f"{image.width}x{image.height}")

@@ -40,21 +40,31 @@ class SplitView(Dataset):
 
 
 def split_classes(root: Path, split: str) -> List[str]:
-    """The class folders of ``root/split``, sorted."""
-    folder = Path(root) / split
-    if not folder.is_dir():
-        raise UserError(f"split {split!r} not found: {folder} is not a folder")
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class names of split ``split`` of ``--data root``: the class folders of ``root/split``, sorted, or
+    the classes of its split definition (a CUB root, ``split.json``, an unsplit tree:
+    :func:`traitlens.data.folders.collection_classes`)."""
+    from traitlens.data.folders import collection_classes
+
+    return collection_classes(root, split)
+
+
+def has_split(root: Path, split: str) -> bool:
+    """Whether ``--data root`` has split ``split`` (a folder, or a non-empty split of its definition)."""
+    from traitlens.data.folders import has_split as _has
+
+    return _has(root, split)
 
 
 def open_split(root: Path, split: str, transform, seed: int, class_names: Optional[Sequence[str]] = None,
                keep: Optional[Sequence[str]] = None) -> Dataset:
-    """``root/split`` as an ImageFolderDataset, labels in ``class_names`` order, restricted to ``keep``.
+    """Split ``split`` of ``--data root`` as an ImageFolderDataset, labels in ``class_names`` order, restricted
+    to ``keep``; any layout :func:`traitlens.data.folders.open_collection_split` reads (split folders are read
+    as ``ImageFolderDataset(root, split=split)``).
 
     Without ``class_names`` the split's own (sorted) classes are the label space. A class of the
     split that ``class_names`` lacks is a :class:`UserError` (the model has no output for it).
     """
-    from traitlens.data.folders import ImageFolderDataset
+    from traitlens.data.folders import open_collection_split
 
     own = split_classes(root, split)
     names = list(class_names) if class_names is not None else own
@@ -62,7 +72,7 @@ def open_split(root: Path, split: str, transform, seed: int, class_names: Option
     if missing:
         raise UserError(f"{Path(root) / split} has class(es) the model does not know: {', '.join(missing[:5])}"
                         f"{' ...' if len(missing) > 5 else ''}")
-    dataset = ImageFolderDataset(root, split=split, transform=transform, classes=names, masks=None, seed=seed)
+    dataset = open_collection_split(root, split, transform=transform, classes=names, masks=None, seed=seed)
     if keep is None:
         return dataset
     unknown = [c for c in keep if c not in names]

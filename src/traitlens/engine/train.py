@@ -39,7 +39,7 @@ from traitlens.engine import checkpoint as ckpt
 from traitlens.engine import distributed
 from traitlens.engine.config import TrainConfig, save_config
 from traitlens.engine.data import (  # noqa: F401 - re-exported: callers import these from here
-    SplitView, collate_fn, data_config, eval_transform, open_split, split_classes, train_transform,
+    SplitView, collate_fn, data_config, eval_transform, has_split, open_split, split_classes, train_transform,
 )
 from traitlens.engine.evaluate import evaluate
 from traitlens.errors import UserError
@@ -262,7 +262,7 @@ def open_datasets(config: TrainConfig, model: nn.Module, data: Path, class_names
     train_set = open_split(data, config.train_split, train_transform(model, config), config.seed, class_names,
                            keep=config.classes)
     val_set = None
-    if config.val_split and (data / config.val_split).is_dir():
+    if config.val_split and has_split(data, config.val_split):
         val_set = open_split(data, config.val_split, eval_transform(model, config), config.seed, class_names,
                              keep=config.classes)
     elif main:
@@ -505,15 +505,20 @@ def fit(config: TrainConfig, model: nn.Module, param_groups: List[dict], progres
     if train_batches is None:
         class_names = split_classes(data, config.train_split)
         train_set, val_set = open_datasets(config, model, data, class_names, ctx.main)
+        split_definition = getattr(getattr(train_set, "dataset", train_set), "split_definition", None)
         train_batches = SplitBatches(train_set, config, ctx)
     else:
         class_names = list(train_batches.classes)
+        split_definition = None
     optimizer, scaler, dtype = make_optimization(param_groups, config, ctx.device)
     run = Run(config=config, run_dir=run_dir, ctx=ctx, model=model, net=model, class_names=class_names,
               batches=train_batches, val_set=val_set, optimizer=optimizer, scaler=scaler,
               dtype=dtype, show=progress and ctx.main)
     state = restore(run) if resume else RunState()
     prepare_run_dir(run, resume)
+    if ctx.main and split_definition is not None:  # a CUB root / split file / unsplit tree: record the split used
+        from traitlens.data.folders import write_split_definition
+        write_split_definition(split_definition, run_dir / "split.json")
     run.net = distributed.wrap(model, ctx)
 
     for epoch in range(state.epoch, config.epochs):

@@ -94,7 +94,7 @@ class SegmentJob(Job):
                 record["overlay"] = f"overlays/{stem}.png"
                 artifacts[record["overlay"]] = png_bytes(overlay_labels(image, labels))
             if self.gt is not None:
-                record.update(_score_against(self.gt, iid, labels_t.cpu(), self.k))
+                record.update(_score_against(self.gt, iid, labels_t.cpu(), self.k, image=item.path))
             record["measurements"] = rows
             yield item, record, artifacts
 
@@ -109,8 +109,10 @@ def _label_png(labels: np.ndarray) -> bytes:
     return png_bytes(labels.astype(np.uint8), mode="L")
 
 
-def _score_against(gt, iid: str, labels: torch.Tensor, k: int) -> dict:
-    """IoU against the ground truth of ``iid``; masks stored at another size are resized (nearest)."""
+def _score_against(gt, iid: str, labels: torch.Tensor, k: int, image: Optional[Path] = None) -> dict:
+    """IoU against the ground truth of ``iid``; masks stored at another size are fitted to the image as the
+    releases' readers do (``segment.datasets.fit_mask``: resized, then turned with ``image``'s orientation)."""
+    from traitlens.data.imageio import image_orientation
     from traitlens.segment.datasets import fit_mask
 
     if isinstance(gt, Mapping):
@@ -120,7 +122,9 @@ def _score_against(gt, iid: str, labels: torch.Tensor, k: int) -> dict:
     if path is None or not path.exists():
         return {"gt": None}
     try:
-        truth = fit_mask(load_mask(path, max_label=MAX_TRAIT_ID), tuple(labels.shape), path)
+        truth = load_mask(path, max_label=MAX_TRAIT_ID)
+        turn = image_orientation(image) if image is not None and truth.shape != tuple(labels.shape) else 1
+        truth = fit_mask(truth, tuple(labels.shape), path, turn)
     except BadImageError as exc:
         return {"gt": None, "gt_error": exc.reason}
     except UserError as exc:
@@ -149,6 +153,9 @@ def summarise(out: Path, rows: Sequence[dict], supports_info: List[dict], galler
         summary["scored_images"] = len(scored)
         summary["per_trait_iou"] = {str(i): (None if torch.isnan(v) else float(v)) for i, v in enumerate(per) if i > 0}
         summary["miou"] = mean_iou(per)
+    failed = [r for r in rows if r.get("gt_error")]
+    if failed:  # ground truth that was listed but could not be scored is reported, never dropped silently
+        summary["gt_errors"] = {"count": len(failed), "first": f"{failed[0]['path']}: {failed[0]['gt_error']}"}
     if seconds:
         summary["images_per_s"] = len(rows) / seconds
     summary.update(extra or {})
