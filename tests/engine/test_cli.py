@@ -31,6 +31,15 @@ def test_train_then_evaluate_writes_json(tiny_data, tmp_path, capsys):
     assert "test: top-1" in capsys.readouterr().out
 
 
+def test_a_batch_larger_than_the_training_split_is_lowered_with_a_note(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRAITLENS_QUIET", "0")
+    code = main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--backbone", "tiny-cnn",
+                 "--image-size", "32", "--device", "cpu", "--no-progress", "--batch-size", "64", "--epochs", "1",
+                 "--json", str(tmp_path / "train.json")])
+    assert code == 0
+    assert "batch_size 64 is larger than the 32 training images: using batch_size 32" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--data", "DATA", "--out", "OUT", "--set", "lrr=1"], "unknown key 'lrr'"),
     (["train", "--data", "DATA", "--out", "OUT", "--set", "epochs=many"], "epochs must be an integer"),
@@ -39,7 +48,6 @@ def test_train_then_evaluate_writes_json(tiny_data, tmp_path, capsys):
     (["train", "--data", "DATA"], "no output folder"),
     (["train", "--data", "DATA", "--out", "OUT", "--resume"], "nothing to resume"),
     (["train", "--data", "DATA", "--out", "OUT", "--classes", "alpha,zeta"], "zeta"),
-    (["train", "--data", "DATA", "--out", "OUT", "--batch-size", "64"], "larger than the 32 training images"),
     (["evaluate", "--checkpoint", "OUT", "--data", "DATA"], "not found"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, tiny_data, tmp_path, capsys):
