@@ -252,7 +252,15 @@ def to_timm(fmt: Format, ck: CheckpointFile, model: nn.Module
         before["patch_embed.proj.weight"] = tuple(state["visual.conv1.weight"].shape)
     fn = _timm_filter(model)
     if fn is not None and fmt.name != "state-dict":
-        state = dict(fn(dict(state), model))
+        try:
+            state = dict(fn(dict(state), model))
+        except Exception:  # noqa: BLE001 - only reached for a file of another token layout (a partial load)
+            # timm cannot resample this position embedding to the model's token layout (registers vs none):
+            # convert the rest, and leave the model's own position embedding (reported as missing).
+            if "pos_embed" in state:
+                dropped["pos_embed"] = "position embedding of another token layout (not resampled)"
+            state = {("reg_token" if k == "register_tokens" else k): v for k, v in state.items()
+                     if k not in ("pos_embed", "mask_token")}
     return state, dropped, before
 
 
