@@ -377,7 +377,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> Dict[str, Any]:
             # Stop before the step: a NaN/inf loss would only make NaN weights, and nothing of this epoch is
             # saved, so the best checkpoint and the resume state stay those of the last good epoch.
             raise UserError(
-                f"training stopped: the loss became {float(loss):g} at epoch {epoch + 1}, step {state.step + 1}; "
+                f"training stopped: the loss became {float(loss.detach()):g} at epoch {epoch + 1}, step {state.step + 1}; "
                 f"the best checkpoint in {run.run_dir} is kept; lower the learning rate (lr "
                 f"{optimizer.param_groups[-1]['lr']:g} at this step) or set grad_clip", option="overrides")
         optimizer.zero_grad(set_to_none=True)
