@@ -230,3 +230,15 @@ def test_sam2_original_keys_convert_to_the_transformers_layout_and_config():
     # SAM 2.1 files carry two more tensors, which switch on 2.1's options
     v21 = dict(original, no_obj_embed_spatial=torch.empty(1, 64, device="meta"))
     assert config_for(v21)[2] == "2.1" and config_for(v21)[0].enable_occlusion_spatial_embedding
+
+
+def test_backbone_identify_names_the_format_and_the_preset(tmp_path, capsys):
+    from traitlens.cli import main
+
+    path = _save(L.build_truncated("dinov2_vitb14_reg4_pretrain.pth"), tmp_path / "reg4.pth")
+    assert main(["backbone", "identify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "DINOv2 with registers (original .pth)" in out and "fits dinov2-vitb14-reg" in out
+    assert main(["backbone", "identify", str(path), "--backbone", "dinov2-vitb14"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "fits preset dinov2-vitb14-reg" in err and "(check" not in err.split(":")[0] and "\n" not in err
