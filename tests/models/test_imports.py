@@ -119,3 +119,21 @@ def test_import_refuses_another_format_and_wrong_class_names(tmp_path):
         import_trained(tmp_path / "model.pt", tmp_path / "run", kind="intr")
     with pytest.raises(UserError, match="has 200 classes but 3 class names were given"):
         import_trained(tmp_path / "model.pt", tmp_path / "run", class_names=["a", "b", "c"])
+
+
+def test_an_intr_release_given_as_detr_start_keeps_its_presence_vector(tmp_path):
+    from traitlens.engine.config import TrainConfig
+    from traitlens.methods import build_model
+
+    release = intr_release(depth=1)
+    torch.save(release, tmp_path / "checkpoint.pth")
+    sizes = {"num_encoder_layers": 1, "num_decoder_layers": 1, "freeze_batchnorm": True}
+    config = TrainConfig(method="intr", backbone="resnet50", image_size=64,
+                         method_options={**sizes, "detr": str(tmp_path / "checkpoint.pth")})
+    model, _ = build_model(config, 200)
+    own = model.state_dict()
+    assert torch.equal(own["presence.weight"], release["model"]["presence_vector.weight"])
+    assert torch.equal(own["query_embed.weight"], release["model"]["query_embed.weight"])
+    assert model.traitlens_detr["dropped"] == [] and model.traitlens_detr["missing"] == []
+    with pytest.raises(UserError, match="INTR release checkpoint for 200 classes, not 5"):
+        build_model(config, 5)
