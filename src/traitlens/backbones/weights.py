@@ -100,10 +100,13 @@ def resolve_weights_path(path) -> Path:
     p = Path(path).expanduser()
     if p.is_dir() or p.suffix == ".json":
         folder = p if p.is_dir() else p.parent
-        target = folder / "model.safetensors"
-        if not target.is_file():
-            raise UserError(f"no model.safetensors in {folder}: expected a traitlens run folder")
-        return target
+        # a traitlens run folder or a transformers save_pretrained folder (model.safetensors, or an older
+        # pytorch_model.bin)
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (folder / name).is_file():
+                return folder / name
+        raise UserError(f"no model.safetensors in {folder}: expected a traitlens run folder or a transformers model "
+                        "folder")
     if not p.is_file():
         raise UserError(f"weights file not found: {p}")
     return p
