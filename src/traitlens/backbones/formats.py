@@ -100,6 +100,9 @@ def identify(ck: CheckpointFile) -> Format:
         return Format("dinov2-reg", "DINOv2 with registers (original .pth)", ("dinov2-vitb14-reg",))
     if "mask_token" in s and _has(s, "blocks."):
         return Format("dinov2", "DINOv2 (original .pth)", ("dinov2-vitb14",))
+    run = _traitlens_run(ck)
+    if run is not None:
+        return run
     g = geometry(s)
     if g.patch is not None and g.layer_scale:
         if g.registers:
@@ -110,6 +113,26 @@ def identify(ck: CheckpointFile) -> Format:
     if g.patch is not None:
         return Format("vit", f"a ViT ({g.describe()})")
     return Format("state-dict", "a plain state dict")
+
+
+def _traitlens_run(ck: CheckpointFile) -> Optional[Format]:
+    """A traitlens run folder's weights (model.json beside them), named by its method and backbone."""
+    import json
+
+    sidecar = ck.path.with_name("model.json")
+    if ck.kind != "safetensors" or not sidecar.is_file():
+        return None
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != "traitlens-checkpoint":
+        return None
+    spec = meta.get("backbone") if isinstance(meta.get("backbone"), dict) else {}
+    name, method = str(spec.get("name", "?")), str(meta.get("method", "?"))
+    plain = method in ("linear-probe", "finetune")
+    return Format("traitlens", f"a traitlens {method} run on {name}", (name,) if plain else (),
+                  hint="" if plain else "its backbone is inside a larger model; give --allow-partial to take only it")
 
 
 def _dino_teacher(ck: CheckpointFile) -> Optional[Dict[str, torch.Tensor]]:

@@ -222,7 +222,7 @@ def load_checkpoint_file(model: nn.Module, ck: CheckpointFile, strict: bool = Tr
         raise UserError(f"weights {source} are {fmt.label} ({file_geo.describe()}) and do not fit "
                         f"{target or type(model).__name__} ({conflicts[0]}): {hint}; pass --allow-partial "
                         "(API: strict=False) to load it resampled anyway", option="weights")
-    if fmt.name in ("state-dict", "vit", "vit-b16") or fmt.role != "backbone":
+    if fmt.name in ("state-dict", "vit", "vit-b16", "traitlens") or fmt.role != "backbone":
         own = model.state_dict()
         head = _head_keys(model)
         body = [k for k in own if k not in head]
