@@ -125,3 +125,32 @@ def test_weights_are_strict_unless_partial_is_allowed_and_the_load_is_recorded(t
     train(_config(tiny_data, tmp_path / "c", weights=str(tmp_path / "full.safetensors"), **one), progress=False)
     record = json.loads((tmp_path / "c" / "model.json").read_text())["initial_weights"]
     assert not record["partial"] and record["matched"] == record["total"] == len(source)
+
+
+def _float_actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _float_actions(sub)
+        elif action.type is float:
+            yield action
+
+
+def test_every_float_option_of_every_command_refuses_nan_and_inf(capsys):
+    import argparse
+
+    from traitlens.cli import build_parser, non_finite_option
+
+    parser = build_parser()
+    floats = list(_float_actions(parser))
+    assert len(floats) >= 5  # lr, topk, alpha, timeout, ... across train, explain, calibrate, compbench
+    for action in floats:
+        ns = argparse.Namespace(**{action.dest: float("inf")})
+        assert non_finite_option(ns, parser, []) == f"--{action.dest.replace('_', '-')}"
+    assert main(["train", "--lr", "nan"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "traitlens: error: --lr must be a finite number (not NaN or infinity)"
+    finite = parser.parse_args(["train", "--lr", "0.01"])
+    assert non_finite_option(finite, parser, ["train", "--lr", "0.01"]) is None
