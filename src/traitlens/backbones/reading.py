@@ -152,6 +152,11 @@ class _ScriptArchiveUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         if module == "torch" and name in _STORAGE_DTYPES:
             return _STORAGE_DTYPES[name]
+        if module == "torch.jit._pickle" and name == "restore_type_tag":  # typed containers: the value itself
+            return lambda value, _type: value
+        if module == "torch.jit._pickle" and name in ("build_intlist", "build_doublelist", "build_boollist",
+                                                      "build_tensorlist"):
+            return list
         if module.startswith("__torch__"):
             return type(name, (_ScriptModule,), {"qualname": f"{module}.{name}"})
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a TorchScript archive")
