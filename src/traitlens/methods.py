@@ -44,6 +44,7 @@ def create_backbone(config, num_classes: int, load_weights: bool = True) -> nn.M
         num_classes=num_classes,
         weights=config.weights if load_weights else None,
         pretrained=bool(config.pretrained and load_weights),
+        strict=not config.allow_partial,
         **dict(config.backbone_options or {}),
     )
 
@@ -175,3 +176,106 @@ def evaluate_checkpoint(path, data, split: str = "test", device: str = "auto", b
                             return_logits=return_logits, show_progress=show_progress)
     out.update(checkpoint=str(path), data=str(data), split=split)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The papers' released models as traitlens run folders.
+
+IMPORT_KINDS = ("intr", "prompt-cam")
+
+
+def _class_names(class_names, n: int, source) -> List[str]:
+    if class_names is None:
+        width = len(str(n - 1))
+        return [f"class_{i:0{width}d}" for i in range(n)]
+    names = [str(c) for c in class_names]
+    if len(names) != n:
+        raise UserError(f"{source} has {n} classes but {len(names)} class names were given: give one name per "
+                        "class, in the order the model was trained on", option="class_names")
+    return names
+
+
+def _prompt_cam_backbone(state) -> Tuple[str, dict]:
+    """The preset (and overrides) a Prompt-CAM reference backbone is, from its ViT geometry."""
+    from traitlens.backbones.formats import geometry
+
+    g = geometry(state)
+    if g.patch == 14:
+        name = "dinov2-vitb14-reg" if g.registers else "dinov2-vitb14"
+    elif g.patch == 16:
+        name = "clip-vitb16" if "norm_pre.weight" in state else "dino-vitb16"
+    else:
+        raise UserError(f"Prompt-CAM model with a ViT of patch {g.patch}: no traitlens preset fits it")
+    overrides = {"depth": g.depth} if g.depth and g.depth != 12 else {}
+    return name, overrides
+
+
+def import_trained(path, out, kind: Optional[str] = None, class_names: Optional[List[str]] = None,
+                   image_size: Optional[int] = None) -> Dict[str, Any]:
+    """Turn a released trained model into a traitlens run folder that ``traits``, ``explain`` and ``evaluate`` read.
+
+    ``kind``: ``intr`` (an Imageomics/INTR release checkpoint: ``model``/``optimizer``/``lr_scheduler``/``epoch``/
+    ``args``) or ``prompt-cam`` (a Prompt_CAM ``model.pt``: ``{"model_state_dict": ...}``); found from the keys when
+    None. ``class_names``: one per class in training order (default ``class_000`` ...). Every tensor of the file is
+    loaded (strictly; NaN/inf refused) and the run records where it came from. Returns ``{"run_dir", "method",
+    "backbone", "num_classes", "tensors", "dropped"}``.
+    """
+    from pathlib import Path
+
+    from traitlens.backbones import identify, read_checkpoint
+    from traitlens.backbones.reading import check_finite
+    from traitlens.engine.config import load_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file not found: {path}")
+    ck = read_checkpoint(path)
+    check_finite(ck.state, path)
+    fmt = identify(ck)
+    found = fmt.name if fmt.name in IMPORT_KINDS else None
+    kind = kind or found
+    if kind not in IMPORT_KINDS or found != kind:
+        raise UserError(f"{path} is {fmt.label}, not {'an INTR release checkpoint or a Prompt-CAM model.pt' if kind is None else kind}"
+                        + (f": {fmt.hint}" if fmt.hint and fmt.role != "model" else ""))
+    dropped: Dict[str, str] = {}
+    if kind == "intr":
+        state = intr.intr_release_state(ck.state)
+        num_classes = int(state["query_embed.weight"].shape[0])
+        args = ck.container.get("args") if isinstance(ck.container, dict) else None
+        preset = dict(intr.TRAINING_PRESETS["detr-r50"])
+        options = {**preset.pop("method_options"), **intr.release_config(args)}
+        values = {**preset, "method_options": options}
+        for key in ("optimizer", "lr_scheduler"):
+            if isinstance(ck.container, dict) and key in ck.container:
+                dropped[key] = "training state (optimizer / scheduler), not weights"
+    else:
+        state, mode = prompt_cam.reference_state(ck.state)
+        num_classes = int(state["prompts.tokens"].shape[1])
+        backbone, overrides = _prompt_cam_backbone(ck.state)
+        values = {**{k: v for k, v in prompt_cam.TRAINING_PRESETS["dinov2"].items() if k != "backbone"},
+                  "backbone": backbone, "backbone_options": overrides,
+                  "method_options": {"mode": mode, "normalization": "inception", "prompt_dropout": 0.0}}
+    if image_size is not None:
+        values["image_size"] = int(image_size)
+    values["pretrained"] = False
+    config = load_config(None, **values)
+    model, _ = build_model(config, num_classes, load_weights=False)
+    own = model.state_dict()
+    extra = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+           if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if extra or missing or bad:
+        first = (bad + [f"{k} not in the model" for k in extra] + [f"{k} not in the file" for k in missing])[0]
+        raise UserError(f"{path} ({fmt.label}) does not fit traitlens's {kind} with {config.backbone}: "
+                        f"{len(bad)} shapes differ, {len(extra)} tensors unused, {len(missing)} missing (e.g. {first})")
+    model.load_state_dict(state, strict=False)
+    names = _class_names(class_names, num_classes, path)
+    epoch = ck.container.get("epoch") if isinstance(ck.container, dict) else None
+    meta = {"method": kind, "class_names": names, "num_classes": num_classes, "config": config.to_dict(),
+            "metrics": {}, "epoch": epoch if isinstance(epoch, int) else None, "complete": True,
+            "imported_from": {"path": str(path), "format": fmt.name, "label": fmt.label, "tensors": len(ck.state),
+                              "dropped": dropped}}
+    run_dir = checkpoint.save_checkpoint(out, model, meta)
+    return {"run_dir": str(run_dir), "method": kind, "backbone": config.backbone, "num_classes": num_classes,
+            "tensors": len(ck.state), "dropped": dropped}

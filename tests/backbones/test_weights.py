@@ -53,11 +53,19 @@ def test_dino_checkpoint_prefers_teacher(tmp_path, source):
     assert _same_weights(source, model)
 
 
-def test_pickled_objects_are_refused(tmp_path, source):
+class _Custom:  # any class outside the allowlist: unpickling it could run code
+    def __init__(self):
+        self.lr = 0.1
+
+
+def test_namespace_is_allowed_other_pickled_objects_are_refused(tmp_path, source):
     torch.save({"model": source.state_dict(), "args": argparse.Namespace(lr=0.1)}, tmp_path / "ckpt.pth")
+    model = create("tiny-vit", num_classes=5, weights=tmp_path / "ckpt.pth")
+    assert _same_weights(source, model)
+    torch.save({"model": source.state_dict(), "args": _Custom()}, tmp_path / "evil.pth")
     with pytest.raises(UserError, match="pickled Python objects") as info:
-        create("tiny-vit", num_classes=5, weights=tmp_path / "ckpt.pth")
-    assert "safetensors" in str(info.value) and "\n" not in str(info.value)
+        create("tiny-vit", num_classes=5, weights=tmp_path / "evil.pth")
+    assert "_Custom" in str(info.value) and "safetensors" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_head_of_other_shape_is_dropped(tmp_path, source):
@@ -68,12 +76,14 @@ def test_head_of_other_shape_is_dropped(tmp_path, source):
     assert s.dropped_head == ["head.bias", "head.weight"]
     assert s.missing == ["head.bias", "head.weight"] and s.mismatched == []
     headless = create("tiny-vit", weights=tmp_path / "w.safetensors")
-    assert headless.traitlens_weights.unexpected == ["head.bias", "head.weight"]
+    s = headless.traitlens_weights
+    assert s.unexpected == [] and not s.partial  # a headless model leaves the file's classifier out, and says so
+    assert set(s.dropped) == {"head.bias", "head.weight"}
 
 
 def test_wrong_architecture_fails_in_one_line(tmp_path):
     save_file(create("tiny-cnn").state_dict(), tmp_path / "cnn.safetensors")
-    with pytest.raises(UserError, match=r"do not fit VisionTransformer: only 0 of \d+ tensors matched"):
+    with pytest.raises(UserError, match=r"do not fit tiny-vit: only 0 of \d+ tensors matched"):
         create("tiny-vit", weights=tmp_path / "cnn.safetensors")
 
 

@@ -19,12 +19,27 @@ from traitlens.backbones.layout import TokenLayout, data_config, find_backbone, 
 from traitlens.backbones.embedded import find_embedded
 from traitlens.backbones.presets import PRESETS, Preset, get_preset
 from traitlens.backbones.weights import LoadSummary, load_state_dict, load_weights, read_state_dict, run_folder_spec
+from traitlens.backbones.reading import read_checkpoint
+from traitlens.backbones.formats import identify
 from traitlens.errors import UserError
 
 __all__ = [
     "PRESETS", "Preset", "TokenLayout", "LoadSummary", "create", "create_from_spec", "layout", "data_config",
     "get_module", "find_backbone", "load_weights", "read_state_dict", "load_state_dict", "find_embedded",
+    "read_checkpoint", "identify", "FILE_OPTIONS",
 ]
+
+# timm options that make timm read a file or fetch weights itself. traitlens reads weights only through
+# ``weights=`` (safely, every tensor accounted for), so these are refused wherever they come from: the API, a
+# YAML config or a model.json sidecar someone else wrote.
+FILE_OPTIONS = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "cache_dir")
+
+
+def _check_overrides(name: str, overrides: dict) -> None:
+    bad = sorted(k for k in overrides if k in FILE_OPTIONS)
+    if bad:
+        raise UserError(f"backbone option {bad[0]} is not passed to timm for {name}: give a local weights file as "
+                        "weights= (--weights), which traitlens reads without unpickling", option="backbone_options")
 
 
 def _jsonable(value: Any) -> Any:
@@ -74,12 +89,14 @@ def _download_hub_weights(preset: Preset):
     raise _pretrained_error(preset.name, last or RuntimeError("no weight file"))
 
 
-def create(name: str | None, num_classes: int = 0, weights=None, pretrained: bool = False, **overrides) -> nn.Module:
+def create(name: str | None, num_classes: int = 0, weights=None, pretrained: bool = False, strict: bool = True,
+           **overrides) -> nn.Module:
     """A timm model for a traitlens preset or any timm model name.
 
     ``num_classes=0`` gives a headless backbone (``model(x)`` returns pooled features B×D).
     ``weights``: a local .safetensors / .pth file, or a traitlens run folder / model.json; the load
-    summary is at ``model.traitlens_weights``. With a run folder, ``name=None`` takes the backbone
+    summary is at ``model.traitlens_weights``; ``strict=False`` allows a partial load (see
+    :mod:`traitlens.backbones.weights`). With a run folder, ``name=None`` takes the backbone
     recorded in its model.json. ``pretrained=True`` downloads the preset's weights (the only case in
     which anything is downloaded). ``overrides`` go to ``timm.create_model`` (e.g. ``img_size=448``,
     ``drop_path_rate=0.1``). The result carries ``model.traitlens_spec`` so a checkpoint can rebuild
@@ -93,6 +110,7 @@ def create(name: str | None, num_classes: int = 0, weights=None, pretrained: boo
             raise UserError("no backbone name given and no traitlens run folder to read it from")
         name = spec["name"]
         overrides = {**dict(spec.get("overrides") or {}), **overrides}
+    _check_overrides(name, overrides)
     preset = get_preset(name)
     if preset is None and not timm.is_model(name.split(".", 1)[0]):
         raise UserError(f"unknown backbone '{name}': use a traitlens preset ({', '.join(PRESETS)}) or a timm model name")
@@ -113,9 +131,9 @@ def create(name: str | None, num_classes: int = 0, weights=None, pretrained: boo
             raise _pretrained_error(name, err) from err
         raise
     if pretrained and preset is not None and preset.hub:
-        load_weights(model, _download_hub_weights(preset))
+        load_weights(model, _download_hub_weights(preset), target=name)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, strict=strict, target=name)
     model.traitlens_spec = {"name": name, "overrides": _jsonable(overrides), "num_classes": int(num_classes)}
     return model
 

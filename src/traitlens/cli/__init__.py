@@ -20,7 +20,7 @@ from traitlens.errors import UserError
 # Areas in the order they appear in `traitlens --help`. A module that is missing is skipped, so a
 # partial checkout still runs.
 AREAS = [
-    "data", "backbones", "train", "explain", "traits", "segment", "calibrate", "compbench", "demo",
+    "data", "backbones", "train", "imports", "explain", "traits", "segment", "calibrate", "compbench", "demo",
 ]
 
 
@@ -69,6 +69,20 @@ def flag_for(option: Optional[str], parser: argparse.ArgumentParser, argv: List[
     return None
 
 
+def non_finite_option(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: List[str]) -> Optional[str]:
+    """The first option given as NaN or inf (``--lr inf``, ``--alpha nan``), named by its flag, or None.
+
+    argparse's ``type=float`` accepts "nan" and "inf"; no traitlens option means either, so every command refuses
+    them here, before its handler runs (range checks stay with each command and the config layer)."""
+    import math
+
+    for dest, value in sorted(vars(args).items()):
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            return flag_for(dest, parser, argv) or f"--{dest.replace('_', '-')}"
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -78,6 +92,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         # A group command without its sub-command prints its own help.
         (getattr(args, "_parser", None) or parser).print_help()
         return 0
+    bad = non_finite_option(args, parser, argv)
+    if bad is not None:
+        print(f"traitlens: error: {bad} must be a finite number (not NaN or infinity)", file=sys.stderr)
+        return 2
     try:
         code = args.func(args)
     except UserError as exc:

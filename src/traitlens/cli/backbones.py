@@ -1,4 +1,5 @@
-"""``traitlens backbone``: the embedded tiny backbones traitlens pretrains itself (no download needed)."""
+"""``traitlens backbone``: the embedded tiny backbones traitlens pretrains itself (no download needed), and
+``backbone identify`` for telling which published format a downloaded weights file is."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from traitlens.cli.common import add_group, write_json
 
 
 def register(sub) -> None:
-    group = add_group(sub, "backbone", "pretrain the embedded tiny backbones (the offline stand-ins for DINO/CLIP)")
+    group = add_group(sub, "backbone", "pretrain the embedded tiny backbones (the offline stand-ins for DINO/CLIP); "
+                                       "identify a downloaded weights file")
     emb = group.add_parser(
         "embedded", help="pretrain (once, then cached) an embedded tiny backbone and print its weights file",
         description="Pretrain the tiny ViT or CNN preset on a synthetic collection whose species differ from the "
@@ -28,6 +30,17 @@ def register(sub) -> None:
     emb.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the record as JSON to FILE")
     emb.set_defaults(func=_embedded)
 
+    ide = group.add_parser(
+        "identify", help="say which published checkpoint format a file is and which preset it fits",
+        description="Read a weights file without unpickling objects (safetensors, .pth/.pt/.bin, TorchScript) and "
+                    "print its format (DINO, DINOv2 with or without registers, open_clip/BioCLIP, OpenAI CLIP, "
+                    "transformers CLIP, timm, Prompt-CAM, INTR, DETR, SAM 2), the presets it loads into, and with "
+                    "--backbone whether it loads there with every tensor accounted for.")
+    ide.add_argument("file", type=Path, metavar="FILE")
+    ide.add_argument("--backbone", default=None, metavar="NAME", help="also try loading it into this preset")
+    ide.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the record as JSON to FILE")
+    ide.set_defaults(func=_identify)
+
 
 def _embedded(args) -> int:
     from traitlens.studies.embedded import RECORD, embedded_backbone
@@ -39,4 +52,23 @@ def _embedded(args) -> int:
     print(f"{run}: tiny-{args.kind} ({args.breadth}), test top-1 {record['test_top1']:.3f} on its "
           f"{record['recipe']['collection']['species']} pretraining species; weights {run / WEIGHTS}")
     write_json(args.json, dict(record, run=str(run), weights=str(run / WEIGHTS)))
+    return 0
+
+
+def _identify(args) -> int:
+    from traitlens.backbones import create, identify, read_checkpoint
+    from traitlens.backbones.weights import resolve_weights_path
+
+    ck = read_checkpoint(resolve_weights_path(args.file))
+    fmt = identify(ck)
+    record = {"file": str(args.file), "format": fmt.name, "label": fmt.label, "presets": list(fmt.presets),
+              "role": fmt.role, "tensors": len(ck.state), "hint": fmt.hint}
+    line = f"{args.file}: {fmt.label}, {len(ck.state)} tensors"
+    line += f"; fits {', '.join(fmt.presets)}" if fmt.presets else (f"; {fmt.hint}" if fmt.hint else "")
+    print(line)
+    if args.backbone:
+        model = create(args.backbone, weights=args.file)
+        record["load"] = model.traitlens_weights.as_dict()
+        print(str(model.traitlens_weights))
+    write_json(args.json, record)
     return 0

@@ -30,8 +30,12 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="collection: train/ val/ folders, a CUB-200-2011 root, <class>/<image> folders or a split.json")
     p.add_argument("--backbone", default=None, metavar="NAME", help="backbone preset or timm model name")
-    p.add_argument("--weights", default=None, metavar="FILE", help="local backbone weights (.safetensors/.pth) "
-                                                                    "or a traitlens run folder")
+    p.add_argument("--weights", default=None, metavar="FILE", help="local backbone weights: a traitlens run folder, "
+                   ".safetensors, .pth/.pt/.bin (DINO, DINOv2, open_clip/BioCLIP, transformers CLIP, timm) or an OpenAI "
+                   "CLIP TorchScript archive; every tensor must fit unless --allow-partial")
+    p.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
+                   help="load --weights even when some tensors do not fit (default: a partial load is an error; "
+                        "what was loaded, dropped and resampled is printed and kept in model.json)")
     p.add_argument("--pretrained", action="store_true", default=None,
                    help="download the backbone's pretrained weights")
     p.add_argument("--epochs", type=int, default=None)
@@ -78,6 +82,8 @@ def run_train(args) -> int:
         values["out"] = str(args.out)
     if args.pretrained:
         values["pretrained"] = True
+    if args.allow_partial:
+        values["allow_partial"] = True
     if args.classes:
         values["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     config = load_config(args.config, args.overrides, **values)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 import traitlens
@@ -70,6 +70,15 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def weights_record(model: nn.Module) -> Optional[dict]:
+    """What the backbone's initial weights file gave (``LoadSummary.as_dict()``), if one was loaded."""
+    for module in _plain(model).modules():
+        summary = getattr(module, "traitlens_weights", None)
+        if summary is not None and hasattr(summary, "as_dict"):
+            return summary.as_dict()
+    return None
+
+
 def save_checkpoint(run_dir, model: nn.Module, meta: Dict[str, Any]) -> Path:
     """Write ``run_dir/model.safetensors`` and ``run_dir/model.json``; return ``run_dir``.
 
@@ -97,6 +106,9 @@ def save_checkpoint(run_dir, model: nn.Module, meta: Dict[str, Any]) -> Path:
         "metrics": meta.get("metrics", {}),
         "epoch": meta.get("epoch"),
     }
+    loaded = weights_record(model)
+    if loaded is not None:  # what --weights gave: loaded, dropped, resampled (a run records its starting point)
+        sidecar["initial_weights"] = loaded
     sidecar.update({k: v for k, v in meta.items() if k not in sidecar and k != "config"})
     tmp = run_dir / (WEIGHTS + ".tmp")
     save_file(_tensors(model.state_dict()), str(tmp), metadata={"format": FORMAT})
@@ -129,8 +141,9 @@ def read_meta(path) -> Dict[str, Any]:
         meta = json.loads(sidecar.read_text())
     except json.JSONDecodeError as exc:
         raise UserError(f"checkpoint sidecar {sidecar} is not valid JSON ({exc.msg})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{sidecar} is not a traitlens checkpoint sidecar")
+    check_meta(meta, sidecar)
     return meta
 
 
@@ -145,10 +158,29 @@ def config_from_meta(meta: Dict[str, Any]):
     return TrainConfig.from_dict(known, "checkpoint config")
 
 
+def check_meta(meta: Dict[str, Any], sidecar) -> None:
+    """The sidecar's own consistency: ``num_classes`` a positive integer, ``class_names`` one per output."""
+    n = meta.get("num_classes")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"checkpoint sidecar {sidecar}: num_classes must be a positive integer, not {n!r}")
+    names = meta.get("class_names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(c, str) for c in names)):
+        raise UserError(f"checkpoint sidecar {sidecar}: class_names must be a list of strings")
+    if names and len(names) != n:
+        raise UserError(f"checkpoint sidecar {sidecar} lists {len(names)} class names for a head of {n} outputs: "
+                        "give one name per class (or none)")
+
+
 def load_weights(model: nn.Module, path, meta: Dict[str, Any]) -> nn.Module:
-    """Load checkpoint ``path``'s weights into ``model`` strictly (a :class:`UserError` when they do not fit)."""
+    """Load checkpoint ``path``'s weights into ``model`` strictly (a :class:`UserError` when they do not fit).
+
+    A damaged safetensors file (a header that lies about its offsets) and NaN/inf weights are refused in one line.
+    """
+    from traitlens.backbones.reading import check_finite, read_safetensors
+
     weights, _ = resolve(path)
-    state = load_file(str(weights), device="cpu")
+    state = read_safetensors(weights)
+    check_finite(state, weights)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -258,7 +290,9 @@ def load_training_state(run_dir, model: nn.Module, optimizer: torch.optim.Optimi
         raise UserError(f"nothing to resume in {run_dir}: no {STATE_DIR}/state.json (start afresh instead)",
                         option="resume")
     info = json.loads((folder / "state.json").read_text())
-    tensors = load_file(str(folder / "state.safetensors"), device="cpu")
+    from traitlens.backbones.reading import read_safetensors
+
+    tensors = read_safetensors(folder / "state.safetensors")
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     _plain(model).load_state_dict(weights, strict=True)
     opt_info = info["optimizer"]

@@ -10,6 +10,7 @@ Precedence when a config is assembled: dataclass defaults < YAML file < explicit
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -34,6 +35,8 @@ class TrainConfig:
     still has one output per class found in the data; only the chosen classes' images are used for
     training and validation). ``method_options`` is free-form, read by the method's ``build``;
     ``backbone_options`` are keyword overrides passed to :func:`traitlens.backbones.create`.
+    ``allow_partial``: load ``weights`` even when some tensors do not fit (by default a partial load is an error).
+    Every number must be finite and in range (:meth:`validate`), so ``lr=inf`` fails before training starts.
     """
 
     data: str = ""
@@ -41,6 +44,7 @@ class TrainConfig:
     method: str = "linear-probe"
     backbone: str = "tiny-vit"
     weights: Optional[str] = None
+    allow_partial: bool = False
     pretrained: bool = False
     backbone_options: Dict[str, Any] = field(default_factory=dict)
     epochs: int = 10
@@ -79,6 +83,7 @@ class TrainConfig:
         """Check value ranges and choices; raise :class:`UserError` naming the bad field."""
         for name in fields():
             _check_type(name, getattr(self, name))
+            _check_finite(name, getattr(self, name))
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("amp", self.amp, AMP_MODES)
@@ -93,6 +98,10 @@ class TrainConfig:
                      "min_lr_ratio", "label_smoothing"):
             if getattr(self, name) < 0:
                 raise UserError(f"config: {name} must not be negative, got {getattr(self, name)}")
+        if self.momentum >= 1:
+            raise UserError(f"config: momentum must be below 1, got {self.momentum}")
+        if self.min_lr_ratio > 1:
+            raise UserError(f"config: min_lr_ratio must be at most 1, got {self.min_lr_ratio}")
         if self.label_smoothing >= 1:
             raise UserError(f"config: label_smoothing must be below 1, got {self.label_smoothing}")
         if self.grad_clip is not None and self.grad_clip <= 0:
@@ -142,6 +151,18 @@ def _base_type(hint: Any):
         return _base_type(inner)[0], True
     origin = typing.get_origin(hint)
     return (origin or hint), False
+
+
+def _check_finite(name: str, value: Any, where: str = "config") -> None:
+    """Numbers (also inside mappings such as ``method_options``) must be finite: NaN and inf are refused."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: {name} must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(f"{name}.{k}", v, where)
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(name, v, where)
 
 
 def _check_type(name: str, value: Any) -> None:

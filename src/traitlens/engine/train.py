@@ -386,6 +386,13 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> Dict[str, Any]:
         with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
             logits = run.net(images)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing) * weight
+        if not bool(torch.isfinite(loss.detach())):
+            # Stop before the step: a NaN/inf loss would only make NaN weights, and nothing of this epoch is
+            # saved, so the best checkpoint and the resume state stay those of the last good epoch.
+            raise UserError(
+                f"training stopped: the loss became {float(loss.detach()):g} at epoch {epoch + 1}, step {state.step + 1}; "
+                f"the best checkpoint in {run.run_dir} is kept; lower the learning rate (lr "
+                f"{optimizer.param_groups[-1]['lr']:g} at this step) or set grad_clip", option="overrides")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip is not None:
@@ -461,6 +468,21 @@ def save_epoch(run: Run, state: RunState, row: Dict[str, Any], improved: bool) -
         ckpt.save_training_state(run.run_dir, run.model, run.optimizer, state.info(config), run.scaler)
 
 
+def _weights_line(record: Dict[str, Any]) -> str:
+    """One line on what the backbone's weights file gave (also in model.json as ``initial_weights``)."""
+    line = f"weights {record['path']} ({record['label'] or record['format']}): loaded {record['matched']}/{record['total']}"
+    if record.get("resampled"):
+        line += "; resampled " + ", ".join(f"{k} {v}" for k, v in record["resampled"].items())
+    if record.get("dropped"):
+        line += "; dropped " + ", ".join(f"{d['count']} ({why})" for why, d in record["dropped"].items())
+    if record.get("fresh_head"):
+        line += f"; fresh head ({len(record['fresh_head'])} tensors)"
+    if record.get("partial"):
+        line += (f"; PARTIAL (--allow-partial): {len(record['unexpected'])} unexpected, "
+                 f"{len(record['mismatched'])} mismatched, {len(record['missing']) - len(record['fresh_head'])} missing")
+    return line
+
+
 def _epoch_line(config: TrainConfig, row: Dict[str, Any], metrics: Optional[dict], improved: bool) -> str:
     line = f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
     if metrics is not None:
@@ -515,6 +537,9 @@ def fit(config: TrainConfig, model: nn.Module, param_groups: List[dict], progres
               batches=train_batches, val_set=val_set, optimizer=optimizer, scaler=scaler,
               dtype=dtype, show=progress and ctx.main)
     state = restore(run) if resume else RunState()
+    weights = ckpt.weights_record(model)
+    if run.ctx.main and progress and weights is not None:
+        log(_weights_line(weights))
     prepare_run_dir(run, resume)
     if ctx.main and split_definition is not None:  # a CUB root / split file / unsplit tree: record the split used
         from traitlens.data.folders import write_split_definition

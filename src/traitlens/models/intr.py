@@ -194,28 +194,70 @@ def detr_state_for_intr(state: Dict[str, torch.Tensor], num_classes: int, noise:
     return out, dropped
 
 
+INTR_RELEASE_RENAMES = {"presence_vector.": "presence."}
+
+
+def intr_release_state(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """An INTR release checkpoint's ``model`` (Imageomics/INTR keys) → traitlens INTR keys, every tensor kept.
+
+    The release is DETR's layout (``backbone.0.body.*`` a torchvision ResNet-50 with frozen BatchNorm,
+    ``transformer.*``, ``input_proj``, ``query_embed`` with one row per class) plus ``presence_vector``.
+    """
+    if "presence_vector.weight" not in state or "query_embed.weight" not in state:
+        raise UserError("not an INTR release checkpoint: no presence_vector / query_embed tensors")
+    out = {}
+    for key, value in state.items():
+        if key.startswith(DETR_BACKBONE_PREFIX):
+            key = "backbone." + key[len(DETR_BACKBONE_PREFIX):]
+        for old, new in INTR_RELEASE_RENAMES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
+
+
 def load_detr(model: INTR, path, noise: float = 0.1, seed: int = 0) -> Dict[str, object]:
     """Load a DETR checkpoint file (.pth / .safetensors) into ``model``; returns a summary.
 
-    Shapes must fit (DETR-R50: a ResNet-50 backbone and d=256, 8 heads, 6+6 layers, FFN 2048).
+    Shapes must fit (DETR-R50: a ResNet-50 backbone and d=256, 8 heads, 6+6 layers, FFN 2048). An INTR release
+    checkpoint given here is loaded whole (its class queries and presence vector too), so its classes must be
+    the model's; DETR's detection heads (``class_embed``, ``bbox_embed``) are the only tensors ever dropped.
     """
-    from traitlens.backbones import read_state_dict
+    from traitlens.backbones import read_checkpoint
+    from traitlens.backbones.reading import check_finite
 
-    state, dropped = detr_state_for_intr(read_state_dict(path), model.num_classes, noise,
-                                         torch.Generator().manual_seed(seed))
+    ck = read_checkpoint(path)
+    check_finite(ck.state, path)
+    if "presence_vector.weight" in ck.state:
+        state, dropped = intr_release_state(ck.state), []
+        n = state["query_embed.weight"].shape[0]
+        if n != model.num_classes:
+            raise UserError(f"{path} is an INTR release checkpoint for {n} classes, not {model.num_classes}: import it "
+                            "with traitlens import intr, or start from a DETR checkpoint")
+    else:
+        state, dropped = detr_state_for_intr(ck.state, model.num_classes, noise, torch.Generator().manual_seed(seed))
     own = model.state_dict()
     unknown = [k for k in state if k not in own]
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
            if k in own and own[k].shape != v.shape]
-    if bad:
-        raise UserError(f"DETR checkpoint {path} does not fit this INTR ({len(bad)} shape mismatches, e.g. "
-                        f"{'; '.join(bad[:3])}); build INTR with DETR's sizes and a resnet50 backbone")
+    if bad or unknown:
+        raise UserError(f"DETR checkpoint {path} does not fit this INTR ({len(bad)} shape mismatches, {len(unknown)} "
+                        f"unknown tensors, e.g. {'; '.join((bad + unknown)[:3])}); build INTR with DETR's sizes and a "
+                        "resnet50 backbone (method_options.freeze_batchnorm: true)")
     fit = {k: v for k, v in state.items() if k in own}
     missing = [k for k in own if k not in fit and not k.endswith("num_batches_tracked")]
     if not any(k.startswith("transformer.") for k in fit):
         raise UserError(f"DETR checkpoint {path}: no transformer tensor matches this INTR")
     model.load_state_dict(fit, strict=False)
     return {"path": str(path), "loaded": len(fit), "dropped": dropped, "unknown": unknown, "missing": missing}
+
+
+def release_config(args) -> Dict[str, object]:
+    """INTR's sizes from a release checkpoint's ``args`` (an argparse.Namespace or dict), DETR's where absent."""
+    get = (lambda k, d: getattr(args, k, d)) if not isinstance(args, dict) else (lambda k, d: args.get(k, d))
+    return {"d_model": int(get("hidden_dim", 256)), "num_heads": int(get("nheads", 8)),
+            "num_encoder_layers": int(get("enc_layers", 6)), "num_decoder_layers": int(get("dec_layers", 6)),
+            "dim_feedforward": int(get("dim_feedforward", 2048)), "dropout": float(get("dropout", 0.1))}
 
 
 # -- training through the engine ------------------------------------------------------------------------
@@ -267,6 +309,7 @@ def build_for_training(config, num_classes: int, load_weights: bool = True):
         config.backbone, num_classes=0,
         weights=config.weights if load_weights else None,
         pretrained=bool(config.pretrained and load_weights),
+        strict=not config.allow_partial,
         **dict(config.backbone_options or {}),
     )
     if opts["freeze_batchnorm"]:

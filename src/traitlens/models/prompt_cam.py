@@ -408,6 +408,7 @@ def build_for_training(config, num_classes: int, load_weights: bool = True):
         config.backbone, num_classes=0,
         weights=config.weights if load_weights else None,
         pretrained=bool(config.pretrained and load_weights),
+        strict=not config.allow_partial,
         **dict(config.backbone_options or {}),
     )
     if opts["normalization"] == "inception":
@@ -419,3 +420,28 @@ def build_for_training(config, num_classes: int, load_weights: bool = True):
               {"params": list(model.prompts.scorer.parameters()), "lr": config.lr,
                "weight_decay": config.weight_decay, "name": "scorer"}]
     return model, groups
+
+
+# -- the authors' trained models ------------------------------------------------------------------------
+
+
+def reference_state(state: Dict[str, torch.Tensor]) -> Tuple[Dict[str, torch.Tensor], str]:
+    """A Prompt-CAM ``model.pt``'s ``model_state_dict`` (Imageomics/Prompt_CAM keys) → (traitlens PromptCAM
+    keys, mode). Every tensor is kept: ``vpt.prompt_embeddings`` (L×C×D in Deep, 1×C×D in Shallow) are the
+    class prompts, ``head`` (Linear(D, 1)) the shared scorer, the rest the timm ViT backbone."""
+    if "vpt.prompt_embeddings" not in state or "head.weight" not in state:
+        raise UserError("not a Prompt-CAM model: no vpt.prompt_embeddings / head tensors")
+    prompts = state["vpt.prompt_embeddings"]
+    if prompts.dim() != 3 or tuple(state["head.weight"].shape) != (1, prompts.shape[-1]):
+        raise UserError(f"Prompt-CAM model: prompts {tuple(prompts.shape)} and head {tuple(state['head.weight'].shape)} "
+                        "do not go together (expected L×C×D prompts and a 1×D head)")
+    depth = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("blocks.")), default=0)
+    mode = "deep" if prompts.shape[0] == depth and depth > 1 else "shallow"
+    if prompts.shape[0] not in (1, depth):
+        raise UserError(f"Prompt-CAM model: {prompts.shape[0]} prompt layers for a {depth}-block ViT")
+    out = {"prompts.tokens": prompts, "prompts.scorer.weight": state["head.weight"],
+           "prompts.scorer.bias": state["head.bias"]}
+    for key, value in state.items():
+        if not key.startswith(("vpt.", "head.")):
+            out["backbone." + key] = value
+    return out, mode

@@ -40,15 +40,23 @@ def load_sam2(checkpoint: Union[str, Path, None] = None, download: bool = False,
               dtype: torch.dtype = torch.float32):
     """A ``Sam2VideoModel`` from a local folder, or from the hub when ``download=True``.
 
-    ``checkpoint``: a folder written by ``save_pretrained`` (config.json + model.safetensors), or a hub id
+    ``checkpoint``: an original SAM 2 ``.pt`` (``sam2_hiera_tiny.pt``, ``sam2.1_hiera_large.pt``, ...: converted in
+    process, :mod:`traitlens.segment.sam2_convert`), a folder written by ``save_pretrained`` (config.json +
+    model.safetensors), or a hub id
     (default ``facebook/sam2.1-hiera-tiny``) that is only fetched with ``download=True``.
     """
     Sam2VideoModel, _ = _transformers_sam2()
     name = str(checkpoint or DEFAULT_CHECKPOINT)
     if Path(name).is_dir():
         return Sam2VideoModel.from_pretrained(name, local_files_only=True, dtype=dtype).eval()
+    if Path(name).is_file() and Path(name).suffix.lower() in (".pt", ".pth", ".ckpt"):
+        # An original facebookresearch/sam2 checkpoint (2.0 / 2.1, any size): converted here, in process.
+        from traitlens.segment.sam2_convert import load_original
+
+        return load_original(name, dtype=dtype)
     if Path(name).exists():
-        raise BackendOptionError("checkpoint", name, "give the folder that holds config.json and model.safetensors")
+        raise BackendOptionError("checkpoint", name, "give an original SAM 2 .pt file, or the folder that holds "
+                                 "config.json and model.safetensors")
     if not download:
         raise BackendOptionError("download", None, f"SAM 2 checkpoint {name!r} is not a local folder; it is fetched "
                                  "from the hub only when downloading is allowed")
