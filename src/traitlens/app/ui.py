@@ -72,10 +72,11 @@ def build_blocks(session):
                         upload = gr.Image(label="…or upload an image", type="filepath", sources=["upload"],
                                           height=160, elem_id="tl-upload")
                     with gr.Column(scale=3):
+                        # JPEG: encoding a 224 px PNG costs more than the whole α recombination (bench_app.py).
                         with gr.Row(elem_id="tl-maps"):
-                            base_map = gr.Image(label="base CAM", format="png", interactive=False,
+                            base_map = gr.Image(label="base CAM", format="jpeg", interactive=False,
                                                 elem_id="tl-base-map", height=260)
-                            finer_map = gr.Image(label="Finer-CAM", format="png", interactive=False,
+                            finer_map = gr.Image(label="Finer-CAM", format="jpeg", interactive=False,
                                                  elem_id="tl-finer-map", height=260)
                         alpha = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="α (comparison strength)",
                                           info="0 = the base CAM; moving it recombines kept gradients, no model run",
