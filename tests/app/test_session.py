@@ -156,3 +156,23 @@ def test_cli_help(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--checkpoint" in out and "--share" in out and "127.0.0.1" in out
+
+
+def test_demo_last_line_names_its_checkpoints(tmp_path, monkeypatch):
+    import argparse
+
+    from traitlens.cli.demo import _app_hint
+    from traitlens.studies.memo import memo_path
+    from traitlens.studies.recipes import DEMO_COLLECTION
+
+    monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path))
+    args = argparse.Namespace(seed=0, cache=tmp_path / "demo")
+    assert _app_hint(args).endswith("traitlens app --checkpoint RUN --images DIR")  # nothing made yet: no paths
+    for rel in ("runs/classifier-vit-abc/model.json", "models/prompt-cam-def/model.json"):
+        (tmp_path / "demo" / rel).parent.mkdir(parents=True)
+        (tmp_path / "demo" / rel).write_text("{}")
+    images = memo_path(tmp_path / "datasets", "synth", DEMO_COLLECTION) / "test"
+    images.mkdir(parents=True)
+    line = _app_hint(args)
+    assert f"traitlens app --checkpoint {tmp_path / 'demo/runs/classifier-vit-abc'} --images {images}" in line
+    assert "Heads tab: --checkpoint " + str(tmp_path / "demo/models/prompt-cam-def") in line
