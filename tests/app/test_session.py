@@ -111,6 +111,8 @@ def test_heads_of_prompt_cam(prompt_cam_run, collection, tmp_path):
     s = create_session(prompt_cam_run, collection / "test", project=tmp_path / "p", work=tmp_path / "w")
     assert s.explorer.has_heads
     sid = s.collection_ids()[0]
+    base, finer, top5, caption, view, _ = s.explain({"id": sid}, 1.0, "gradcam", None, "auto (most similar)", [])
+    assert base is None and finer is None and view is None and len(top5) == 5 and "Heads tab" in caption
     tiles, mean, text = s.heads({"id": sid}, "(predicted)", top_k=2)
     x = _input(s, sid)
     model = s.explorer.model

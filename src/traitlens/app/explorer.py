@@ -86,10 +86,15 @@ class Explorer:
         self.display_size = int(display_size)
         self.device = next(model.parameters()).device
         self._layer_error: Optional[str] = None
-        try:
-            self.layer = resolve_layer(model)
-        except UserError as exc:  # e.g. a Prompt-CAM model: the Heads tab still works
-            self.layer, self._layer_error = None, str(exc)
+        if self.has_heads:
+            # Prompt-CAM runs its blocks with prompts outside the backbone's own forward, INTR reads its maps
+            # from the decoder: they explain themselves per head, and no CAM layer of theirs is ever called.
+            self.layer, self._layer_error = None, f"a {self.method} model explains itself per head: see the Heads tab"
+        else:
+            try:
+                self.layer = resolve_layer(model)
+            except UserError as exc:
+                self.layer, self._layer_error = None, str(exc)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Union[str, Path], traits=None, device: str = "cpu",
@@ -161,6 +166,16 @@ class Explorer:
             acts = spec.to_map(leaf.detach(), height, width)
         return MapCache(acts=acts.detach(), grads=grads.detach(), logits=logits.detach(), target=tgt,
                         references=refs, method=method, weights=weights, layer=spec.name)
+
+    @property
+    def cam_problem(self) -> Optional[str]:
+        """Why this model has no CAM maps (None when it has)."""
+        return self._layer_error if self.layer is None else None
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """1×K logits of image ``x`` (no gradients)."""
+        with torch.no_grad():
+            return self.model(x)
 
     def names(self, ids: torch.Tensor) -> List[str]:
         return [self.class_names[int(i)] for i in ids.reshape(-1).tolist() if int(i) >= 0]

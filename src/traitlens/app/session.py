@@ -90,7 +90,15 @@ class AppSession:
 
     def explain(self, current: dict, alpha: float, method: str, target: Optional[str], comparison: str,
                 chosen: Sequence[str]):
-        """The Explain tab's outputs: base CAM, Finer-CAM at α, top-5, a caption, the view, the image."""
+        """The Explain tab's outputs: base CAM, Finer-CAM at α, top-5, a caption, the view, the image.
+
+        For a model without CAM maps (Prompt-CAM, INTR) only the top-5 and a caption saying why."""
+        if self.explorer.cam_problem:
+            path, name = self.image_path(current)
+            x, _ = self.explorer.load(path)
+            with self._model_lock:
+                logits = self.explorer.logits(x)
+            return None, None, self.explorer.top(logits), f"**{name}**: {self.explorer.cam_problem}.", None, current
         view = self.view(current, method, target, comparison, chosen)
         return (self.render(view, 0.0), self.render(view, alpha), self.explorer.top(view.cache.logits),
                 self.caption(view, alpha), view, current)

@@ -67,7 +67,7 @@ def build_blocks(session):
                     with gr.Column(scale=2):
                         search = gr.Textbox(label="Search by species or file name", elem_id="tl-search",
                                             placeholder=", ".join(session.collection.species[:3]))
-                        grid = gr.Gallery(label="Collection", columns=6, height=360, allow_preview=False,
+                        grid = gr.Gallery(label="Collection", columns=4, height=360, allow_preview=False,
                                           object_fit="contain", elem_id="tl-grid", format="png")
                         upload = gr.Image(label="…or upload an image", type="filepath", sources=["upload"],
                                           height=160, elem_id="tl-upload")
@@ -109,12 +109,13 @@ def build_blocks(session):
                     with gr.Row():
                         head_class = gr.Dropdown([PREDICTED, TRUE_CLASS] + classes, value=PREDICTED,
                                                  label="class (prompt) to look through", elem_id="tl-head-class")
-                        head_k = gr.Slider(1, 12, value=4, step=1, label="trait heads kept at most",
-                                           elem_id="tl-head-k")
+                        heads_n = int(getattr(ex.model, "num_heads", 12))
+                        head_k = gr.Slider(1, heads_n, value=max(1, min(4, heads_n // 2)), step=1,
+                                           label="trait heads kept at most", elem_id="tl-head-k")
                         head_go = gr.Button("Show heads", elem_id="tl-head-go")
                     head_info = gr.Markdown("", elem_id="tl-head-info")
                     with gr.Row():
-                        head_grid = gr.Gallery(label="heads", columns=4, height=420, allow_preview=False,
+                        head_grid = gr.Gallery(label="heads", columns=4, height="auto", allow_preview=False,
                                                elem_id="tl-head-grid", format="png")
                         head_mean = gr.Image(label="mean of the trait heads", format="png", interactive=False,
                                              elem_id="tl-head-mean", height=260)
@@ -164,15 +165,13 @@ def build_blocks(session):
 
         map_outputs = [base_map, finer_map, top5, info, cache, current]
 
-        def explain_from_grid(ids, a, m, t, comp, ch, evt: gr.SelectData):
+        def pick_from_grid(ids, evt: gr.SelectData):
             if evt.index is None or evt.index >= len(ids):
                 raise UserError("choose an image of the grid")
-            return session.explain({"id": ids[evt.index]}, a, m, _target(t), comp, ch)
+            return {"id": ids[evt.index]}
 
-        def explain_upload(path, a, m, t, comp, ch):
-            if not path:
-                return [gr.update()] * len(map_outputs)
-            return session.explain({"path": path}, a, m, _target(t), comp, ch)
+        def pick_upload(path):
+            return {"path": path} if path else gr.update()
 
         def reexplain(cur, a, m, t, comp, ch):
             if cur is None:
@@ -180,8 +179,11 @@ def build_blocks(session):
             return session.explain(cur, a, m, _target(t), comp, ch)
 
         settings = [alpha, method, target, comparison, chosen]
-        grid.select(_page_errors(explain_from_grid), [shown] + settings, map_outputs, concurrency_limit=4)
-        upload.upload(_page_errors(explain_upload), [upload] + settings, map_outputs, concurrency_limit=4)
+        # Choosing an image sets the current image first (the Heads tab looks at it too), then explains it.
+        grid.select(_page_errors(pick_from_grid), [shown], [current]).then(
+            _page_errors(reexplain), [current] + settings, map_outputs, concurrency_limit=4)
+        upload.upload(_page_errors(pick_upload), [upload], [current]).then(
+            _page_errors(reexplain), [current] + settings, map_outputs, concurrency_limit=4)
         for control in (method, target, comparison, chosen):
             control.change(_page_errors(reexplain), [current] + settings, map_outputs, concurrency_limit=4,
                            trigger_mode="always_last")
