@@ -178,3 +178,32 @@ def test_demo_last_line_names_its_checkpoints(tmp_path, monkeypatch):
     line = _app_hint(args)
     assert f"traitlens app --checkpoint {tmp_path / 'demo/runs/classifier-vit-abc'} --images {images}" in line
     assert "Heads tab: --checkpoint " + str(tmp_path / "demo/models/prompt-cam-def") in line
+
+
+def test_slider_does_not_wait_for_model_work(session):
+    """A model run (the lock every forward takes) in progress elsewhere does not hold up the α slider."""
+    import threading
+
+    view = session.view({"id": session.collection_ids()[0]})
+    done = threading.Event()
+    with session._model_lock:  # another visitor's model run, still going
+        worker = threading.Thread(target=lambda: (session.rerender(view, 0.4), done.set()))
+        worker.start()
+        assert done.wait(timeout=20)
+    worker.join()
+
+
+def test_serve_binds_loopback_and_warns_for_all_interfaces(session, capsys, monkeypatch):
+    import urllib.request
+
+    import traitlens.app as app_module
+
+    monkeypatch.setattr(app_module, "create_session", lambda *a, **k: session)
+    demo, url = app_module.serve("run", "images", port=None, block=False)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        assert urllib.request.urlopen(url, timeout=20).status == 200
+        assert "warning" not in capsys.readouterr().err
+    finally:
+        demo.close()
+    assert "reachable from other machines" in app_module.host_warning("0.0.0.0")
