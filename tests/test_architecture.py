@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Method packages hold tensor-in, tensor-out methods: they never import the layers built on top of them.
 METHOD_PACKAGES = ("models", "explain", "segment", "calibrate", "compbench", "data", "backbones", "engine")
-UPPER_LAYERS = ("studies", "cli", "runs", "report")
+UPPER_LAYERS = ("studies", "cli", "runs", "report", "app")
 
 
 def module_files(src: Path = SRC) -> Dict[str, Path]:

@@ -21,6 +21,7 @@ from traitlens.errors import UserError
 # partial checkout still runs.
 AREAS = [
     "data", "backbones", "train", "imports", "explain", "traits", "segment", "calibrate", "compbench", "demo",
+    "app",
 ]
 
 

@@ -30,4 +30,32 @@ def _demo(args) -> int:
     if result["failed"]:
         print(f"sections that failed: {', '.join(result['failed'])} (see the report)")
     print(Path(result["index"]).resolve())
+    print(_app_hint(args))
     return 1 if result["failed"] else 0
+
+
+def _app_hint(args) -> str:
+    """The last line: ``traitlens app`` over the demo's own checkpoints (its Prompt-CAM one shows the Heads tab).
+
+    Only looks the finished runs up (the newest classifier and Prompt-CAM run folders of the demo cache, the
+    collection's memo path); it never trains or renders anything.
+    """
+    import shlex
+
+    from traitlens.cache import cache_dir
+    from traitlens.studies.memo import memo_path
+    from traitlens.studies.recipes import DEMO_COLLECTION
+
+    def newest(pattern):
+        found = sorted(root.glob(pattern), key=lambda p: p.stat().st_mtime)
+        return found[-1].parent if found else None
+
+    root = Path(args.cache) if args.cache else cache_dir("demo")
+    run, prompt = newest("runs/classifier-vit-*/model.json"), newest("models/prompt-cam-*/model.json")
+    images = memo_path(cache_dir("datasets"), "synth", DEMO_COLLECTION) / "test"
+    if run is None or not images.is_dir():
+        return "explore a checkpoint in the browser: traitlens app --checkpoint RUN --images DIR"
+    line = f"explore it in the browser: traitlens app --checkpoint {shlex.quote(str(run))} --images {shlex.quote(str(images))}"
+    if prompt is not None:
+        line += f"  (Heads tab: --checkpoint {shlex.quote(str(prompt))})"
+    return line
