@@ -50,6 +50,7 @@ class SegmentJob(Job):
     """
 
     name = "segment"
+    outputs = ("labels", "overlays", "measurements.csv", "summary.json", "index.html")
 
     def __init__(self, propagator: Propagator, supports: Sequence[Support], order: str = "pairwise",
                  batch_size: int = 8, reinsert_every: Optional[int] = None,
@@ -177,15 +178,18 @@ def summarise(out: Path, rows: Sequence[dict], supports_info: List[dict], galler
 
 def segment_collection(propagator: Propagator, supports: Sequence[Support], queries: Sequence[Tuple[str, Path]],
                        out: Path, gt: Optional[Union[Path, Mapping[str, Path]]] = None, workers: int = 0,
-                       max_pixels: int = MAX_PIXELS, skipped: Optional[SkippedFiles] = None, **options) -> dict:
+                       max_pixels: int = MAX_PIXELS, skipped: Optional[SkippedFiles] = None,
+                       run_options: Optional[dict] = None, restart: bool = False, **options) -> dict:
     """Segment ``queries`` (``(wanted id, image file)``, e.g. :class:`~traitlens.runs.inputs.Item` s from
     :func:`~traitlens.runs.inputs.discover`) into ``out``; ``options`` are those of :class:`SegmentJob`.
 
     Returns ``{"done", "resumed", "skipped", "seconds", "out"}``; on rank 0 also the summary's fields.
+    ``run_options``/``restart``: as :func:`traitlens.runs.runner.run`'s ``options``/``restart``.
     """
     pairs = [(q.id, q.path) if isinstance(q, Item) else tuple(q) for q in queries]
     items = unique_items(pairs)
     if isinstance(gt, Mapping):  # keyed by the ids asked for; an id made unique keeps its mask
         gt = {it.id: gt[wanted] for it, (wanted, _) in zip(items, pairs) if wanted in gt}
     job = SegmentJob(propagator, supports, gt=gt, **options)
-    return run(job, items, out, workers=workers, max_pixels=max_pixels, skipped=skipped)
+    return run(job, items, out, workers=workers, max_pixels=max_pixels, skipped=skipped, options=run_options,
+               restart=restart)

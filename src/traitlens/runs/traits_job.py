@@ -29,6 +29,7 @@ class TraitsJob(Job):
     """Rank each image's heads for ``target`` (a class index; ``None``: the prediction), keep the ``top``."""
 
     name = "traits"
+    outputs = ("maps", "overlays", "index.html")
 
     def __init__(self, model: torch.nn.Module, transform, class_names: Sequence[str], target: Optional[int] = None,
                  top: int = 4, stop: bool = True, batch_size: int = 16, title: str = ""):
@@ -103,8 +104,9 @@ class TraitsJob(Job):
 
 def traits_images(model: torch.nn.Module, items: Sequence[Item], transform, out: Path, class_names: Sequence[str],
                   workers: int = 0, max_pixels: int = MAX_PIXELS, skipped: Optional[SkippedFiles] = None,
-                  **options) -> dict:
+                  run_options: Optional[dict] = None, restart: bool = False, **options) -> dict:
     """Rank the heads on ``items`` into ``out`` (``options``: those of :class:`TraitsJob`); returns the
-    runner's counts, on rank 0 with ``images``, ``heads`` and ``top_head_counts`` over all records."""
+    runner's counts, on rank 0 with ``images``, ``heads`` and ``top_head_counts`` over all records.
+    ``run_options``/``restart``: as :func:`traitlens.runs.runner.run`'s ``options``/``restart``."""
     return run(TraitsJob(model, transform, class_names, **options), items, out, workers=workers,
-               max_pixels=max_pixels, skipped=skipped)
+               max_pixels=max_pixels, skipped=skipped, options=run_options, restart=restart)
