@@ -105,3 +105,15 @@ def test_tiny_presets_start_from_the_embedded_backbone_and_random_weights_say_so
         assert config.weights is None and "random weights" in line
     with pytest.raises(UserError, match="tiny-vit and tiny-cnn"):
         starting_weights(TrainConfig(backbone="resnet18", weights="embedded"))
+
+
+def test_train_classes_accept_display_names(tiny_collection):
+    from traitlens.cli.train import _class_folders
+    from traitlens.engine.config import TrainConfig
+
+    names = sorted(p.name for p in (tiny_collection / "train").iterdir())
+    shown = names[2].split("_", 1)[1].replace("_", " ")
+    config = TrainConfig(data=str(tiny_collection))
+    assert _class_folders(f"{shown}, 0", config) == [names[2], names[0]]
+    with pytest.raises(UserError, match="--classes 'nope'"):
+        _class_folders("nope", config)

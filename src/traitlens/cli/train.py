@@ -72,6 +72,8 @@ def register(sub) -> None:
 
 
 def run_train(args) -> int:
+    from dataclasses import replace
+
     from traitlens.engine import distributed
     from traitlens.engine.config import load_config
     from traitlens.methods import train
@@ -81,9 +83,9 @@ def run_train(args) -> int:
         values["out"] = str(args.out)
     if args.pretrained:
         values["pretrained"] = True
-    if args.classes:
-        values["classes"] = [c.strip() for c in args.classes.split(",") if c.strip()]
     config = load_config(args.config, args.overrides, **values)
+    if args.classes:
+        config = replace(config, classes=_class_folders(args.classes, config))
     config, start = starting_weights(config, progress=not args.no_progress)
     if distributed.is_main():
         print(start)
@@ -98,6 +100,17 @@ def run_train(args) -> int:
             print(line)
             write_json(args.json, result)
     return 0
+
+
+def _class_folders(text: str, config):
+    """--classes as the training split's folder names (display names and indices accepted too)."""
+    from traitlens.cli.common import class_names_for
+    from traitlens.engine.data import split_classes
+
+    typed = [c.strip() for c in text.split(",") if c.strip()]
+    if not config.data:
+        return typed
+    return class_names_for(typed, split_classes(config.data, config.train_split), "--classes")
 
 
 #: The tiny presets and the kind of embedded backbone that was pretrained for each.
