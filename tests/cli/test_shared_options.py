@@ -4,6 +4,7 @@ the names a user reads accepted where an id is."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,14 @@ def test_train_classes_accept_display_names(tiny_collection):
     assert _class_folders(f"{shown}, 0", config) == [names[2], names[0]]
     with pytest.raises(UserError, match="--classes 'nope'"):
         _class_folders("nope", config)
+
+
+def test_evaluate_and_backbone_embedded_write_their_results_under_out(collection, checkpoint, tmp_path):
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(collection), "--out",
+                 str(tmp_path / "ev"), "--seed", "3", "--device", "cpu"]) == 0
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert 0 <= result["top1"] <= 1 and result["split"] == "test"
+    assert main(["backbone", "embedded", "--kind", "cnn", "--breadth", "tiny", "--no-progress", "--device", "auto",
+                 "--out", str(tmp_path / "bb"), "--debug"]) == 0
+    record = json.loads((tmp_path / "bb" / "embedded.json").read_text())
+    assert Path(record["weights"]).is_file()
