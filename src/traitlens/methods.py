@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 from torch import nn
 
 from traitlens.engine import checkpoint
+from traitlens.engine import data as engine_data
 from traitlens.engine import train as engine_train
 from traitlens.engine import distributed
 from traitlens.engine.evaluate import evaluate_on_split
@@ -157,9 +158,13 @@ def train(config, progress: bool = True, resume: Optional[bool] = None) -> Dict[
 def load_model(path, device="cpu") -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild the model of checkpoint ``path`` (run folder, .safetensors or .json) and load its weights strictly.
 
-    Returns (model in eval mode on ``device``, the sidecar's meta).
+    Returns (model in eval mode on ``device``, the sidecar's meta); ``model.traitlens_transform`` is its eval
+    transform (photo → normalised 3×H×W tensor: ``model.traitlens_transform(pil)[0]``).
     """
-    return checkpoint.load_model(path, device=device, build=build_model)
+    model, meta = checkpoint.load_model(path, device=device, build=build_model)
+    # What a notebook needs to preprocess a photo as the checkpoint was trained (explain() uses it too).
+    model.traitlens_transform = engine_data.eval_transform(model, checkpoint.config_from_meta(meta))
+    return model, meta
 
 
 def evaluate_checkpoint(path, data, split: str = "test", device: str = "auto", batch_size: int = 64,

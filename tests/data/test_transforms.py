@@ -134,3 +134,62 @@ def test_large_label_ids_survive_resize():
     _, m = SpecimenTransform(20)(img, mask)
     assert set(m.unique().tolist()) <= set(mask.ravel().tolist())
     assert m[0, 0].item() == mask[1, 1]
+
+
+# --- photos of other shapes: timm's crop modes, and maps drawn back on the photo ------------------------------
+def _hash(t):
+    import hashlib
+
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16]
+
+
+def test_center_mode_is_bit_identical_to_the_transform_cached_claims_were_made_with():
+    # Digests of the eval transform before crop modes existed (same torch build): the synthetic collection's
+    # square images, at the model's size and resized, must give the very same tensors.
+    rng = np.random.default_rng(17)
+    expected = {(64, 64, 64, 1.0, "bilinear"): ("82ed2347e243d834", "50813386bebb8137"),
+                (64, 64, 32, 1.0, "bilinear"): ("383d3165e3a716b7", "54e56994724ff40a"),
+                (96, 96, 64, 0.875, "bicubic"): ("13d3e3b40882d992", "3bfb9755f1db7659"),
+                (332, 500, 64, 1.0, "bilinear"): ("965876c3ed90d3b8", "97875353601b6f73")}
+    for (h, w, size, crop, interp), digests in expected.items():
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        mask = rng.integers(0, 5, (h, w))
+        x, m = SpecimenTransform(size, crop_pct=crop, interpolation=interp)(img, mask)
+        assert (_hash(x), _hash(m)) == digests, (h, w, size)
+
+
+def test_border_mode_keeps_the_whole_strip_and_pads_with_the_mean():
+    strip = np.full((100, 1200, 3), 250, np.uint8)
+    t = SpecimenTransform(64, MEAN, STD, crop_mode="border")
+    x, m = t(Image.fromarray(strip), np.ones((100, 1200), np.int64))
+    assert x.shape == (3, 64, 64)
+    rows = (m.sum(1) > 0).nonzero().flatten()
+    assert 4 <= len(rows) <= 7  # 100/1200 of 64 rows hold the strip, the rest is padding
+    assert torch.allclose(x[:, 0], torch.zeros(3, 64), atol=0.02)  # padding: the mean colour → 0 normalised
+    assert m[0].sum() == 0 and m[rows].all()
+    center = SpecimenTransform(64, MEAN, STD)(Image.fromarray(strip), np.ones((100, 1200), np.int64))[1]
+    assert center.all()  # the default centre crop sees only the middle 100×100 of the strip
+
+
+def test_squash_ignores_the_aspect_and_from_data_config_reads_crop_mode():
+    t = from_data_config({"input_size": (3, 32, 32), "crop_mode": "squash"})
+    assert t.crop_mode == "squash"
+    geo = t.sample_geometry(300, 100)
+    assert (geo.left, geo.top, geo.width, geo.height) == (0, 0, 300, 100)
+    with pytest.raises(ValueError, match="crop_mode"):
+        SpecimenTransform(32, crop_mode="stretch")
+
+
+def test_map_to_input_puts_a_map_back_where_the_crop_came_from():
+    from traitlens.data.transforms import map_to_input
+
+    t = SpecimenTransform(64)
+    geo = t.sample_geometry(500, 332)  # centre crop: 332×332 from x = 84
+    heat = torch.zeros(64, 64)
+    heat[:, :32] = 1.0  # the left half of what the model saw
+    out, seen = map_to_input(heat, geo, (332, 500))
+    assert out.shape == (332, 500) and seen.shape == (332, 500)
+    assert not seen[:, :80].any() and not seen[:, 420:].any() and seen[:, 90:410].all()
+    assert out[:, 90:240].min() > 0.99 and out[:, 260:410].max() < 0.01
+    small, seen_small = map_to_input(heat[None].repeat(2, 1, 1), geo, (332, 500), out_size=(83, 125))
+    assert small.shape == (2, 83, 125) and seen_small.float().mean().item() == pytest.approx(332 / 500, abs=0.02)

@@ -47,3 +47,27 @@ def test_traits_resumes_and_keeps_one_record_per_image(tmp_path, prompt_cam, mak
     assert again["done"] == 3 and again["resumed"] == 2 and again["images"] == 5
     assert len((out / "results.jsonl").read_text().splitlines()) == 5
     assert (out / "index.html").read_text().count("<img") == 5 * 3
+
+
+def test_traits_warns_when_the_model_is_at_chance_and_lists_skipped_files(tmp_path, prompt_cam, make_images,
+                                                                          capsys):
+    make_images(tmp_path / "c", 3)
+    (tmp_path / "c" / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main(["traits", "--checkpoint", str(prompt_cam), "--images", str(tmp_path / "c"), "--top-heads", "2",
+                 "--out", str(out), "--device", "cpu", "--json", str(tmp_path / "s.json")]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "s.json").read_text())
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    mean_top = np.mean([r["top_probability"] for r in rows])
+    assert mean_top < 1.5 / 3  # the untrained model: near 1/3 on 3 classes
+    assert any("at chance" in w for w in summary["warnings"]) and "warning: the model is at chance" in printed
+    assert summary["skipped"] == 1 and "skipped.jsonl" in printed
+    html = (out / "index.html").read_text()
+    assert "Warning: the model is at chance" in html and "broken.png" in html
+    from traitlens.runs.traits_job import trust_warnings
+
+    trained = [{"top_probability": 0.9, "num_classes": 3, "blur_effect": 0.3}] * 4
+    assert trust_warnings(trained) == []
+    still = [{"top_probability": 0.9, "num_classes": 3, "blur_effect": 0.001}] * 4
+    assert ["changes the class probability by less than" in w for w in trust_warnings(still)] == [True]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from typing import List, Optional
 
 from traitlens import __version__
+from traitlens.cli.common import add_debug
 from traitlens.errors import UserError
 
 # Areas in the order they appear in `traitlens --help`. A module that is missing is skipped, so a
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    add_debug(parser)  # after every area registered: --debug is accepted after any sub-command too
     return parser
 
 
@@ -84,6 +87,35 @@ def non_finite_option(args: argparse.Namespace, parser: argparse.ArgumentParser,
     return None
 
 
+def command_parser(parser: argparse.ArgumentParser, argv: List[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub-)command ``argv`` runs (``traitlens segment finetune ...`` → its parser)."""
+    current = parser
+    for arg in argv:
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or arg not in subs[0].choices:
+            if arg.startswith("-"):
+                continue
+            break
+        current = subs[0].choices[arg]
+    return current
+
+
+def cli_terms(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library message in the command's terms: ``traits=...`` (a Python keyword) becomes ``--traits FILE``
+    when the command has that option; other words are left as they are."""
+    flags = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest not in flags:
+            long = [f for f in action.option_strings if f.startswith("--")] or action.option_strings
+            meta = action.metavar or (action.dest.upper() if action.nargs != 0 else None)
+            flags[action.dest] = long[0] + (f" {meta}" if meta else "")
+
+    def swap(match):
+        return flags.get(match.group(1), match.group(0))
+
+    return re.sub(r"\b([a-z_]+)=(?:\.\.\.|…)", swap, message)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -102,8 +134,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        flag = flag_for(getattr(exc, "option", None), parser, argv)
-        print(f"traitlens: error: {exc}" + (f" (check {flag})" if flag else ""), file=sys.stderr)
+        command = command_parser(parser, argv)
+        option = getattr(exc, "option", None)
+        flag = flag_for(option, parser, argv)
+        hint = f" (check {flag})" if flag else ""
+        if option and not flag:  # not given on the line: still name the flag, never the Python keyword
+            named = flag_for(option, command, [f for a in command._actions for f in a.option_strings])
+            hint = f" (see {named})" if named and named not in str(exc) else ""
+        print(f"traitlens: error: {cli_terms(str(exc), command)}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("traitlens: interrupted; finished work is saved, rerun the same command to resume",

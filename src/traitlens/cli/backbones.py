@@ -22,11 +22,14 @@ def register(sub) -> None:
     emb.add_argument("--breadth", default="standard", choices=["standard", "broad", "tiny"],
                      help="standard: 18 species, ~2 min on 2 CPU cores (the demo's); broad: 200 species, 30 "
                           "epochs, ~25 min on 2 CPU cores, the one to freeze under Prompt-CAM; tiny: seconds, checks the machinery")
-    emb.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to pretrain (default cpu)")
+    emb.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                     help="where to pretrain (default cpu: the cached recipe is the CPU's)")
     emb.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                      help="where backbones are cached (default $TRAITLENS_CACHE/backbones)")
     emb.add_argument("--force", action="store_true", help="pretrain again even if a cached copy exists")
     emb.add_argument("--no-progress", action="store_true", help="no progress bars")
+    emb.add_argument("--out", type=Path, default=None, metavar="DIR",
+                     help="also write the record (embedded.json, naming the cached weights) to DIR")
     emb.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the record as JSON to FILE")
     emb.set_defaults(func=_embedded)
 
@@ -46,12 +49,18 @@ def _embedded(args) -> int:
     from traitlens.studies.embedded import RECORD, embedded_backbone
     from traitlens.engine.checkpoint import WEIGHTS
 
-    run = embedded_backbone(args.kind, cache_dir=args.cache_dir, force=args.force, device=args.device,
+    from traitlens.engine.distributed import resolve_device
+
+    device = str(resolve_device(args.device))
+    run = embedded_backbone(args.kind, cache_dir=args.cache_dir, force=args.force, device=device,
                             progress=not args.no_progress, breadth=args.breadth)
     record = json.loads((run / RECORD).read_text())
     print(f"{run}: tiny-{args.kind} ({args.breadth}), test top-1 {record['test_top1']:.3f} on its "
           f"{record['recipe']['collection']['species']} pretraining species; weights {run / WEIGHTS}")
-    write_json(args.json, dict(record, run=str(run), weights=str(run / WEIGHTS)))
+    payload = dict(record, run=str(run), weights=str(run / WEIGHTS))
+    write_json(args.json, payload)
+    if args.out is not None:
+        write_json(Path(args.out) / RECORD, payload)
     return 0
 
 

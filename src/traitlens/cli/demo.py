@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from traitlens.cli.common import add_common
+from traitlens.cli.common import add_common, write_json
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run every method on the embedded synthetic collection and write an HTML report",
                        description="Make (or reuse) the synthetic collection and the tiny pretrained backbones, "
                                    "train the demo classifiers, run each method's section and write OUT/index.html.")
-    add_common(p, json_out=False)
+    add_common(p)
     p.add_argument("--sections", default="all",
                    help="comma-separated sections to run (explain,models,segment,calibrate,compbench) or 'all'")
     p.add_argument("--cache", type=Path, default=None,
@@ -30,6 +30,7 @@ def _demo(args) -> int:
     if result["failed"]:
         print(f"sections that failed: {', '.join(result['failed'])} (see the report)")
     print(Path(result["index"]).resolve())
+    write_json(args.json, result)
     print(_app_hint(args))
     return 1 if result["failed"] else 0
 

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from traitlens.cli.common import add_common, write_json
+from traitlens.cli.common import (add_common, add_crop, add_restart, checkpoint_options, class_names_for,
+                                  write_json, with_crop)
 from traitlens.errors import UserError
 
 
@@ -25,19 +26,26 @@ def register(sub) -> None:
                         "prefix finer- for Finer-CAM (default finer-gradcam)")
     e.add_argument("--alpha", default="1", help="comparison strength(s), comma-separated (default 1)")
     e.add_argument("--compare", default="auto",
-                   help="auto (choose by --references) or class names/ids to compare with, comma-separated")
+                   help="auto (choose by --references) or classes to compare with, comma-separated: folder names "
+                        "(01_Pseudavis_flava), display names (\"Pseudavis flava\") or ids")
     e.add_argument("--references", default="logit-distance",
                    choices=["logit-distance", "top-predicted", "weight-cosine", "taxonomy"],
                    help="how --compare auto picks the similar classes (default logit-distance)")
     e.add_argument("--k", type=int, default=3, help="number of reference classes (default 3)")
-    e.add_argument("--target", default=None, help="explain this class instead of the prediction")
-    e.add_argument("--traits", type=Path, default=None, help="traits.json (for --references taxonomy)")
+    e.add_argument("--target", default=None, help="explain this class (a name as --compare) instead of the prediction")
+    e.add_argument("--traits", type=Path, default=None, metavar="FILE",
+                   help="traits.json (for --references taxonomy; its display names are accepted too)")
     e.add_argument("--layer", default=None, help="target layer module path (default: the backbone's layout)")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     e.add_argument("--limit", type=int, default=None, help="explain at most this many images")
     e.add_argument("--save-maps", action="store_true", help="also write the raw maps to maps.npz")
     e.add_argument("--gallery", type=int, default=200, help="overlays shown in index.html (default 200)")
+    e.add_argument("--ood-threshold", type=float, default=0.5, metavar="P",
+                   help="flag a prediction as out of domain when the model's maximum softmax probability is below "
+                        "P (default 0.5; the energy score -logsumexp(logits) is recorded too)")
+    add_crop(e)
+    add_restart(e)
     e.set_defaults(func=_explain)
 
     v = sub.add_parser(
@@ -88,6 +96,19 @@ def _parse_alphas(text: str):
     return alphas
 
 
+def _display_names(names, traits):
+    """The display names of the model's classes: traits.json's when it describes them, else the folder names
+    without their number."""
+    from traitlens.cli.common import display_name
+
+    if traits is not None:
+        try:
+            return [traits.name(n) for n in names]
+        except UserError:
+            pass
+    return [display_name(n) for n in names]
+
+
 def _load(checkpoint: Path, device):
     from traitlens.engine.checkpoint import config_from_meta
     from traitlens.methods import load_model
@@ -119,21 +140,37 @@ def _explain(args) -> int:
     if args.traits is not None:
         from traitlens.data.traits import load_traits
         traits = load_traits(args.traits)
+    if args.compare == "auto" and args.references == "taxonomy" and traits is None:
+        raise UserError("--references taxonomy needs --traits FILE (a traits.json with genera)")
+    if not 0 <= args.ood_threshold <= 1:
+        raise UserError(f"--ood-threshold {args.ood_threshold}: a probability in [0, 1]")
+    display = _display_names(names, traits)
     skipped = SkippedFiles()
     items = discover(args.images, skipped)
     if args.limit is not None:
         items = items[:args.limit]
-    references = args.references if args.compare == "auto" else [c.strip() for c in args.compare.split(",")]
+    references = (args.references if args.compare == "auto"
+                  else class_names_for([c for c in args.compare.split(",") if c.strip()], names, "--compare", display))
+    target = None if args.target is None else class_names_for([args.target], names, "--target", display)[0]
+    transform = with_crop(transform, args.crop)
     summary = explain_images(model, items, transform, args.out, class_names=names, method=spec[0].base,
                              finer=spec[0].finer, alphas=alphas, references=references, k=args.k,
-                             target=args.target, traits=traits, target_layer=args.layer,
+                             target=target, traits=traits, target_layer=args.layer,
                              batch_size=args.batch_size, workers=args.workers, save_maps=args.save_maps,
-                             gallery=args.gallery, skipped=skipped)
+                             gallery=args.gallery, skipped=skipped, ood_threshold=args.ood_threshold,
+                             run_options=checkpoint_options(args.checkpoint), restart=args.restart)
     distributed.cleanup()
     if not ctx.main:
         return 0
     print(f"explained {summary['explained']} images ({summary['skipped_done']} already done, "
           f"{summary['unreadable']} unreadable) → {args.out}")
+    if summary.get("labelled"):
+        print(f"{summary['wrong']} of {summary['labelled']} images whose folder names a class are predicted wrongly")
+    if summary.get("out_of_domain"):
+        print(f"{summary['out_of_domain']} prediction(s) look out of domain (max softmax probability < "
+              f"{args.ood_threshold:g}): see out_of_domain in results.jsonl")
+    if summary.get("small_inputs"):
+        print(f"{summary['small_inputs']} image(s) far below the model's input size (small_input in results.jsonl)")
     write_json(args.json, summary)
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from traitlens.cli.common import add_common, write_json
+from traitlens.cli.common import add_common, add_restart, part_id, read_part_names, write_json
 from traitlens.errors import UserError
 
 
@@ -27,6 +27,10 @@ def _backend_options(p) -> None:
     p.add_argument("--download", action="store_true", help="allow fetching the SAM 2 checkpoint from the hub")
     p.add_argument("--offload-video", action="store_true", help="SAM 2: keep frames on the CPU")
     p.add_argument("--offload-state", action="store_true", help="SAM 2: keep the memory on the CPU")
+    p.add_argument("--traits", type=Path, default=None, metavar="FILE",
+                   help="traits.json naming the part ids (default: one beside the support image, if any)")
+    p.add_argument("--part-names", type=Path, default=None, metavar="FILE",
+                   help="part names of the support mask's ids: JSON {\"6\": \"wing_spot\"} or lines 'ID NAME'")
 
 
 def register(sub) -> None:
@@ -54,6 +58,7 @@ def register(sub) -> None:
                         "masked record of the train list for Heliconius, of the release for NEON)")
     s.add_argument("--no-overlays", action="store_true")
     s.add_argument("--gallery", type=int, default=60)
+    add_restart(s)
     s.set_defaults(func=_segment)
     inner = s.add_subparsers(dest="segment_command", metavar="COMMAND")
     f = inner.add_parser(
@@ -78,8 +83,10 @@ def register(sub) -> None:
                     "(a real reverse pass), rank descending: ranking.csv, ranking.jsonl, index.html.")
     add_common(r)
     _backend_options(r)
-    r.add_argument("--trait", type=int, required=True, help="trait id in the support mask")
+    r.add_argument("--trait", required=True, metavar="ID|NAME",
+                   help="the trait: its id in the support mask, or its name (wing_spot) from --traits / --part-names")
     r.add_argument("--top", type=int, default=30, help="images shown in index.html")
+    add_restart(r)
     r.set_defaults(func=_retrieve)
 
 
@@ -140,6 +147,36 @@ def _propagator(args, device, differentiable=False):
         raise UserError(f"{flag}: {exc.problem}") from None
 
 
+def _trait_names(args) -> dict:
+    """``{part id: name}`` from --part-names, --traits, or a traits.json in a folder above the support image."""
+    if args.part_names is not None or args.traits is not None:
+        return read_part_names(args.traits, args.part_names)
+    for support in args.support[:1]:
+        for folder in list(Path(support).resolve().parents)[:5]:
+            if (folder / "traits.json").is_file():
+                try:
+                    return read_part_names(folder / "traits.json")
+                except UserError:
+                    return {}
+    return {}
+
+
+def _run_options(args) -> dict:
+    """What segment / retrieve records depend on beyond the job's settings: the supports' files (by digest) and
+    the backend's options."""
+    from traitlens.runs.store import file_digest
+
+    options = {"supports": [[file_digest(i), file_digest(m)] for i, m in zip(args.support, args.support_mask)],
+               "backend": args.backend, "features": args.features, "work_size": args.work_size, "local": args.local,
+               "projection": file_digest(args.projection), "sam2": args.checkpoint}
+    if getattr(args, "dataset", None):
+        options.update(dataset=args.dataset, split=args.split, group=args.group, support_id=args.support_id)
+    if args.backbone is not None:
+        options["backbone"] = (file_digest(Path(args.backbone) / "model.json") if Path(args.backbone).is_dir()
+                               else file_digest(args.backbone))
+    return options
+
+
 # ----------------------------------------------------------------------------------------- commands
 def _segment(args) -> int:
     import torch
@@ -168,7 +205,8 @@ def _segment(args) -> int:
         summary = segment_collection(prop, supports, items, args.out, gt=gt, skipped=skipped, order=args.order,
                                      batch_size=args.batch_size, reinsert_every=args.reinsert_every,
                                      overlays=not args.no_overlays, gallery=args.gallery, support_info=info,
-                                     extra=extra)
+                                     extra=extra, trait_names=_trait_names(args),
+                                     run_options=_run_options(args), restart=args.restart)
     if not ctx.main:
         return 0
     summary.pop("seconds")
@@ -246,15 +284,21 @@ def _retrieve(args) -> int:
     if len(supports) != 1:
         raise UserError("retrieve takes one --support/--support-mask pair")
     support = supports[0]
-    if not bool((support[1] == args.trait).any()):
-        raise UserError(f"--trait {args.trait}: the support mask has no pixel with that id "
-                        f"(ids present: {sorted(int(i) for i in support[1].unique() if i > 0)})")
+    names = _trait_names(args)
+    trait = part_id(args.trait, names, "--trait")
+    if not bool((support[1] == trait).any()):
+        present = sorted(int(i) for i in support[1].unique() if i > 0)
+        raise UserError(f"--trait {args.trait}: the support mask has no pixel with id {trait} (ids present: "
+                        + ", ".join(f"{names[i]} ({i})" if i in names else str(i) for i in present) + ")")
     skipped = SkippedFiles()
     items = _items(args, skipped)
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     prop = _propagator(args, device)
-    result = retrieve_collection(prop, support, args.trait, items, args.out, top=args.top, skipped=skipped)
-    print(f"ranked {len(result['ranking'])} images by trait {args.trait} ({result['skipped']} unreadable) → {args.out}")
-    write_json(args.json, {"trait": args.trait, "ranking": result["ranking"], "skipped": result["skipped"]})
+    result = retrieve_collection(prop, support, trait, items, args.out, top=args.top, skipped=skipped,
+                                 trait_name=names.get(trait), run_options=_run_options(args), restart=args.restart)
+    shown = f"{names[trait]} ({trait})" if trait in names else str(trait)
+    print(f"ranked {len(result['ranking'])} images by trait {shown} ({result['skipped']} unreadable) → {args.out}")
+    write_json(args.json, {"trait": trait, "trait_name": names.get(trait), "ranking": result["ranking"],
+                           "skipped": result["skipped"]})
     return 0

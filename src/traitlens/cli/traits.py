@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from traitlens.cli.common import add_common, write_json
+from traitlens.cli.common import (add_common, add_crop, add_restart, checkpoint_options, class_index, write_json,
+                                  with_crop)
 from traitlens.errors import UserError
 
 
@@ -24,11 +25,14 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a prompt-cam or intr run folder")
     p.add_argument("--images", required=True, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--class", dest="target", default="auto", metavar="NAME|auto",
-                   help="class to explain on every image (name or index), or auto: the predicted class")
+                   help="class to explain on every image (folder name, display name such as \"Pseudavis flava\", or "
+                        "index), or auto: the predicted class")
     p.add_argument("--top-heads", dest="top_heads", type=int, default=4, help="heads to keep (default 4)")
     p.add_argument("--no-stop", dest="stop", action="store_false",
                    help="rank down to --top-heads even when blurring would misclassify the image")
     p.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    add_crop(p)
+    add_restart(p)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -36,14 +40,7 @@ def register(sub) -> None:
 def _class_index(target: str, names: list) -> int | None:
     if target == "auto":
         return None
-    if target in names:
-        return names.index(target)
-    if target.isdigit() and int(target) < len(names):
-        return int(target)
-    folded = [n for n in names if n.lower().replace("_", " ") == target.lower().replace("_", " ")]
-    if len(folded) == 1:
-        return names.index(folded[0])
-    raise UserError(f"unknown class {target!r}; the model knows {len(names)} classes, e.g. {', '.join(names[:5])}")
+    return class_index(target, names, flag="--class")
 
 
 def run(args) -> int:
@@ -67,16 +64,22 @@ def run(args) -> int:
             raise UserError(f"{args.checkpoint} is a {meta.get('method')} model; traits needs a prompt-cam or intr run")
         names = list(meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))])
         target = _class_index(args.target, names)
-        summary = traits_images(model, items, eval_transform(model, config_from_meta(meta)), Path(args.out), names,
+        transform = with_crop(eval_transform(model, config_from_meta(meta)), args.crop)
+        summary = traits_images(model, items, transform, Path(args.out), names,
                                 skipped=skipped, target=target, top=min(args.top_heads, int(model.num_heads)),
                                 stop=args.stop, batch_size=args.batch_size,
-                                title=f" ({meta.get('method')}, class {args.target})")
+                                title=f" ({meta.get('method')}, class {args.target})",
+                                run_options={**checkpoint_options(args.checkpoint), "transform": repr(transform)},
+                                restart=args.restart)
     if not ctx.main:
         return 0
     if not summary["images"]:
         raise UserError("none of the images could be read (see skipped.jsonl)")
     summary.pop("seconds")
     write_json(args.json, summary)
-    print(f"{summary['done']} images ({summary['resumed']} already done, {summary['skipped']} unreadable) → "
+    print(f"{summary['done']} images ({summary['resumed']} already done, {summary['skipped']} unreadable"
+          + (f", listed in {Path(args.out) / 'skipped.jsonl'}" if summary["skipped"] else "") + ") → "
           f"{Path(args.out) / 'results.jsonl'}, {Path(args.out) / 'index.html'}")
+    for warning in summary.get("warnings", []):
+        print(f"warning: {warning}")
     return 0

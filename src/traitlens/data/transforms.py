@@ -4,7 +4,11 @@ Every transform here is "crop a box of the input, resize it to the output size, 
 :class:`Geometry` is applied to the image (antialiased bilinear/bicubic), the mask (nearest neighbour, ids kept
 exactly) and points or boxes (CUB parts and bounding boxes), so all three stay aligned.
 
-Evaluation follows timm: the shorter side goes to ``size / crop_pct`` and the centre ``size`` is kept.
+Evaluation follows timm's ``crop_mode``: ``center`` (the default) sends the shorter side to ``size / crop_pct`` and
+keeps the centre ``size``; ``border`` fits the longer side instead and pads the rest (with the mean colour, so
+padding is zero after normalisation); ``squash`` resizes both sides, ignoring the aspect ratio. A crop box may
+reach outside the image (``border``): what lies outside is padding. :func:`map_to_input` sends a map computed on
+the transformed image back onto the original photo's pixels.
 Training draws a random-resized crop and a horizontal flip from the ``torch.Generator`` it is given, never
 from global RNG, so a dataset can seed each sample by (seed, epoch, index): a resumed or distributed run then
 sees exactly the augmentations of a single uninterrupted run.
@@ -26,6 +30,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Size = Union[int, Sequence[int]]
+CROP_MODES = ("center", "border", "squash")
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
@@ -113,13 +118,19 @@ class SpecimenTransform:
     with probability 0.5 when ``hflip``. ``seed`` seeds the transform's own generator, used only when a call
     passes none.
 
+    ``crop_mode`` (eval): ``center``, ``border`` (fit the longer side, pad) or ``squash`` (aspect not kept), as
+    timm's data config names them.
+
     ``t(image, mask=None, generator=None) -> (3×H×W float normalised, H×W long or None)``.
     """
 
     def __init__(self, size: Size, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  train: bool = False, crop_pct: Optional[float] = None, scale: Tuple[float, float] = (0.7, 1.0),
                  hflip: bool = True, ratio: Tuple[float, float] = (3 / 4, 4 / 3),
-                 interpolation: str = "bilinear", seed: int = 0):
+                 interpolation: str = "bilinear", seed: int = 0, crop_mode: str = "center"):
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
+        self.crop_mode = crop_mode
         self.size = _pair(size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -142,7 +153,8 @@ class SpecimenTransform:
         self._std_t = torch.tensor(self.std).view(3, 1, 1)
 
     def __repr__(self) -> str:
-        mode = f"train, scale={self.scale}, hflip={self.hflip}" if self.train else f"eval, crop_pct={self.crop_pct}"
+        mode = (f"train, scale={self.scale}, hflip={self.hflip}" if self.train
+                else f"eval, crop_pct={self.crop_pct}, crop_mode={self.crop_mode}")
         return f"SpecimenTransform(size={self.size}, {mode}, interpolation={self.interpolation})"
 
     # --- geometry ---------------------------------------------------------------------------------------
@@ -158,6 +170,14 @@ class SpecimenTransform:
 
     def _center_geometry(self, width: int, height: int) -> Geometry:
         out_h, out_w = self.size
+        if self.crop_mode == "squash":  # timm: Resize((size / crop_pct,) * 2), then the centre size
+            ch = max(1, round(height * self.crop_pct))
+            cw = max(1, round(width * self.crop_pct))
+            return Geometry(int(round((width - cw) / 2.0)), int(round((height - ch) / 2.0)), cw, ch, out_h, out_w)
+        if self.crop_mode == "border":  # timm: ResizeKeepRatio (longer side), then CenterCropOrPad
+            s = min(out_h / self.crop_pct / height, out_w / self.crop_pct / width)
+            ch, cw = max(1, round(out_h / s)), max(1, round(out_w / s))
+            return Geometry(int(round((width - cw) / 2.0)), int(round((height - ch) / 2.0)), cw, ch, out_h, out_w)
         # Scale that maps the input onto (out / crop_pct) covering both sides, as timm's Resize + CenterCrop.
         s = max(out_h / self.crop_pct / height, out_w / self.crop_pct / width)
         ch = min(height, max(1, round(out_h / s)))
@@ -210,6 +230,10 @@ class SpecimenTransform:
         return out, m
 
     def _image(self, img: torch.Tensor, geo: Geometry) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        if geo.left < 0 or geo.top < 0 or geo.left + geo.width > w or geo.top + geo.height > h:
+            img = self._padded(img, geo)
+            geo = Geometry(0, 0, geo.width, geo.height, geo.out_h, geo.out_w, geo.flip)
         crop = img[:, geo.top:geo.top + geo.height, geo.left:geo.left + geo.width].float()
         if (geo.height, geo.width) != (geo.out_h, geo.out_w):
             if self.interpolation == "nearest":
@@ -221,6 +245,17 @@ class SpecimenTransform:
         if geo.flip:
             crop = crop.flip(-1)
         return (crop / 255.0 - self._mean_t) / self._std_t
+
+    def _padded(self, img: torch.Tensor, geo: Geometry) -> torch.Tensor:
+        """The crop box of ``geo`` cut from ``img`` (3×H×W uint8), the part outside the image in the mean colour."""
+        fill = torch.tensor([round(m * 255) for m in self.mean], dtype=img.dtype).view(3, 1, 1)
+        box = fill.expand(3, geo.height, geo.width).clone()
+        h, w = img.shape[-2:]
+        y0, x0 = max(0, geo.top), max(0, geo.left)
+        y1, x1 = min(h, geo.top + geo.height), min(w, geo.left + geo.width)
+        if y1 > y0 and x1 > x0:
+            box[:, y0 - geo.top:y1 - geo.top, x0 - geo.left:x1 - geo.left] = img[:, y0:y1, x0:x1]
+        return box
 
     def with_geometry(self, image, mask=None, generator: Optional[torch.Generator] = None):
         """Like ``__call__`` but also returns the :class:`Geometry` used, to map points and boxes."""
@@ -242,7 +277,11 @@ def resize_mask(mask: torch.Tensor, geo: Geometry) -> torch.Tensor:
     cols = geo.left + torch.floor((torch.arange(geo.out_w) + 0.5) * (geo.width / geo.out_w)).long()
     rows = rows.clamp_(geo.top, geo.top + geo.height - 1)
     cols = cols.clamp_(geo.left, geo.left + geo.width - 1)
-    out = mask.index_select(0, rows).index_select(1, cols)
+    h, w = mask.shape[-2:]
+    inside_r, inside_c = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+    out = mask.index_select(0, rows.clamp(0, h - 1)).index_select(1, cols.clamp(0, w - 1))
+    if not (bool(inside_r.all()) and bool(inside_c.all())):  # padding (crop_mode border) is background
+        out = out * (inside_r[:, None] & inside_c[None, :]).to(out.dtype)
     if geo.flip:
         out = out.flip(-1)
     return out.contiguous()
@@ -269,8 +308,39 @@ def from_data_config(cfg: dict, train: bool = False, **kw) -> SpecimenTransform:
     }
     if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest"):
         args["interpolation"] = cfg["interpolation"]
+    if cfg.get("crop_mode") in CROP_MODES:
+        args["crop_mode"] = cfg["crop_mode"]
     args.update(kw)
     return SpecimenTransform(train=train, **args)
+
+
+def map_to_input(maps: torch.Tensor, geometry: Geometry, input_size: Tuple[int, int],
+                 out_size: Optional[Tuple[int, int]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Maps computed on a transformed image, drawn back on the original image's pixels.
+
+    ``maps``: ...×h×w over the transformed image (any resolution: it spans the whole output frame);
+    ``geometry``: the transform's :class:`Geometry` for an input of ``input_size`` (H, W); ``out_size``: the
+    (H', W') to draw at (default ``input_size``; a smaller one for a reduced copy of a large photo). Returns
+    ``(...×H'×W' maps, H'×W' bool: the pixels the model saw)``; pixels it did not see (cropped away) are 0.
+    Bilinear, batched over the leading dimensions.
+    """
+    H, W = int(input_size[0]), int(input_size[1])
+    oh, ow = (H, W) if out_size is None else (int(out_size[0]), int(out_size[1]))
+    lead = maps.shape[:-2]
+    flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
+    # Pixel centres of the drawing, in input pixels, then in the transformed frame's [-1, 1].
+    y = (torch.arange(oh, dtype=torch.float32) + 0.5) * (H / oh)
+    x = (torch.arange(ow, dtype=torch.float32) + 0.5) * (W / ow)
+    v = (y - geometry.top) / geometry.height * 2 - 1
+    u = (x - geometry.left) / geometry.width * 2 - 1
+    if geometry.flip:
+        u = -u
+    seen = ((v >= -1) & (v <= 1))[:, None] & ((u >= -1) & (u <= 1))[None, :]
+    grid = torch.stack(torch.meshgrid(u, v, indexing="xy"), dim=-1)  # H'×W'×2, (x, y) order
+    grid = grid.to(flat.device).expand(flat.shape[0], oh, ow, 2)
+    out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = out * seen.to(out.device, out.dtype)
+    return out.reshape(*lead, oh, ow), seen
 
 
 def denormalize(tensor: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,

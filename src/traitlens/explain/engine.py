@@ -131,8 +131,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
     through them. traits: a TraitTable for ``references="taxonomy"``. score_batch_size and
     score_channels (keep only the top-variance channels) tune Score-CAM.
     """
-    if not torch.is_tensor(images) or images.dim() != 4:
-        raise UserError("images must be a B×3×H×W tensor")
+    from traitlens.explain.inputs import as_batch  # paths, PIL images, arrays, 3×H×W tensors → B×3×H×W
+
+    images = as_batch(model, images)
     if not isinstance(method, str) or method.startswith("pgc:"):
         return explain_with_package(model, images, method, finer=finer, alpha=alpha, target=target,
                                     references=references, target_layer=target_layer, k=k, weights=weights,

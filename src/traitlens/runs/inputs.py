@@ -10,6 +10,7 @@ same order give the same ids, so a rerun finds its earlier records.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -86,3 +87,28 @@ def artifact_stem(iid: str) -> str:
 def flat_name(iid: str) -> str:
     """An id as one file name (folders joined by ``__``), for outputs that are one flat folder."""
     return artifact_stem(iid).replace("/", "__")
+
+
+# ------------------------------------------------------------------------------------- names a user reads
+def fold_name(name: str) -> str:
+    """Case, underscores, hyphens and runs of spaces do not matter: ``01_Pseudavis_flava`` ~ ``01 pseudavis flava``."""
+    return " ".join(re.split(r"[\s_\-]+", str(name).strip().lower()))
+
+
+def display_name(folder: str) -> str:
+    """``01_Pseudavis_flava`` → ``Pseudavis flava`` (a numbered class folder's species name; others unchanged)."""
+    return re.sub(r"^\d+[_\-\s]+", "", str(folder)).replace("_", " ")
+
+
+def class_from_folder(path: Path, class_names: Sequence[str]) -> Optional[int]:
+    """The class an image's folder names (``<class>/<image>``, the ImageFolder convention: its folder name or the
+    display name), or None when the folder is not a class of the model."""
+    folder = Path(path).parent.name
+    names = list(class_names)
+    if folder in names:
+        return names.index(folder)
+    for candidates in (names, [display_name(n) for n in names]):
+        hits = [i for i, n in enumerate(candidates) if fold_name(n) == fold_name(folder)]
+        if len(hits) == 1:
+            return hits[0]
+    return None

@@ -29,9 +29,12 @@ class RetrieveJob(Job):
     """Score every image by the IoU of ``trait`` after support → image → support."""
 
     name = "retrieve"
+    outputs = ("ranking.csv", "ranking.jsonl", "index.html")
 
-    def __init__(self, propagator: Propagator, support: Support, trait: int, top: int = 30):
+    def __init__(self, propagator: Propagator, support: Support, trait: int, top: int = 30,
+                 trait_name: Optional[str] = None):
         self.propagator, self.support, self.trait, self.top = propagator, support, trait, top
+        self.trait_name = trait_name
         self.k = 1 + int(support[1].max())
 
     def settings(self) -> dict:
@@ -58,7 +61,8 @@ class RetrieveJob(Job):
             lines.append(json.dumps({"rank": i, "path": r["path"], "score": r["score"]}) + "\n")
         write_durably(out / "ranking.csv", table.getvalue().encode("utf-8"))
         write_durably(out / "ranking.jsonl", "".join(lines).encode("utf-8"))
-        section = Section(f"Images ranked by trait {self.trait}",
+        named = f"{self.trait_name} ({self.trait})" if self.trait_name else str(self.trait)
+        section = Section(f"Images ranked by trait {named}",
                           intro="Score: IoU of the support's trait after support → image → support.")
         section.gallery([(r["file"], f"{i}. {r['path']} · {r['score']:.2f}")
                          for i, r in enumerate(ranked[:self.top], 1)])
@@ -68,7 +72,9 @@ class RetrieveJob(Job):
 
 def retrieve_collection(propagator: Propagator, support: Support, trait: int, items: Sequence[Item], out: Path,
                         top: int = 30, workers: int = 0, max_pixels: int = MAX_PIXELS,
-                        skipped: Optional[SkippedFiles] = None) -> dict:
-    """Rank ``items`` by ``trait`` into ``out``; returns the runner's counts and ``ranking`` (best first)."""
-    return run(RetrieveJob(propagator, support, trait, top), items, out, workers=workers, max_pixels=max_pixels,
-               skipped=skipped)
+                        skipped: Optional[SkippedFiles] = None, trait_name: Optional[str] = None,
+                        run_options: Optional[dict] = None, restart: bool = False) -> dict:
+    """Rank ``items`` by ``trait`` into ``out``; returns the runner's counts and ``ranking`` (best first).
+    ``run_options``/``restart``: as :func:`traitlens.runs.runner.run`'s ``options``/``restart``."""
+    return run(RetrieveJob(propagator, support, trait, top, trait_name=trait_name), items, out, workers=workers,
+               max_pixels=max_pixels, skipped=skipped, options=run_options, restart=restart)

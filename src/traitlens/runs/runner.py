@@ -21,8 +21,8 @@ import torch
 from traitlens.data.imageio import SkippedFiles, load_image
 from traitlens.errors import BadImageError, UserError
 from traitlens.runs.inputs import Item
-from traitlens.runs.store import (RESULTS, ResultsFile, ShardLock, done_ids, remove_stale_temporaries, run_records,
-                                  write_durably)
+from traitlens.runs.store import (RESULTS, ResultsFile, ShardLock, check_options, clear_run, done_ids, remove_stale_temporaries,
+                                  run_records, write_durably)
 
 #: Largest image a bulk run decodes (pixels, from the file's header): 64 M pixels is 192 MB as RGB,
 #: larger than any specimen photograph, far below what would exhaust a worker's memory.
@@ -36,6 +36,8 @@ class Job:
     """What a bulk command computes. Subclasses set ``name`` and implement the three steps."""
 
     name = "run"
+    #: Files and folders below the output folder this job writes besides the records (removed by ``--restart``).
+    outputs: Tuple[str, ...] = ("index.html",)
 
     def settings(self) -> dict:
         """What the records depend on (JSON values): a rerun into the same folder must ask for the same."""
@@ -88,8 +90,12 @@ def _as_is(sample):
 
 
 def run(job: Job, items: Sequence[Item], out: Path, workers: int = 0, max_pixels: int = MAX_PIXELS,
-        skipped: Optional[SkippedFiles] = None) -> dict:
+        skipped: Optional[SkippedFiles] = None, options: Optional[dict] = None, restart: bool = False) -> dict:
     """Run ``job`` over ``items`` into ``out``; ``skipped`` holds what input discovery left out.
+
+    The folder's ``run.json`` records the job's :meth:`Job.settings` and ``options`` (what the caller knows the
+    records depend on, e.g. the checkpoint's digest): a rerun with the same resumes, one with others is refused
+    unless ``restart``, which replaces the folder's records and the job's :attr:`Job.outputs`.
 
     Returns ``{"done": n, "resumed": n, "skipped": n, "seconds": s, "out": str}`` for this process; on rank 0
     ``skipped`` counts every process's, and the fields of :meth:`Job.finish` join in.
@@ -104,7 +110,12 @@ def run(job: Job, items: Sequence[Item], out: Path, workers: int = 0, max_pixels
     shard_skipped = SkippedFiles()
     start = time.time()
     try:
-        _check_settings(out, job)
+        wanted = {"job": job.name, **job.settings(), **(options or {})}
+        if restart:
+            if rank == 0:
+                clear_run(out, job.outputs)
+            distributed.barrier()  # no rank reads the folder before rank 0 has cleared it
+        check_options(out, wanted)  # every rank: a refusal is the same line on each
         if world == 1:  # the lock says no other process writes here: any temporary is a killed writer's
             remove_stale_temporaries(out)
         done = done_ids(out)
@@ -154,25 +165,6 @@ def run(job: Job, items: Sequence[Item], out: Path, workers: int = 0, max_pixels
     counts["skipped"] = len(everything)
     counts.update(job.finish(out, records))
     return counts
-
-
-def _check_settings(out: Path, job: Job) -> None:
-    """Record the job's settings in ``run.json``, or refuse to resume a folder made with other ones (its
-    records would be kept as if they answered this run)."""
-    import json
-
-    wanted = {"job": job.name, **job.settings()}
-    wanted = json.loads(json.dumps(wanted))  # as read back: tuples become lists
-    path = out / "run.json"
-    if path.exists():
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in sorted(set(earlier) | set(wanted)) if earlier.get(k) != wanted.get(k)]
-        if changed:
-            k = changed[0]
-            raise UserError(f"{out} holds the results of another run ({k}: {earlier.get(k)!r} there, "
-                            f"{wanted.get(k)!r} now); choose another output folder or remove it")
-        return
-    write_durably(path, (json.dumps(wanted, indent=2) + "\n").encode("utf-8"))
 
 
 def _shard_skipped(out: Path, rank: int, world: int) -> Path:

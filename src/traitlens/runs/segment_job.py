@@ -39,7 +39,7 @@ from traitlens.segment.propagator import Propagator
 from traitlens.segment.support import MAX_TRAIT_ID, to_frame
 from traitlens.segment.tracking import Support, track
 
-MEASURE_COLUMNS = ["path", "trait", "area_px", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1",
+MEASURE_COLUMNS = ["path", "trait", "trait_name", "area_px", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1",
                    "bbox_y1", "mean_r", "mean_g", "mean_b"]
 
 
@@ -50,16 +50,18 @@ class SegmentJob(Job):
     """
 
     name = "segment"
+    outputs = ("labels", "overlays", "measurements.csv", "summary.json", "index.html")
 
     def __init__(self, propagator: Propagator, supports: Sequence[Support], order: str = "pairwise",
                  batch_size: int = 8, reinsert_every: Optional[int] = None,
                  gt: Optional[Union[Path, Mapping[str, Path]]] = None, num_labels: Optional[int] = None,
                  overlays: bool = True, gallery: int = 60, support_info: Sequence[dict] = (),
-                 extra: Optional[dict] = None):
+                 extra: Optional[dict] = None, trait_names: Optional[Mapping[int, str]] = None):
         self.propagator, self.supports, self.order = propagator, list(supports), order
         self.batch_size, self.reinsert_every, self.gt = batch_size, reinsert_every, gt
         self.k = num_labels or 1 + max(int(lbl.max()) for _, lbl in self.supports)
         self.overlays, self.gallery, self.support_info, self.extra = overlays, gallery, list(support_info), extra
+        self.trait_names = {int(k): str(v) for k, v in (trait_names or {}).items()}
         self.started = time.time()
 
     def settings(self) -> dict:
@@ -100,7 +102,7 @@ class SegmentJob(Job):
 
     def finish(self, out: Path, records: List[dict]) -> dict:
         return summarise(out, records, self.support_info, gallery=self.gallery,
-                         seconds=time.time() - self.started, extra=self.extra)
+                         seconds=time.time() - self.started, extra=self.extra, trait_names=self.trait_names)
 
 
 def _label_png(labels: np.ndarray) -> bytes:
@@ -135,13 +137,22 @@ def _score_against(gt, iid: str, labels: torch.Tensor, k: int, image: Optional[P
 
 
 def summarise(out: Path, rows: Sequence[dict], supports_info: List[dict], gallery: int = 60,
-              seconds: Optional[float] = None, extra: Optional[dict] = None) -> dict:
+              seconds: Optional[float] = None, extra: Optional[dict] = None,
+              trait_names: Optional[Mapping[int, str]] = None) -> dict:
     """``summary.json`` (per-trait IoU and mIoU with ground truth), ``measurements.csv`` and ``index.html``
-    from all records; ``extra`` entries join the summary (e.g. the images a release lists but the disk lacks)."""
+    from all records; ``extra`` entries join the summary (e.g. the images a release lists but the disk lacks).
+    ``trait_names`` (``{id: name}``, from traits.json or a part-names file) name the traits in all three."""
     from traitlens.report import Section, write_page
 
     out = Path(out)
+    names = {int(k): str(v) for k, v in (trait_names or {}).items()}
+
+    def named(t) -> str:
+        return f"{names[int(t)]} ({t})" if int(t) in names else str(t)
+
     summary: Dict[str, object] = {"images": len(rows), "supports": supports_info}
+    if names:
+        summary["trait_names"] = {str(k): v for k, v in sorted(names.items())}
     scored = [r for r in rows if r.get("confusion")]
     if scored:
         n = max(len(r["confusion"]) for r in scored)
@@ -152,6 +163,8 @@ def summarise(out: Path, rows: Sequence[dict], supports_info: List[dict], galler
         per = iou_from_confusion(cm)
         summary["scored_images"] = len(scored)
         summary["per_trait_iou"] = {str(i): (None if torch.isnan(v) else float(v)) for i, v in enumerate(per) if i > 0}
+        if names:
+            summary["per_trait_iou_by_name"] = {names.get(int(i), str(i)): v for i, v in summary["per_trait_iou"].items()}
         summary["miou"] = mean_iou(per)
     failed = [r for r in rows if r.get("gt_error")]
     if failed:  # ground truth that was listed but could not be scored is reported, never dropped silently
@@ -164,12 +177,20 @@ def summarise(out: Path, rows: Sequence[dict], supports_info: List[dict], galler
     writer = csv.DictWriter(table, fieldnames=MEASURE_COLUMNS)
     writer.writeheader()
     for r in rows:
-        writer.writerows({"path": r["path"], **m} for m in r.get("measurements", []))
+        writer.writerows({"path": r["path"], **m, "trait_name": names.get(int(m["trait"]), "")}
+                         for m in r.get("measurements", []))
     write_durably(out / "measurements.csv", table.getvalue().encode("utf-8"))
     section = Section("Trait segmentation by tracking",
                       intro=f"{len(rows)} images segmented from {len(supports_info)} labelled support image(s).")
+    found: Dict[int, List[float]] = {}
+    for r in rows:
+        for m in r.get("measurements", []):
+            found.setdefault(int(m["trait"]), []).append(float(m["area_px"]))
+    if found:
+        section.table([{"trait": named(t), "images": len(a), "mean area (px)": float(np.mean(a))}
+                       for t, a in sorted(found.items())], caption="The traits found")
     if "miou" in summary:
-        section.table([{"trait": t, "IoU": v} for t, v in summary["per_trait_iou"].items()] +
+        section.table([{"trait": named(t), "IoU": v} for t, v in summary["per_trait_iou"].items()] +
                       [{"trait": "mean", "IoU": summary["miou"]}], caption="IoU against the ground truth")
     items = []
     for r in rows[:gallery]:
@@ -184,15 +205,18 @@ def summarise(out: Path, rows: Sequence[dict], supports_info: List[dict], galler
 
 def segment_collection(propagator: Propagator, supports: Sequence[Support], queries: Sequence[Tuple[str, Path]],
                        out: Path, gt: Optional[Union[Path, Mapping[str, Path]]] = None, workers: int = 0,
-                       max_pixels: int = MAX_PIXELS, skipped: Optional[SkippedFiles] = None, **options) -> dict:
+                       max_pixels: int = MAX_PIXELS, skipped: Optional[SkippedFiles] = None,
+                       run_options: Optional[dict] = None, restart: bool = False, **options) -> dict:
     """Segment ``queries`` (``(wanted id, image file)``, e.g. :class:`~traitlens.runs.inputs.Item` s from
     :func:`~traitlens.runs.inputs.discover`) into ``out``; ``options`` are those of :class:`SegmentJob`.
 
     Returns ``{"done", "resumed", "skipped", "seconds", "out"}``; on rank 0 also the summary's fields.
+    ``run_options``/``restart``: as :func:`traitlens.runs.runner.run`'s ``options``/``restart``.
     """
     pairs = [(q.id, q.path) if isinstance(q, Item) else tuple(q) for q in queries]
     items = unique_items(pairs)
     if isinstance(gt, Mapping):  # keyed by the ids asked for; an id made unique keeps its mask
         gt = {it.id: gt[wanted] for it, (wanted, _) in zip(items, pairs) if wanted in gt}
     job = SegmentJob(propagator, supports, gt=gt, **options)
-    return run(job, items, out, workers=workers, max_pixels=max_pixels, skipped=skipped)
+    return run(job, items, out, workers=workers, max_pixels=max_pixels, skipped=skipped, options=run_options,
+               restart=restart)

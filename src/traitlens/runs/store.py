@@ -25,6 +25,7 @@ from traitlens.errors import UserError
 
 RESULTS = "results.jsonl"
 LOCKS = ".lock"
+OPTIONS = "run.json"  # the options a run folder's records answer (see check_options)
 
 
 TMP_MARK = ".tmp-"
@@ -195,3 +196,67 @@ def npy_bytes(array) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array))
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------ the run's options
+def file_digest(path, length: int = 16) -> Optional[str]:
+    """The first ``length`` hex digits of a file's SHA-256 (None when ``path`` is None or not a file): what an
+    input file contributes to a run's options, so that a changed checkpoint or support image is noticed."""
+    import hashlib
+
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+def clear_run(out: Path, outputs=()) -> None:
+    """Remove a run folder's records and outputs (``outputs``: the job's files and folders below ``out``), so a
+    ``--restart`` starts afresh. A folder without records is left as it is: nothing in it is a run's."""
+    import shutil
+
+    out = Path(out)
+    if not ((out / RESULTS).exists() or (out / OPTIONS).exists()):
+        return
+    for name in (RESULTS, OPTIONS, "skipped.jsonl", ".shards", *outputs):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def check_options(out: Path, options: dict, restart: bool = False, outputs=()) -> None:
+    """Record ``options`` (what the records depend on, JSON values) in ``out/run.json``, or refuse a folder made
+    with other ones in one line naming ``--restart``: its records would be kept as if they answered this run.
+
+    ``restart``: clear the folder's records and ``outputs`` first (:func:`clear_run`). Call it with the shard
+    lock held, on one process (rank 0); the others call it after a barrier, when the file is there.
+    Every bulk job uses it through :func:`traitlens.runs.runner.run`; a job outside the runner calls it
+    itself before writing anything.
+    """
+    out = Path(out)
+    wanted = json.loads(json.dumps(options))  # as read back: tuples become lists
+    path = out / OPTIONS
+    if restart:
+        clear_run(out, outputs)
+    if path.exists():
+        try:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            earlier = {}
+        changed = [k for k in sorted(set(earlier) | set(wanted)) if earlier.get(k) != wanted.get(k)]
+        if changed:
+            k = changed[0]
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise UserError(f"{out} holds results made with other options ({k}: {earlier.get(k)!r} there, "
+                            f"{wanted.get(k)!r} now{more}); rerun with --restart to replace them, or choose "
+                            "another --out")
+        return
+    if (out / RESULTS).exists() and any(True for _ in read_records(out / RESULTS)):
+        raise UserError(f"{out} holds results whose options were not recorded; rerun with --restart to replace "
+                        "them, or choose another --out")
+    write_durably(path, (json.dumps(wanted, indent=2) + "\n").encode("utf-8"))
