@@ -16,7 +16,9 @@ from traitlens.errors import UserError
 README = Path(__file__).resolve().parents[2] / "README.md"
 # What README's "The CLI at a glance" says each of these leaves out, and why (compbench's are its own).
 EXCEPTIONS = {("data", "synth"): {"--device"}, ("data", "info"): {"--out", "--device", "--seed"},
-              ("backbone", "embedded"): {"--seed"}}
+              ("backbone", "embedded"): {"--seed"}, ("data", "split"): {"--device"},
+              ("data", "masks"): {"--device", "--seed"}, ("backbone", "identify"): {"--out", "--device", "--seed"},
+              ("import",): {"--device", "--seed"}, ("app",): {"--out", "--seed", "--json"}}
 SHARED = ("--out", "--device", "--seed", "--json", "--debug")
 
 
