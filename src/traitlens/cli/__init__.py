@@ -20,7 +20,7 @@ from traitlens.errors import UserError
 # Areas in the order they appear in `traitlens --help`. A module that is missing is skipped, so a
 # partial checkout still runs.
 AREAS = [
-    "data", "backbones", "train", "explain", "traits", "segment", "calibrate", "compbench", "demo",
+    "data", "backbones", "train", "explain", "traits", "segment", "atlas", "calibrate", "compbench", "demo",
 ]
 
 
