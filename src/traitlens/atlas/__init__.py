@@ -12,7 +12,7 @@ intervals and the combined ranking in :mod:`~traitlens.atlas.ranking`. The bulk 
 atlas`` (:mod:`traitlens.runs.atlas_job`); the HTML cards are drawn by :mod:`traitlens.report.atlas`.
 """
 
-from traitlens.atlas.build import build_atlas, denormalise, partner_matrix, records
+from traitlens.atlas.build import build_atlas, denormalise, partner_matrix, propagate_dataset, records
 from traitlens.atlas.cards import specimen_map
 from traitlens.atlas.evidence import REMOVALS, EvidenceOptions, image_evidence, resolved_settings
 from traitlens.atlas.groundtruth import precision_table
@@ -22,7 +22,7 @@ from traitlens.atlas.ranking import assemble
 from traitlens.atlas.result import FIGURES, SOURCES, Atlas, PairEvidence, PartEvidence, Stat, load_atlas
 
 __all__ = ["build_atlas", "Atlas", "PairEvidence", "PartEvidence", "Stat", "load_atlas", "EvidenceOptions",
-           "image_evidence", "resolved_settings", "records", "partner_matrix", "denormalise", "assemble",
+           "image_evidence", "resolved_settings", "records", "partner_matrix", "propagate_dataset", "denormalise", "assemble",
            "select_pairs", "parse_pairs", "partner_table", "PAIR_MODES", "REMOVALS", "LabelledSupport",
            "PartPropagator", "check_support_ids", "part_names_from", "precision_table", "specimen_map",
            "FIGURES", "SOURCES"]

@@ -15,7 +15,7 @@ the same stages image by image through the resumable runner.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -82,7 +82,9 @@ def build_atlas(model: torch.nn.Module, dataset, pairs: Union[str, Sequence] = "
     pairs: ``siblings`` (genera of ``traits``), ``confused`` (needs ``confusion``, K×K on the validation split),
     ``all``, or explicit ``"A:B,..."`` / ``[(A, B), ...]`` (class names, display names or indices).
     parts: ``"masks"``, a :class:`~traitlens.atlas.parts.PartPropagator` (segmentation by tracking from
-    labelled supports), or any callable ``(frames N×3×H×W in [0, 1], labels N) → N×H×W`` part ids.
+    labelled supports), any callable ``(frames N×3×H×W in [0, 1], labels N) → N×H×W`` part ids, or a mapping
+    image path → H×W part ids made beforehand (:func:`propagate_dataset`, to share one propagation between
+    models).
     part_names: id → name (default: traits.json's parts). Only images whose species is in a pair are read.
     """
     from traitlens.data.folders import collate
@@ -116,6 +118,11 @@ def build_atlas(model: torch.nn.Module, dataset, pairs: Union[str, Sequence] = "
             if "mask" not in batch:
                 raise UserError("parts='masks' needs a dataset with part masks; give supports to propagate parts")
             part_maps = batch["mask"]
+        elif isinstance(parts, Mapping):
+            missing = [p for p in batch["path"] if p not in parts]
+            if missing:
+                raise UserError(f"no part map for {len(missing)} images (first: {missing[0]})")
+            part_maps = torch.stack([torch.as_tensor(parts[p]).long() for p in batch["path"]])
         else:
             frames = denormalise(images, transform.mean, transform.std)
             part_maps = parts(frames, labels)
@@ -126,6 +133,23 @@ def build_atlas(model: torch.nn.Module, dataset, pairs: Union[str, Sequence] = "
     display = [display_name(traits, n) for n in names]
     return assemble(recs, chosen, names, part_names, display, bootstrap=bootstrap, seed=seed, skipped=skipped,
                     settings={"evidence": options.as_dict(), **(settings or {})}, progress=progress)
+
+
+def propagate_dataset(propagator: PartPropagator, dataset, batch_size: int = 32, progress: bool = True
+                      ) -> Dict[str, torch.Tensor]:
+    """Part maps for every image of ``dataset`` (its transform's normalised images), propagated from the
+    propagator's supports: ``{path: H×W long}``, for ``build_atlas(parts=...)``."""
+    from traitlens.data.folders import collate
+    from traitlens.progress import progress as bar
+
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
+    out: Dict[str, torch.Tensor] = {}
+    for batch in bar(loader, desc="atlas: parts", unit="batch") if progress else loader:
+        if "image" not in batch:
+            continue
+        maps = propagator(denormalise(batch["image"], dataset.transform.mean, dataset.transform.std), batch["label"])
+        out.update(zip(batch["path"], maps))
+    return out
 
 
 def _targets(dataset) -> List[int]:

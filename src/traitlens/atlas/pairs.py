@@ -64,7 +64,7 @@ def parse_pairs(spec: Union[str, Sequence], class_names: Sequence[str], traits=N
     ``skipped`` (``{"pair": text, "reason": ...}``) so the rest of the atlas is still made.
     """
     if isinstance(spec, str):
-        entries = [s for s in spec.split(",") if s.strip()]
+        entries = [s.strip() for s in spec.split(",") if s.strip()]
     else:
         entries = list(spec)
     pairs: List[Pair] = []

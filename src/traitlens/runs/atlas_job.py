@@ -31,6 +31,7 @@ from traitlens.runs.runner import MAX_PIXELS, Job, Output, batched, run
 from traitlens.runs.store import png_bytes
 
 MASK_SUFFIX = ".png"
+CARDS = "cards.npz"  # the cards' pictures, so a report can redraw the atlas without the model
 
 
 def species_of(item: Item) -> str:
@@ -127,6 +128,7 @@ class AtlasJob(Job):
         paths = atlas.write(out)
         table = _precision(atlas, self.traits)
         specimens = self._specimens(out, atlas, recs)
+        write_cards(out / CARDS, specimens)
         write_atlas_page(atlas, out / "index.html", specimens, table)
         return {"pairs": len(atlas.pairs), "pairs_left_out": len(atlas.skipped),
                 "localised": sum(p.localised for p in atlas.pairs), "precision": table,
@@ -164,6 +166,34 @@ class AtlasJob(Job):
         heat = specimen_map(self.model, x, own, other, self.options, self._settings)
         picture = (denormalise(x[None], self.transform.mean, self.transform.std)[0] * 255).round().byte()
         return picture.permute(1, 2, 0).numpy(), (m == part).numpy(), heat.numpy()
+
+
+def write_cards(path: Path, specimens: Dict[str, dict]) -> None:
+    """The representative specimens of every card (``{pair key: {side: (picture, mask, heat)}}``) as one
+    ``.npz`` (arrays only; :func:`load_cards` reads it back), written whole."""
+    arrays = {}
+    for k, (key, sides) in enumerate(specimens.items()):
+        arrays[f"key_{k}"] = np.array(key)
+        for side, (picture, mask, heat) in sides.items():
+            arrays[f"{k}_{side}_picture"] = picture
+            arrays[f"{k}_{side}_mask"] = mask
+            arrays[f"{k}_{side}_heat"] = heat.astype(np.float16)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_cards(path: Path) -> Dict[str, dict]:
+    """What :func:`write_cards` wrote (nothing is unpickled)."""
+    out: Dict[str, dict] = {}
+    if not Path(path).is_file():
+        return out
+    with np.load(path, allow_pickle=False) as z:
+        keys = {int(n[4:]): str(z[n]) for n in z.files if n.startswith("key_")}
+        for k, key in sorted(keys.items()):
+            out[key] = {side: (z[f"{k}_{side}_picture"], z[f"{k}_{side}_mask"], z[f"{k}_{side}_heat"].astype(np.float32))
+                        for side in ("a", "b") if f"{k}_{side}_picture" in z.files}
+    return out
 
 
 def _label_png(labels: np.ndarray) -> bytes:
