@@ -212,3 +212,27 @@ def test_parts_propagate_from_the_species_support():
     assert prop.supports_for(2) == prop.supports  # no own support: its genus'
     out = prop(frames, torch.tensor([0, 1]))
     assert (out == parts).float().mean() > 0.97  # the support itself comes back
+
+
+@pytest.mark.parametrize("method", ["prompt-cam", "intr"])
+def test_heads_evidence_of_a_self_explaining_model(method):
+    from traitlens.engine.config import load_config
+    from traitlens.methods import build_model
+
+    torch.manual_seed(0)
+    model, _ = build_model(load_config(None, method=method, backbone="tiny-vit", image_size=32, device="cpu"), 3)
+    x, parts = torch.randn(4, 3, 32, 32), torch.randint(0, 4, (4, 32, 32))
+    with torch.no_grad():
+        labels = model.eval()(x).argmax(1)  # an untrained model: its own predictions are "correct"
+    partners = ((labels + 1) % 3)[:, None]
+    ev = image_evidence(model, x, labels, parts, partners, 3, EvidenceOptions())
+    total = ev["heads"].sum(1)  # parts 1-3 cover about 3/4 of the image, the background the rest
+    assert torch.isfinite(ev["heads"]).all() and (total > 0.5).all() and (total <= 1 + 1e-5).all()
+    # Prompt-CAM has no hookable layer: its CAM figures are left out; INTR's are taken
+    assert torch.isnan(ev["finer"]).all() == (method == "prompt-cam")
+    recs = records(ev, labels, partners, [f"{i}.png" for i in range(4)])
+    pairs = sorted({tuple(sorted((int(a), int(b)))) for a, b in zip(labels, partners[:, 0])})
+    atlas = assemble(recs, pairs, NAMES, PARTS, bootstrap=20, progress=False)
+    assert "heads" in atlas.sources and atlas.pairs and all(p.ranking("heads") for p in atlas.pairs)
+    if method == "prompt-cam":
+        assert "of the head attention" in atlas.pairs[0].sentence

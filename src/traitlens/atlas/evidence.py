@@ -214,8 +214,16 @@ def _evidence(model, x, labels, parts, partners, num_parts, probs, options, gene
             continue
         # an empty slot still needs some other class for the call; its maps are discarded
         refs = torch.where(valid, partners[:, slot], (labels + 1) % num_classes)[:, None]
-        e = explain(model, xs, alpha=[0.0, 1.0], target=labels, references=refs,
-                    target_layer=settings["target_layer"])
+        try:
+            e = explain(model, xs, alpha=[0.0, 1.0], target=labels, references=refs,
+                        target_layer=settings["target_layer"])
+        except UserError:
+            if not hasattr(model, "identify_traits"):
+                raise
+            # Prompt-CAM runs its blocks outside their modules' forward: no layer to hook. Its heads are the
+            # model's own evidence; the CAM figures stay NaN.
+            gradcam = torch.full((b, num_parts), float("nan"), device=device)
+            break
         shares = energy_shares(e.maps, onehot_s)  # 2×B×P
         if gradcam is None:
             gradcam = shares[0]

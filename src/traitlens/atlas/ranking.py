@@ -120,7 +120,10 @@ def sentence(a_name: str, b_name: str, top: Optional[PartEvidence], localised: b
     if top is None:
         return f"*{a_name}* and *{b_name}*: no part could be scored."
     f = top.figures
-    evidence = (f"{_pct(f['finer'].mean)} of the contrastive evidence on {_pct(f['area'].mean)} of the area; "
+    share = (f"{_pct(f['finer'].mean)} of the contrastive evidence" if not math.isnan(f["finer"].mean) else
+             f"{_pct(f['heads'].mean)} of the head attention" if "heads" in f and not math.isnan(f["heads"].mean)
+             else "no map evidence")
+    evidence = (f"{share} on {_pct(f['area'].mean)} of the area; "
                 f"removing it lowers p(own species) − p(other) by {f['drop'].mean:.2f} "
                 f"[{f['drop'].lo:.2f}, {f['drop'].hi:.2f}], a random region of the same area by {f['random'].mean:.2f}")
     part = top.name.replace("_", " ")

@@ -116,9 +116,10 @@ def precision_rows(table: Mapping[str, Mapping[str, float]], label: str = "") ->
 
 
 def atlas_section(atlas, specimens: Optional[Mapping[str, Mapping[str, Specimen]]] = None,
-                  precision: Optional[Mapping[str, Mapping[str, float]]] = None, title: str = "Trait atlas",
-                  max_cards: Optional[int] = None) -> Section:
-    """The atlas as a report section: a summary table, the precision table (when given), one card per pair."""
+                  precision=None, title: str = "Trait atlas", max_cards: Optional[int] = None,
+                  note: str = "") -> Section:
+    """The atlas as a report section: a summary table, the precision table (a table or rows made with
+    :func:`precision_rows`, when given), a note, then one card per pair (the first ``max_cards``)."""
     s = Section(title, intro="For each species pair, the parts that tell the two apart, ranked by the combined "
                              "evidence: Finer-CAM's share of the contrastive evidence against the part's area, "
                              "and how much removing the part lowers p(own species) − p(other) against a random "
@@ -131,12 +132,15 @@ def atlas_section(atlas, specimens: Optional[Mapping[str, Mapping[str, Specimen]
               "random region": p.top.figures["random"].mean if p.top else math.nan,
               "localised": "yes" if p.localised else "no localised trait found"} for p in atlas.pairs],
             caption="The top part of every pair")
-    if precision:
-        s.table(precision_rows(precision), caption="Against the pair table's diagnostic parts: precision@1 (the "
+    if precision:  # a precision table, or rows already made (several models)
+        rows = precision if isinstance(precision, list) else precision_rows(precision)
+        s.table(rows, caption="Against the pair table's diagnostic parts: precision@1 (the "
                                                    "top-ranked part is diagnostic) and mean reciprocal rank")
     if atlas.skipped:
         s.table([{"left out": k.get("pair") or k.get("image", ""), "reason": k.get("reason", "")}
                  for k in atlas.skipped], caption="Pairs and images left out")
+    if note:
+        s.text(note, note=True)
     cards = atlas.pairs if max_cards is None else atlas.pairs[:max_cards]
     s.html("".join(card_html(p, (specimens or {}).get(p.key)) for p in cards))
     return s
