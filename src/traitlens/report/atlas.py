@@ -83,12 +83,14 @@ def card_html(pair, specimens: Optional[Mapping[str, Specimen]] = None, scale: i
     from traitlens.report.overlay import overlay
 
     tiles = []
+    part = pair.top.name.replace("_", " ") if pair.top else "top part"
     for side, name in (("a", pair.a_name), ("b", pair.b_name)):
         spec = (specimens or {}).get(side)
         if spec is None:
             continue
         picture, mask, heat = spec
-        for img, cap in ((outlined(picture, mask, scale=scale), f"{name}: top part outlined"),
+        shown = f"{name}: top part outlined" if mask.any() else f"{name}: has no {part}"
+        for img, cap in ((outlined(picture, mask, scale=scale), shown),
                          (np.kron(overlay(picture, heat), np.ones((scale, scale, 1), dtype=np.uint8)),
                           f"{name}: Finer-CAM vs the other")):
             tiles.append(f'<figure><img src="{png_data_uri(img)}" alt="{html.escape(cap)}">'
@@ -100,7 +102,9 @@ def card_html(pair, specimens: Optional[Mapping[str, Specimen]] = None, scale: i
              "</figcaption></figure>") if pair.parts else ""
     return (f'<div class="card" style="border-top:1px solid #dde3de;padding-top:8px;margin-top:12px">'
             f"<h3><em>{html.escape(pair.a_name)}</em> vs <em>{html.escape(pair.b_name)}</em>{status}</h3>"
-            f"<p>{emphasis(pair.sentence)}</p>{chart}<div>{''.join(tiles)}</div></div>")
+            f"<p>{emphasis(pair.sentence)}</p>{chart}"
+            f'<div class="gallery" style="grid-template-columns:repeat(4,1fr);max-width:900px">{"".join(tiles)}</div>'
+            "</div>")
 
 
 def precision_rows(table: Mapping[str, Mapping[str, float]], label: str = "") -> list:
