@@ -94,3 +94,19 @@ def test_atlas_parts_from_a_labelled_support(collection, checkpoint, tmp_path, c
     assert "are not in the part names" in err and len(err.strip().splitlines()) == 1
     assert main(args[:13] + ["--out", str(tmp_path / "y"), "--device", "cpu"]) == 2  # support without its mask
     assert "--support-mask" in capsys.readouterr().err
+
+
+def test_atlas_confused_pairs_come_from_the_validation_split(collection, checkpoint, tmp_path):
+    out = tmp_path / "atlas"
+    assert main(["atlas", "--checkpoint", str(checkpoint), "--data", str(collection), "--split", "train",
+                 "--pairs", "confused", "--top-confused", "2", "--bootstrap", "20", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert 1 <= len(run["pairs"]) <= 2
+
+
+def test_atlas_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["atlas", "--help"])
+    text = capsys.readouterr().out
+    assert "--parts-from" in text and "--support-mask" in text and "siblings|confused|all" in text
