@@ -236,3 +236,18 @@ def test_heads_evidence_of_a_self_explaining_model(method):
     assert "heads" in atlas.sources and atlas.pairs and all(p.ranking("heads") for p in atlas.pairs)
     if method == "prompt-cam":
         assert "of the head attention" in atlas.pairs[0].sentence
+
+
+def test_evidence_does_not_depend_on_the_batch():
+    model = ColourModel()
+    labels = torch.tensor([0, 1, 0])
+    x, parts = specimens(labels.tolist(), seed=3)
+    partners = torch.tensor([[1], [0], [1]])
+    whole = image_evidence(model, x, labels, parts, partners, 3, OPTIONS, seeds=[7, 8, 9])
+    for i in range(3):
+        one = image_evidence(model, x[i:i + 1], labels[i:i + 1], parts[i:i + 1], partners[i:i + 1], 3, OPTIONS,
+                             seeds=[7 + i])
+        for name in ("finer", "gradcam", "drop", "random"):
+            a, b = whole[name][..., i, :] if whole[name].dim() == 3 else whole[name][i], \
+                one[name][..., 0, :] if one[name].dim() == 3 else one[name][0]
+            assert torch.allclose(a, b, atol=1e-5, equal_nan=True), name

@@ -15,6 +15,7 @@ the same stages image by image through the resumable runner.
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -64,6 +65,12 @@ def partner_matrix(labels: torch.Tensor, partners: Sequence[Sequence[int]]) -> t
     return torch.tensor([r + [-1] * (j - len(r)) for r in rows], dtype=torch.long).view(len(rows), j)
 
 
+def image_seed(seed: int, name: str) -> int:
+    """The seed of one image's random control region: from the run's seed and the image's name, so the atlas
+    does not depend on batch order, resumes or shards."""
+    return zlib.crc32(f"{seed}:{name}".encode("utf-8"))
+
+
 def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
     """Normalised B×3×H×W → [0, 1] frames (for segmentation and pictures)."""
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
@@ -105,7 +112,6 @@ def build_atlas(model: torch.nn.Module, dataset, pairs: Union[str, Sequence] = "
     if isinstance(parts, str) and parts != "masks":
         raise UserError(f"parts must be 'masks', a PartPropagator or a callable, not {parts!r}")
     transform = getattr(dataset, "transform", None)
-    gen = torch.Generator().manual_seed(seed)
     settings = None
     recs: List[dict] = []
     for batch in bar(loader, desc="atlas: evidence", unit="batch") if progress else loader:
@@ -128,7 +134,9 @@ def build_atlas(model: torch.nn.Module, dataset, pairs: Union[str, Sequence] = "
             part_maps = parts(frames, labels)
         settings = settings or resolved_settings(model, images.shape[-2:], options)
         refs = partner_matrix(labels, partners)
-        ev = image_evidence(model, images, labels, part_maps, refs, num_parts, options, gen, settings)
+        seeds = [image_seed(seed, p) for p in batch["path"]]
+        ev = image_evidence(model, images, labels, part_maps, refs, num_parts, options, settings=settings,
+                            seeds=seeds)
         recs += records(ev, labels, refs, batch.get("path"))
     display = [display_name(traits, n) for n in names]
     return assemble(recs, chosen, names, part_names, display, bootstrap=bootstrap, seed=seed, skipped=skipped,

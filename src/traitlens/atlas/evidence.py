@@ -19,7 +19,7 @@ interventions, batched, every partner read from the same softmax.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -81,15 +81,22 @@ def _dilate(masks: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(masks[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
 
 
-def random_regions(onehot: torch.Tensor, foreground: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_regions(onehot: torch.Tensor, foreground: torch.Tensor, generator: Optional[torch.Generator] = None,
+                   seeds: Optional[Sequence[int]] = None) -> torch.Tensor:
     """A random blob of the same pixel count as each part, on the rest of the specimen: B×P×H×W float.
 
     A smooth random field (8×8 noise, bilinear) ranks the pixels; the part's own pixels come last and the
     background after the rest of the specimen, so the control removes as much as the part does, elsewhere on
-    the specimen (spilling onto the background only when the specimen has too few pixels left).
+    the specimen (spilling onto the background only when the specimen has too few pixels left). ``seeds`` (one
+    per image) draw each image's field from its own generator, so a result does not depend on which batch or
+    shard the image was in.
     """
     b, p, h, w = onehot.shape
-    noise = torch.rand(b * p, 1, 8, 8, generator=generator).to(onehot.device)
+    if seeds is not None:
+        noise = torch.cat([torch.rand(p, 1, 8, 8, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+    else:
+        noise = torch.rand(b * p, 1, 8, 8, generator=generator)
+    noise = noise.to(onehot.device)
     field = F.interpolate(noise, size=(h, w), mode="bilinear", align_corners=False).view(b, p, h, w)
     field = field + 2.0 * foreground[:, None].float() - 4.0 * onehot
     flat = field.flatten(2)
@@ -134,12 +141,13 @@ def _probs(model: nn.Module, images: torch.Tensor, chunk: int) -> torch.Tensor:
 def image_evidence(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, part_maps: torch.Tensor,
                    partners: torch.Tensor, num_parts: int, options: EvidenceOptions = EvidenceOptions(),
                    generator: Optional[torch.Generator] = None, settings: Optional[dict] = None,
-                   only_correct: bool = True) -> Dict[str, torch.Tensor]:
+                   only_correct: bool = True, seeds: Optional[Sequence[int]] = None) -> Dict[str, torch.Tensor]:
     """The evidence of one batch (see the module docstring).
 
     images B×3×H×W (normalised), labels B (species A of each image, model class ids), part_maps B×H×W ids,
     partners B×J model class ids (-1: no partner in that slot), num_parts P (parts 1..P are scored).
     only_correct: take the evidence only for images the model classifies correctly (the atlas uses no other).
+    seeds: one per image for its random control region (:func:`random_regions`; default: ``generator``).
     Returns CPU tensors: ``prob`` B×K, ``area`` B×P, ``gradcam``/``heads`` B×P (``heads`` only for a model with
     ``identify_traits``), ``finer``/``drop``/``random`` J×B×P (NaN where the slot is empty, the part absent
     or the image left out), ``margin`` J×B (p(A) − p(B) of the intact image).
@@ -173,7 +181,7 @@ def image_evidence(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     sel = keep.nonzero(as_tuple=True)[0]
     if len(sel):
         found = _evidence(model, x[sel], labels[sel], parts[sel], partners[sel], num_parts, probs[sel], options,
-                          generator, settings)
+                          generator, settings, None if seeds is None else [seeds[i] for i in sel.tolist()])
         for name, value in found.items():
             if out[name].dim() == 3:
                 out[name][:, sel] = value
@@ -190,7 +198,7 @@ def _scaled(x: torch.Tensor, parts: torch.Tensor, scale: float):
     return x, F.interpolate(parts[:, None].float(), size=size, mode="nearest")[:, 0].long()
 
 
-def _evidence(model, x, labels, parts, partners, num_parts, probs, options, generator, settings):
+def _evidence(model, x, labels, parts, partners, num_parts, probs, options, generator, settings, seeds):
     """:func:`image_evidence` for the images it keeps (same shapes, B = those images)."""
     from traitlens.explain import explain
     from traitlens.explain.metrics import gaussian_blur
@@ -241,7 +249,7 @@ def _evidence(model, x, labels, parts, partners, num_parts, probs, options, gene
 
     # Interventions: every present part and its control region, all partners read from one softmax.
     foreground = (parts > 0).float()
-    control = random_regions(onehot, foreground, generator)
+    control = random_regions(onehot, foreground, generator, seeds)
     bi, pi = present.nonzero(as_tuple=True)
     n = len(bi)
     masks = torch.cat([onehot[bi, pi], control[bi, pi]])  # 2N×H×W

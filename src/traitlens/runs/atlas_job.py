@@ -18,6 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from traitlens.atlas.build import image_seed
 from traitlens.atlas.pairs import display_name
 from traitlens.atlas import (EvidenceOptions, PartPropagator, assemble, denormalise, image_evidence,
                              partner_matrix, partner_table, precision_table, records, resolved_settings,
@@ -63,7 +64,6 @@ class AtlasJob(Job):
         self.skipped_pairs, self.batch_size, self.bootstrap, self.seed = list(skipped_pairs), batch_size, bootstrap, seed
         self.parts_key = parts_key
         self.index = {n: i for i, n in enumerate(self.names)}
-        self.generator = torch.Generator().manual_seed(seed)
         self._settings: Optional[dict] = None
 
     def settings(self) -> dict:
@@ -109,8 +109,8 @@ class AtlasJob(Job):
             parts = torch.stack([m for _, (_, m, _) in batch])
         self._settings = self._settings or resolved_settings(self.model, images.shape[-2:], self.options)
         refs = partner_matrix(labels, self.partners)
-        ev = image_evidence(self.model, images, labels, parts, refs, self.num_parts, self.options, self.generator,
-                            self._settings)
+        ev = image_evidence(self.model, images, labels, parts, refs, self.num_parts, self.options,
+                            settings=self._settings, seeds=[image_seed(self.seed, item.id) for item, _ in batch])
         for i, rec in enumerate(records(ev, labels, refs, [str(item.path) for item, _ in batch])):
             item = batch[i][0]
             if self.propagator is not None:
