@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Set, Tuple
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Method packages hold tensor-in, tensor-out methods: they never import the layers built on top of them.
-METHOD_PACKAGES = ("models", "explain", "segment", "calibrate", "compbench", "data", "backbones", "engine")
+METHOD_PACKAGES = ("models", "explain", "segment", "calibrate", "compbench", "atlas", "data", "backbones", "engine")
 UPPER_LAYERS = ("studies", "cli", "runs", "report", "app")
 
 

@@ -22,8 +22,8 @@ from traitlens.errors import UserError
 # Areas in the order they appear in `traitlens --help`. A module that is missing is skipped, so a
 # partial checkout still runs.
 AREAS = [
-    "data", "backbones", "train", "imports", "explain", "traits", "segment", "calibrate", "compbench", "demo",
-    "app",
+    "data", "backbones", "train", "imports", "explain", "traits", "segment", "atlas", "calibrate", "compbench",
+    "demo", "app",
 ]
 
 

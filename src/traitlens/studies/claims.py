@@ -165,3 +165,73 @@ def calibration(scale: str = "broad", seed: int = 0) -> dict:
 
         start = recipe(cfg.backbone[len("embedded-"):])
     return memo_json(_root(), f"calibration-{scale}", dict(experiment=cfg, start=start), lambda: run_experiment(cfg))
+
+
+# ------------------------------------------------------------------------------------------ trait atlas
+def atlas_supports(data: Path, class_names, traits, per_species: int = 1):
+    """The first ``per_species`` training specimens of each species with their true part maps, as the
+    :class:`~traitlens.atlas.PartPropagator` a user who labels a few images would build."""
+    from traitlens.atlas import LabelledSupport, PartPropagator
+    from traitlens.segment import load_support
+
+    supports = []
+    for i, name in enumerate(class_names):
+        for img in sorted((data / "train" / name).glob("*.png"))[:per_species]:
+            frame, labels = load_support(img, data / "masks" / "train" / name / img.name)
+            supports.append(LabelledSupport(frame, labels, i, str(img)))
+    return PartPropagator(supports, {i: traits.genus_of(n) for i, n in enumerate(class_names)})
+
+
+def atlas(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
+    """The trait atlas against the pair table: ``{"vit": ..., "cnn": ...}``, each with the precision table
+    (precision@1 and MRR per evidence source) for parts from the true masks (``masks``) and propagated by SST
+    (``sst``), the CPU seconds of the evidence pass with masks, and the pairs without a localised trait."""
+    import time
+
+    from traitlens.atlas import EvidenceOptions, build_atlas, precision_table, propagate_dataset
+    from traitlens.data.traits import load_traits
+    from traitlens.methods import load_model
+    from traitlens.studies.demo import test_split
+    from traitlens.studies.memo import source_digest
+    from traitlens.studies.recipes import atlas as atlas_recipe
+
+    recipe = atlas_recipe(scale)
+    classifiers = finer_cam_recipe(recipe.classifiers)
+
+    def measure() -> dict:
+        torch.manual_seed(seed)
+        if classifiers.training is None:  # the demo's classifiers
+            from traitlens.studies.demo import prepare
+
+            ctx = prepare(seed=seed)
+            data, runs = ctx.data, {k: ctx.checkpoints[k] for k in ("vit", "cnn")}
+        else:  # the Finer-CAM claim's tiny classifiers (the same memo entries)
+            data = _collection(classifiers.collection)
+            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (classifiers, seed)), data, f"tiny-{kind}",
+                                 training, seed) for kind, training in classifiers.training.items()}
+        traits = load_traits(data)
+        options = EvidenceOptions(removal=recipe.removal, margin=recipe.margin)
+        out, sst_parts = {}, None
+        for kind, run in runs.items():
+            model, meta = load_model(run)
+            test = test_split(data, model, meta)
+            common = dict(pairs=recipe.pairs, traits=traits, options=options, bootstrap=recipe.bootstrap, seed=seed,
+                          progress=False)
+            start = time.process_time()
+            with_masks = build_atlas(model, test, parts="masks", **common)
+            seconds = time.process_time() - start
+            if sst_parts is None:  # the same images for both models: propagate once
+                start = time.process_time()
+                sst_parts = propagate_dataset(atlas_supports(data, meta["class_names"], traits,
+                                                             recipe.supports_per_species), test, progress=False)
+                sst_seconds = time.process_time() - start
+            with_sst = build_atlas(model, test, parts=sst_parts, **common)
+            out[kind] = {"masks": precision_table(with_masks, traits), "sst": precision_table(with_sst, traits),
+                         "cpu_seconds": seconds, "sst_cpu_seconds": sst_seconds, "pairs": len(with_masks.pairs),
+                         "not_localised": [p.key for p in with_masks.pairs if not p.localised]}
+        return out
+
+    # the atlas package is not among memo.COMPUTING (a change to it must not retrain anything): its digest joins
+    # this entry's recipe instead
+    return memo_json(_root(), f"atlas-{scale}-seed{seed}", (recipe, classifiers, seed, source_digest(("atlas",))),
+                     measure)

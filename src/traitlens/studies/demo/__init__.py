@@ -29,6 +29,7 @@ SECTIONS = [
     ("explain", "traitlens.studies.demo.explain"),
     ("models", "traitlens.studies.demo.interpretable"),
     ("segment", "traitlens.studies.demo.segment"),
+    ("atlas", "traitlens.studies.demo.atlas"),
     ("calibrate", "traitlens.studies.demo.calibrate"),
     ("compbench", "traitlens.studies.demo.compbench"),
 ]
