@@ -374,3 +374,107 @@ def test_a_small_cnn_learns_it_and_confuses_siblings_first():
 
 
 EPOCHS = 10
+
+
+# --------------------------------------------------------------------------- body plans and poses
+# sha256 (first 16 hex digits) of images, label maps, traits.json and collection.json's config of four bird
+# configurations, computed before the body plans and pose options existed: cached claims and demo results
+# depend on these bytes staying the same.
+BIRD_DIGESTS = {
+    "default": (dict(species=6, per_species=4), "1db4b164eb438608"),
+    "demo128": (dict(species=12, per_species=2, size=128, split=(0.5, 0.0, 0.5)), "faf35548c45e9f8a"),
+    "domainB_blur": (dict(species=4, per_species=3, size=48, domain="B", blur=True, seed=3), "91a8d293c3b15cf6"),
+    "aliased": (dict(species=3, per_species=3, size=40, antialias=False, noise=0.0), "1ebc369a283ddce6"),
+}
+
+
+def _digest(cfg: SynthConfig) -> str:
+    import hashlib
+
+    table = make_taxonomy(cfg)
+    images, labels, _ = generate_arrays(cfg, "all", table)
+    h = hashlib.sha256()
+    for part in (images.tobytes(), labels.tobytes(), table.to_json().encode(),
+                 json.dumps(cfg.to_dict(), sort_keys=True).encode()):
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", sorted(BIRD_DIGESTS))
+def test_bird_plan_output_is_unchanged(name):
+    kwargs, digest = BIRD_DIGESTS[name]
+    assert _digest(SynthConfig(**kwargs)) == digest
+    if name == "default":  # naming the defaults changes nothing either
+        assert _digest(SynthConfig(**kwargs, body_plan="bird", rotation=35, mirror=0, scale=(0.8, 1.1))) == digest
+
+
+@pytest.mark.parametrize("plan", ["butterfly", "beetle"])
+def test_body_plan_collections(plan, tmp_path):
+    from traitlens.data.synthetic import PLANS, body_plan
+    from traitlens.segment.support import trait_widths
+
+    cfg = SynthConfig(species=6, per_species=2, size=64, body_plan=plan, split=(0.5, 0.0, 0.5))
+    out = generate_collection(tmp_path / plan, cfg, progress=False)
+    table = load_traits(out)
+    assert table.body_plan == plan and body_plan(table) is PLANS[plan]
+    assert [p.name for p in table.parts] == [p.name for p in PLANS[plan].parts]
+    assert table.trait_groups == PLANS[plan].trait_groups and table.small_groups == PLANS[plan].small_groups
+    # siblings differ in one or two small trait groups; genera in at least three parts
+    small = {pid for g in table.small_groups for pid in table.trait_groups[g]}
+    for a in range(6):
+        for b in range(a + 1, 6):
+            parts = table.diagnostic_parts(a, b)
+            if table.genus_of(a) == table.genus_of(b):
+                assert 1 <= len(parts) <= 2 and set(parts) <= small, (a, b, parts)
+            else:
+                assert len(parts) >= 3
+    assert table.pair_table()[0]["parts"] == table.diagnostic_parts(0, 1)
+    assert set(table.attributes(0)) >= {f"{g}.present" for g in table.small_groups}
+    # deterministic, and the arrays are what the files hold
+    images, labels, _ = generate_arrays(cfg, "all", table)
+    again, again_labels, _ = generate_arrays(cfg, "all", make_taxonomy(cfg))
+    np.testing.assert_array_equal(images, again)
+    np.testing.assert_array_equal(labels, again_labels)
+    mask = np.asarray(Image.open(out / "masks" / "train" / table.class_names[0] / "0000.png"))
+    np.testing.assert_array_equal(mask, labels[0])
+    assert labels.max() < len(table.parts)
+    # trait parts lie on their hosts: each trait pixel touches its host or another trait part, never only background
+    hosts = {p.id: set(p.hosts) for p in table.parts if p.hosts}
+    for lab in labels:
+        for pid in np.unique(lab):
+            if int(pid) in hosts:
+                ys, xs = np.nonzero(lab == pid)
+                around = lab[np.clip(ys[:, None] + [-1, 1, 0, 0], 0, 63), np.clip(xs[:, None] + [0, 0, -1, 1], 0, 63)]
+                assert np.isin(around, list(hosts[int(pid)]) + list(hosts)).any()
+    # thin traits: some trait instances are under 3% of the image side wide
+    widths = [w for lab in labels for t, w in trait_widths(lab).items() if int(t) in hosts]
+    assert min(widths) < 0.03 * 64
+
+
+def test_pose_options_rotation_and_mirror():
+    base = SynthConfig(species=3, per_species=2, size=64, body_plan="butterfly", noise=0.0)
+    table = make_taxonomy(base)
+    _, upright, _ = generate_arrays(base, "all", table)
+    _, anywhere, _ = generate_arrays(SynthConfig(**{**base.to_dict(), "rotation": 180.0}), "all", table)
+    # one draw decides the angle whatever its range: the same specimens, turned (same part areas within 5%)
+    for a, b in zip(upright, anywhere):
+        for pid in (2, 3, 4, 5):
+            assert abs(int((a == pid).sum()) - int((b == pid).sum())) <= 0.05 * (a == pid).sum() + 4
+    mirrored_cfg = SynthConfig(species=3, per_species=8, size=64, body_plan="beetle", mirror=1.0, noise=0.0)
+    assert mirrored_cfg.to_dict()["mirror"] == 1.0 and "mirror" not in base.to_dict()
+    images, labels, _ = generate_arrays(mirrored_cfg, "all")
+    assert images.shape == (24, 64, 64, 3)
+    with pytest.raises(UserError, match="rotation"):
+        SynthConfig(rotation=200)
+    with pytest.raises(UserError, match="body_plan"):
+        SynthConfig(body_plan="fish")
+
+
+def test_cli_synth_body_plan(tmp_path, capsys):
+    out = tmp_path / "bf"
+    assert cli_main(["data", "synth", "--out", str(out), "--species", "3", "--per-species", "2", "--size", "32",
+                     "--body-plan", "butterfly", "--rotation", "180", "--mirror", "0.5"]) == 0
+    assert "butterfly plan" in capsys.readouterr().out
+    meta = json.loads((out / "collection.json").read_text())
+    assert meta["config"]["body_plan"] == "butterfly" and meta["config"]["rotation"] == 180.0
+    assert load_traits(out).part_name(6) == "forewing_band"

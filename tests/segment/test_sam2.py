@@ -97,3 +97,22 @@ def test_lora_finetuning_changes_only_adapters(scene, offline):
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and all("lora_" in n for n in changed)
+
+
+def test_queries_are_turned_onto_the_support_pose(model, scene, offline):
+    img, lab = scene(64, 64)
+    query = torch.rot90(img, 1, (1, 2))
+    prop = Sam2Propagator(model)  # pose="any" by default
+    list(track(prop, [(img, lab)], [("q", query)], num_labels=4))
+    soft = prop.predict(query)
+    assert soft.shape == (4, 64, 64) and torch.allclose(soft.sum(0), torch.ones(64, 64), atol=1e-4)
+    entered = prop._pending[2].float()            # the frame SAM 2 saw: the query turned back onto the support
+    support_px = prop._pixels(img).float()
+    turned_error = (entered - support_px).abs().mean()
+    assert turned_error < 0.25 * (prop._pixels(query).float() - support_px).abs().mean()
+    upright = Sam2Propagator(model, pose="upright")
+    list(track(upright, [(img, lab)], [("q", query)], num_labels=4))
+    upright.predict(query)
+    assert torch.allclose(upright._pending[2].float(), upright._pixels(query).float())
+    with pytest.raises(UserError, match="pose"):
+        Sam2Propagator(model, pose="sideways")

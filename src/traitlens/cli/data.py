@@ -26,6 +26,14 @@ def register(sub) -> None:
     synth.add_argument("--noise", type=float, default=0.03, help="pixel noise std in [0, 0.5] (default 0.03)")
     synth.add_argument("--split", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"),
                        help="split fractions (default 0.6 0.2 0.2)")
+    synth.add_argument("--body-plan", default="bird", choices=["bird", "butterfly", "beetle"],
+                       help="kind of specimen: bird (default), butterfly (wing patterns) or beetle")
+    synth.add_argument("--rotation", type=float, default=35.0, metavar="DEG",
+                       help="largest in-plane rotation in degrees, uniform in ±DEG (default 35; 180: any orientation)")
+    synth.add_argument("--mirror", type=float, default=0.0, metavar="P",
+                       help="share of mirror-image specimens, 0 to 1 (default 0)")
+    synth.add_argument("--scale", type=float, nargs=2, default=(0.8, 1.1), metavar=("LOW", "HIGH"),
+                       help="range of the pose scale (default 0.8 1.1)")
     synth.add_argument("--avoid-species-of", type=Path, default=None, metavar="DIR",
                        help="make species that differ from every species of this collection (for pretraining)")
     synth.set_defaults(func=_synth)
@@ -73,7 +81,8 @@ def _synth(args) -> int:
 
     cfg = SynthConfig(species=args.species, per_species=args.per_species, size=args.size, seed=args.seed,
                       split=tuple(args.split), domain=args.domain, blur=args.blur, noise=args.noise,
-                      avoid_species_of=args.avoid_species_of)
+                      avoid_species_of=args.avoid_species_of, body_plan=args.body_plan, rotation=args.rotation,
+                      mirror=args.mirror, scale=tuple(args.scale))
     start = time.perf_counter()
     out = generate_collection(args.out, cfg, progress=True)
     seconds = time.perf_counter() - start
@@ -82,6 +91,7 @@ def _synth(args) -> int:
     print(out)
     print(f"{info['species']} species in {len(info['genera'])} genera, {total} images "
           f"({', '.join(f'{k} {v}' for k, v in info['images'].items())}), {cfg.size} px, domain {cfg.domain}, "
+          f"{cfg.body_plan} plan, "
           f"{seconds:.1f} s")
     write_json(args.json, {**info, "seconds": round(seconds, 3)})
     return 0

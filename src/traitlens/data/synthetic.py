@@ -51,6 +51,7 @@ from traitlens.data.traits import (
     LARGE_GROUPS, NUM_PARTS, PALETTE, PARTS, PLUMAGE_COLOURS, SHAPES, SMALL_GROUPS, TRAIT_COLOURS,
     TRAIT_GROUPS, TraitTable, colour_distance, load_traits,
 )
+from traitlens.data.plans import BEETLE, BUTTERFLY, BodyPlan
 from traitlens.errors import UserError
 from traitlens.progress import progress as progress_bar
 
@@ -105,6 +106,10 @@ class SynthConfig:
     genus_size: int = 3
     antialias: bool = True
     avoid_species_of: Any = None
+    body_plan: str = "bird"
+    rotation: float = 35.0
+    mirror: float = 0.0
+    scale: Tuple[float, float] = (0.8, 1.1)
 
     def __post_init__(self) -> None:
         # plain Python types, so the config compares and serialises the same however it was built
@@ -114,9 +119,12 @@ class SynthConfig:
             self.noise = float(self.noise)
             self.blur, self.antialias = bool(self.blur), bool(self.antialias)
             self.split = tuple(float(x) for x in self.split)
+            self.rotation, self.mirror = float(self.rotation), float(self.mirror)
+            self.scale = tuple(float(x) for x in self.scale)
         except (TypeError, ValueError) as exc:
             raise UserError(f"invalid synthetic collection setting: {exc}") from None
         self.domain = str(self.domain).upper()
+        self.body_plan = str(self.body_plan).lower()
         self.validate()
 
     def validate(self) -> None:
@@ -134,11 +142,30 @@ class SynthConfig:
             raise UserError(f"noise={self.noise}: pixel noise std must be in [0, 0.5]")
         if int(self.genus_size) < 2:
             raise UserError(f"genus_size={self.genus_size}: genera need at least 2 species")
+        if self.body_plan not in PLANS:
+            raise UserError(f"body_plan={self.body_plan!r}: choose one of {', '.join(PLANS)}")
+        if not 0 <= self.rotation <= 180:
+            raise UserError(f"rotation={self.rotation}: give the largest in-plane rotation in degrees, 0 to 180 "
+                            "(180: any orientation)")
+        if not 0 <= self.mirror <= 1:
+            raise UserError(f"mirror={self.mirror}: give the share of mirror images, 0 to 1")
+        if len(self.scale) != 2 or not 0.3 <= self.scale[0] <= self.scale[1] <= 1.5:
+            raise UserError(f"scale={self.scale}: give two pose scales LOW HIGH with 0.3 <= LOW <= HIGH <= 1.5")
+
+    @property
+    def plan(self) -> "BodyPlan":
+        return PLANS[self.body_plan]
 
     def to_dict(self) -> dict:
         """JSON-ready config; a TraitTable in ``avoid_species_of`` is stored by its fingerprint."""
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         d["split"] = list(self.split)
+        d["scale"] = list(self.scale)
+        # The pose options and the body plan appear only when set: a bird collection's collection.json (and
+        # every cache key made from it) stays what it was before they existed.
+        for name, default in _POSE_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         avoid = self.avoid_species_of
         if avoid is not None:
             table = load_traits(avoid)
@@ -163,6 +190,9 @@ class SynthConfig:
         return range(start, start + c[split])
 
 
+_POSE_DEFAULTS = {"body_plan": "bird", "rotation": 35.0, "mirror": 0.0, "scale": [0.8, 1.1]}
+
+
 def folder_name(index: int, name: str, num_species: int) -> str:
     """``"03_Pseudavis_rubra"``: zero-padded so that sorted folder names follow the species index."""
     width = max(2, len(str(num_species - 1)))
@@ -184,8 +214,8 @@ def _genus_sizes(n: int, genus_size: int) -> List[int]:
     return [base + (1 if g < extra else 0) for g in range(n_genera)]
 
 
-def _host_colour(traits: dict, group: str) -> str:
-    return traits[{"wing_spot": "wings", "crest": "head", "tail_band": "tail", "eye_ring": "head"}[group]]["colour"]
+def _host_colour(traits: dict, group: str, plan: Optional["BodyPlan"] = None) -> str:
+    return traits[(plan or BIRD).hosts[group]]["colour"]
 
 
 def _contrasting(rng: np.random.Generator, choices: Sequence[str], avoid: Sequence[str], min_dist: float) -> List[str]:
@@ -211,22 +241,38 @@ def _genus_template(rng: np.random.Generator) -> dict:
     return t
 
 
-def _sibling_variants(rng: np.random.Generator, template: dict, k: int) -> Optional[List[dict]]:
+def _plan_template(rng: np.random.Generator, plan: "BodyPlan") -> dict:
+    """A genus template of a non-bird plan: large groups' colours and shapes, then its small trait groups."""
+    t: Dict[str, dict] = {}
+    for group in plan.large_groups:
+        t[group] = {"colour": str(rng.choice(plan.large_colours.get(group, plan.ground_colours))),
+                    "shape": str(rng.choice(plan.shapes[group]))}
+    for group in plan.small_groups:
+        options = _contrasting(rng, TRAIT_COLOURS, [_host_colour(t, group, plan)], MIN_HOST_CONTRAST)
+        present = bool(rng.random() < 0.7) and bool(options)
+        t[group] = {"present": present, "colour": options[0] if options else None,
+                    "shape": str(rng.choice(plan.shapes[group]))}
+    return t
+
+
+def _sibling_variants(rng: np.random.Generator, template: dict, k: int,
+                      plan: Optional["BodyPlan"] = None) -> Optional[List[dict]]:
     """``k`` species from a genus template that pairwise differ in exactly one or two small parts.
 
     Two small trait groups P and Q (one when ``k == 2``) are chosen to vary, each along one dimension
     (colour, shape, or presence). Species take distinct value combinations (p, q); any two then differ
     in P, in Q or in both. Combinations closest to the template come first.
     """
+    plan = plan or BIRD
     n_vary = 1 if k == 2 else 2
-    groups = [SMALL_GROUPS[i] for i in rng.permutation(len(SMALL_GROUPS))[:n_vary]]
+    groups = [plan.small_groups[i] for i in rng.permutation(len(plan.small_groups))[:n_vary]]
     value_lists: List[List[dict]] = []
     for gi, group in enumerate(groups):
         base = dict(template[group])
         roll = rng.random()
         # More than 4 siblings need a colour dimension: shape and presence only have two values.
         dim = "colour" if (roll < 0.5 or (k > 4 and gi == 0)) else ("shape" if roll < 0.87 else "presence")
-        host = _host_colour(template, group)
+        host = _host_colour(template, group, plan)
         if not base["colour"]:
             return None
         base["present"] = True
@@ -236,7 +282,7 @@ def _sibling_variants(rng: np.random.Generator, template: dict, k: int) -> Optio
                 if all(colour_distance(c, v["colour"]) >= MIN_SIBLING_CONTRAST for v in values):
                     values.append({**base, "colour": c})
         elif dim == "shape":
-            values = [base] + [{**base, "shape": s} for s in SHAPES[group] if s != base["shape"]]
+            values = [base] + [{**base, "shape": s} for s in plan.shapes[group] if s != base["shape"]]
         else:
             values = [base, {"present": False, "colour": None, "shape": None}]
         value_lists.append(values)
@@ -254,23 +300,24 @@ def _sibling_variants(rng: np.random.Generator, template: dict, k: int) -> Optio
     return species
 
 
-def _differing_parts(a: dict, b: dict) -> Tuple[int, int]:
+def _differing_parts(a: dict, b: dict, plan: Optional["BodyPlan"] = None) -> Tuple[int, int]:
     """(number of differing part ids, number of large groups whose colour differs)."""
+    plan = plan or BIRD
     n_parts, n_colour = 0, 0
-    for group, ids in TRAIT_GROUPS.items():
+    for group, ids in plan.trait_groups.items():
         ga, gb = a[group], b[group]
         na = {"present": False} if ga.get("present", True) is False else ga
         nb = {"present": False} if gb.get("present", True) is False else gb
         if na != nb:
             n_parts += len(ids)
-        if group in LARGE_GROUPS and group != "beak" and ga["colour"] != gb["colour"]:
+        if group in plan.colour_groups and ga["colour"] != gb["colour"]:
             n_colour += 1
     return n_parts, n_colour
 
 
-def _far_apart(a: dict, b: dict) -> bool:
+def _far_apart(a: dict, b: dict, plan: Optional["BodyPlan"] = None) -> bool:
     """Species of different genera: >= 3 differing parts, >= 2 large parts of another colour."""
-    n_parts, n_colour = _differing_parts(a, b)
+    n_parts, n_colour = _differing_parts(a, b, plan)
     return n_parts >= 3 and n_colour >= 2
 
 
@@ -283,19 +330,24 @@ def make_taxonomy(cfg: SynthConfig) -> TraitTable:
     avoid = load_traits(cfg.avoid_species_of) if cfg.avoid_species_of is not None else None
     avoid_traits = [avoid.traits_of(i) for i in range(avoid.num_species)] if avoid else []
     avoid_genera = set(avoid.genera) if avoid else set()
-    rng = np.random.default_rng([int(cfg.seed), 0x7A70, 1 if avoid else 0])
+    plan = cfg.plan
+    if avoid is not None and avoid.meta.get("body_plan", "bird") != plan.name:
+        avoid_traits = []  # another body plan shares no trait groups: every species differs anyway
+    # the bird's stream as it always was; another plan starts its own
+    rng = np.random.default_rng([int(cfg.seed), 0x7A70, 1 if avoid else 0]
+                                + ([] if plan is BIRD else [_PLAN_CODES[plan.name]]))
     sizes = _genus_sizes(int(cfg.species), int(cfg.genus_size))
     genera: List[dict] = []
     species: List[dict] = []
     name_counter = 0
     for size in sizes:
         for _ in range(2000):
-            template = _genus_template(rng)
-            members = _sibling_variants(rng, template, size)
+            template = _genus_template(rng) if plan is BIRD else _plan_template(rng, plan)
+            members = _sibling_variants(rng, template, size, plan)
             if members is None:
                 continue
             others = [s["traits"] for s in species] + avoid_traits
-            if all(_far_apart(m, o) for m in members for o in others):
+            if all(_far_apart(m, o, plan) for m in members for o in others):
                 break
         else:
             raise UserError(f"cannot make {cfg.species} distinct species with genus_size={cfg.genus_size}; "
@@ -318,7 +370,11 @@ def make_taxonomy(cfg: SynthConfig) -> TraitTable:
         genera.append({"name": genus, "species": indices})
     meta = {"seed": int(cfg.seed), "genus_size": int(cfg.genus_size), "render_version": RENDER_VERSION,
             "avoid_species_of": avoid.fingerprint() if avoid else None}
-    return TraitTable(species, genera, PARTS, PALETTE, meta)
+    if plan is BIRD:
+        return TraitTable(species, genera, PARTS, PALETTE, meta)
+    meta.update(body_plan=plan.name, small_groups=list(plan.small_groups))
+    return TraitTable(species, genera, plan.parts, PALETTE, meta, trait_groups=plan.trait_groups,
+                      small_groups=plan.small_groups)
 
 
 # --------------------------------------------------------------------------------------- geometry
@@ -428,14 +484,36 @@ def _part_maps(X: np.ndarray, Y: np.ndarray, traits: dict, g: Dict[str, float]) 
     return labels, pupil
 
 
-def _part_colours(traits: dict) -> np.ndarray:
-    """NUM_PARTS×3 float colours (0-1) of the species' parts (absent parts get black; never painted)."""
-    lut = np.zeros((NUM_PARTS, 3), dtype=np.float64)
-    for group, ids in TRAIT_GROUPS.items():
+def _part_colours(traits: dict, plan: Optional["BodyPlan"] = None) -> np.ndarray:
+    """P×3 float colours (0-1) of the species' parts (absent parts get black; never painted)."""
+    plan = plan or BIRD
+    lut = np.zeros((plan.num_parts, 3), dtype=np.float64)
+    for group, ids in plan.trait_groups.items():
         colour = traits[group].get("colour")
         if colour and traits[group].get("present", True):
             lut[list(ids)] = np.asarray(PALETTE[colour], dtype=np.float64) / 255.0
     return lut
+
+
+#: The bird-like plan (the default; the part ids of :mod:`traitlens.data.traits`).
+BIRD = BodyPlan(
+    name="bird", parts=PARTS, trait_groups=TRAIT_GROUPS, large_groups=LARGE_GROUPS, small_groups=SMALL_GROUPS,
+    shapes=SHAPES, hosts={"wing_spot": "wings", "crest": "head", "tail_band": "tail", "eye_ring": "head"},
+    large_colours={}, ground_colours=PLUMAGE_COLOURS, colour_groups=("body", "head", "wings", "tail"),
+    mirror_pairs=((3, 4),), draw_geometry=_draw_geometry, part_maps=_part_maps)
+#: Every body plan by name (``traitlens data synth --body-plan``); see :mod:`traitlens.data.plans`.
+PLANS: Dict[str, BodyPlan] = {"bird": BIRD, "butterfly": BUTTERFLY, "beetle": BEETLE}
+_PLAN_CODES = {"bird": 0, "butterfly": 1, "beetle": 2}
+
+
+def body_plan(name: Union[str, TraitTable, None]) -> BodyPlan:
+    """The :class:`BodyPlan` by name, or the one a trait table was made with (bird when it does not say)."""
+    if isinstance(name, TraitTable):
+        name = name.meta.get("body_plan", "bird")
+    key = str(name or "bird").lower()
+    if key not in PLANS:
+        raise UserError(f"unknown body plan {name!r}; choose one of {', '.join(PLANS)}")
+    return PLANS[key]
 
 
 # --------------------------------------------------------------------------------- backgrounds
@@ -492,14 +570,18 @@ def _background(rng: np.random.Generator, n: int, domain: str, px: np.ndarray, p
 
 
 # ---------------------------------------------------------------------------------------- render
-def _pose(rng: np.random.Generator, traits: dict, g: Dict[str, float]) -> Tuple[float, float, float, float]:
-    """Rotation (rad), scale and a translation that keeps the whole specimen inside the view."""
-    angle = math.radians(rng.uniform(-35.0, 35.0))
-    scale = rng.uniform(0.8, 1.1)
+def _pose(rng: np.random.Generator, traits: dict, g: Dict[str, float], plan: Optional["BodyPlan"] = None,
+          rotation: float = 35.0, scales: Tuple[float, float] = (0.8, 1.1),
+          flip: bool = False) -> Tuple[float, float, float, float]:
+    """Rotation (rad, uniform in ±``rotation`` degrees), scale and a translation that keeps the whole
+    specimen inside the view (``flip``: the specimen is mirrored)."""
+    plan = plan or BIRD
+    angle = math.radians(rng.uniform(-rotation, rotation))
+    scale = rng.uniform(scales[0], scales[1])
     # The silhouette on a coarse grid, rotated, bounds the scale and the translation range.
     c = np.linspace(-1.2, 1.2, 81)
     gx, gy = np.meshgrid(c, c)
-    inside = _part_maps(gx, gy, traits, g)[0] > 0
+    inside = plan.part_maps(-gx if flip else gx, gy, traits, g)[0] > 0
     sx, sy = gx[inside], gy[inside]
     ca, sa = math.cos(angle), math.sin(angle)
     qx, qy = ca * sx - sa * sy, sa * sx + ca * sy
@@ -532,13 +614,15 @@ def _downsample_labels(labels: np.ndarray, size: int, ss: int) -> np.ndarray:
     blocks = labels.reshape(size, ss, size, ss).transpose(0, 2, 1, 3).reshape(size, size, ss * ss)
     # votes[..., k]: how many sub-samples agree with sub-sample k (ss² comparisons, no one-hot)
     votes = (blocks[..., :, None] == blocks[..., None, :]).sum(axis=-1, dtype=np.int32)
-    score = votes * NUM_PARTS + blocks
+    score = votes * 256 + blocks  # any factor above the largest id: most votes first, then the higher id
     pick = score.argmax(axis=-1)
     return np.take_along_axis(blocks, pick[..., None], axis=-1)[..., 0].astype(np.uint8)
 
 
 def render_specimen(species_traits: dict, rng: np.random.Generator, size: int = 64, domain: str = "A",
-                    noise: float = 0.03, blur: bool = False, antialias: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+                    noise: float = 0.03, blur: bool = False, antialias: bool = True, plan: str = "bird",
+                    rotation: float = 35.0, mirror: float = 0.0,
+                    scale: Tuple[float, float] = (0.8, 1.1)) -> Tuple[np.ndarray, np.ndarray]:
     """One specimen image and its part-label map.
 
     Args:
@@ -546,14 +630,22 @@ def render_specimen(species_traits: dict, rng: np.random.Generator, size: int = 
         rng: the image's generator; the image is a pure function of the generator's state.
         size: image side in pixels.
         domain: ``"A"`` (default style) or ``"B"`` (held-out style: stripes, colour cast, lighting).
+        plan: the body plan (``bird``, ``butterfly``, ``beetle``) the traits belong to.
+        rotation: largest in-plane rotation in degrees (uniform in ±rotation; 180 = any orientation).
+        mirror: probability that the specimen is a mirror image. A mirrored specimen is labelled as it
+            appears: its left/right part ids swap, so "left wing" stays the wing on the left, head up.
+        scale: range of the pose scale.
     Returns:
         ``image`` H×W×3 uint8 and ``labels`` H×W uint8 (part ids, 0 = background), H = W = ``size``.
     """
     domain = str(domain).upper()
     if domain not in DOMAINS:
         raise UserError(f"domain={domain!r}: choose one of {', '.join(DOMAINS)}")
-    g = _draw_geometry(rng)
-    angle, scale, tx, ty = _pose(rng, species_traits, g)
+    body = PLANS[str(plan).lower()] if not isinstance(plan, BodyPlan) else plan
+    g = _draw_geometry(rng) if body is BIRD else body.draw_geometry(rng)
+    # only a collection with mirror images draws for it (the bird's streams stay as they were)
+    flip = bool(rng.random() < mirror) if mirror > 0 else False
+    angle, scale, tx, ty = _pose(rng, species_traits, g, body, rotation, scale, flip)
     ss = 2 if antialias else 1
     n = size * ss
     c = ((np.arange(n) + 0.5) / n * 2 - 1).astype(np.float32)      # pixel centres in [-1, 1]
@@ -562,10 +654,15 @@ def render_specimen(species_traits: dict, rng: np.random.Generator, size: int = 
     wx, wy = px * VIEW_HALF - tx, py * VIEW_HALF - ty
     ca, sa = math.cos(angle), math.sin(angle)
     X, Y = (ca * wx + sa * wy) / scale, (-sa * wx + ca * wy) / scale
-    labels, pupil = _part_maps(X, Y, species_traits, g)
+    labels, pupil = body.part_maps(-X if flip else X, Y, species_traits, g)
+    if flip:
+        swap = np.arange(256, dtype=np.uint8)
+        for left, right in body.mirror_pairs:
+            swap[left], swap[right] = right, left
+        labels = swap[labels]
 
-    # specimen colours: part colour × directional shading × feather texture; dark pupils
-    lut = _part_colours(species_traits).astype(np.float32)
+    # specimen colours: part colour × directional shading × texture; dark pupils
+    lut = _part_colours(species_traits, body).astype(np.float32)
     light = rng.uniform(-1, 1, size=2)
     light = 0.14 * light / (np.linalg.norm(light) + 1e-9)
     shade = 1.0 + light[0] * X + light[1] * Y
@@ -604,6 +701,12 @@ def image_rng(seed: int, species_index: int, image_index: int, domain: str, salt
     return np.random.default_rng(key + ([int(salt)] if salt else []))
 
 
+def _render_options(cfg: SynthConfig) -> dict:
+    """:func:`render_specimen`'s keyword arguments from a config."""
+    return dict(domain=cfg.domain, noise=cfg.noise, blur=cfg.blur, antialias=cfg.antialias, plan=cfg.body_plan,
+                rotation=cfg.rotation, mirror=cfg.mirror, scale=cfg.scale)
+
+
 def _salt(cfg: SynthConfig) -> int:
     # A pretraining collection made to avoid another's species must not replay its poses and backgrounds.
     if cfg.avoid_species_of is None:
@@ -628,7 +731,7 @@ def render_batch(table: TraitTable, items: Sequence[Tuple[int, int]], cfg: Synth
     for k in it:
         sp, idx = items[k]
         rng = image_rng(cfg.seed, sp, idx, cfg.domain, salt)
-        images[k], labels[k] = render_specimen(traits[sp], rng, s, cfg.domain, cfg.noise, cfg.blur, cfg.antialias)
+        images[k], labels[k] = render_specimen(traits[sp], rng, s, **_render_options(cfg))
     return images, labels
 
 
@@ -712,7 +815,7 @@ def generate_collection(out_dir: Union[str, Path], cfg: Optional[SynthConfig] = 
         for _, sp, img_path, mask_path in it:
             idx = int(img_path.stem)
             rng = image_rng(cfg.seed, sp, idx, cfg.domain, salt)
-            image, labels = render_specimen(traits[sp], rng, cfg.size, cfg.domain, cfg.noise, cfg.blur, cfg.antialias)
+            image, labels = render_specimen(traits[sp], rng, cfg.size, **_render_options(cfg))
             _save_png(image, img_path)
             _save_png(labels, mask_path)
         table.to_json(tmp / "traits.json")

@@ -168,7 +168,13 @@ class TraitTable:
     """
 
     def __init__(self, species: Sequence[dict], genera: Sequence[dict], parts: Sequence[Part] = PARTS,
-                 palette: Optional[Dict[str, Sequence[int]]] = None, meta: Optional[dict] = None):
+                 palette: Optional[Dict[str, Sequence[int]]] = None, meta: Optional[dict] = None,
+                 trait_groups: Optional[Dict[str, Sequence[int]]] = None, small_groups: Optional[Sequence[str]] = None):
+        # The bird plan's groups unless the table says otherwise (the butterfly and beetle plans,
+        # :mod:`traitlens.data.plans`, name their own).
+        self._trait_groups = {g: tuple(int(i) for i in ids) for g, ids in (trait_groups or TRAIT_GROUPS).items()}
+        self._small_groups = tuple(small_groups) if small_groups is not None else (
+            SMALL_GROUPS if trait_groups is None else ())
         self._species = [dict(s) for s in species]
         self._genera = [dict(g) for g in genera]
         self._parts = tuple(parts)
@@ -260,6 +266,20 @@ class TraitTable:
 
     # ------------------------------------------------------------------------------------- parts
     @property
+    def trait_groups(self) -> Dict[str, Tuple[int, ...]]:
+        """Trait group -> the part ids it paints (the body plan's)."""
+        return dict(self._trait_groups)
+
+    @property
+    def small_groups(self) -> Tuple[str, ...]:
+        """The small trait groups (those with ``present``)."""
+        return self._small_groups
+
+    @property
+    def body_plan(self) -> str:
+        return str(self.meta.get("body_plan", "bird"))
+
+    @property
     def parts(self) -> Tuple[Part, ...]:
         return self._parts
 
@@ -289,7 +309,7 @@ class TraitTable:
     def _compute_diagnostic(self, a: int, b: int) -> Tuple[int, ...]:
         ta, tb = self._species[a]["traits"], self._species[b]["traits"]
         parts: List[int] = []
-        for group, ids in TRAIT_GROUPS.items():
+        for group, ids in self._trait_groups.items():
             if _normalised(ta.get(group, {})) != _normalised(tb.get(group, {})):
                 parts.extend(ids)
         return tuple(sorted(parts))
@@ -314,10 +334,10 @@ class TraitTable:
         """
         traits = self._species[self.index(species)]["traits"]
         out: Dict[str, Union[str, bool, None]] = {}
-        for group in TRAIT_GROUPS:
+        for group in self._trait_groups:
             t = traits.get(group, {})
             present = t.get("present", True)
-            if group in SMALL_GROUPS:
+            if group in self._small_groups:
                 out[f"{group}.present"] = bool(present)
             out[f"{group}.colour"] = t.get("colour") if present else None
             out[f"{group}.shape"] = t.get("shape") if present else None
@@ -337,7 +357,7 @@ class TraitTable:
         return {
             "format": TRAITS_FORMAT,
             "parts": [{"id": p.id, "name": p.name, "hosts": list(p.hosts)} for p in self._parts],
-            "trait_groups": {g: list(ids) for g, ids in TRAIT_GROUPS.items()},
+            "trait_groups": {g: list(ids) for g, ids in self._trait_groups.items()},
             "palette": {k: list(v) for k, v in self.palette.items()},
             "genera": self._genera,
             "species": self._species,
@@ -365,7 +385,13 @@ class TraitTable:
                                 f"(this traitlens reads format {TRAITS_FORMAT}); regenerate the collection")
             parts = tuple(Part(int(p["id"]), str(p["name"]), tuple(int(h) for h in p.get("hosts", ())))
                           for p in data["parts"])
-            return cls(data["species"], data["genera"], parts, data.get("palette"), data.get("meta"))
+            meta = data.get("meta") or {}
+            groups = data.get("trait_groups")
+            if groups is not None and {g: tuple(v) for g, v in groups.items()} == TRAIT_GROUPS:
+                groups = None  # the bird plan's
+            small = meta.get("small_groups")
+            return cls(data["species"], data["genera"], parts, data.get("palette"), meta, trait_groups=groups,
+                       small_groups=small)
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: not a valid traits table ({type(exc).__name__}: {exc})") from None
 

@@ -4,8 +4,11 @@ Output folder::
 
     OUT/labels/<name>.png       uint8 (16-bit when more than 255 labels) label maps at each image's size
     OUT/overlays/<name>.png     the image with the traits painted over it
-    OUT/results.jsonl           one record per image: traits found, area per trait (px), score, IoU with the
-                                ground truth, and its measurement rows
+    OUT/results.jsonl           one record per image: traits found, area per trait (px), score, a score per
+                                trait of the supports (``trait_scores``: mean probability over its predicted
+                                pixels, 0 when not found), ``flags`` (``no_specimen``, ``low_confidence``,
+                                ``missing_traits``, ``small_support_traits``), IoU with the ground truth, and
+                                its measurement rows
     OUT/measurements.csv        per image and trait: area, centroid, bounding box, mean colour (rebuilt from
                                 the records at the end)
     OUT/summary.json            counts, per-trait IoU and mIoU (with ground truth), images/s
@@ -14,6 +17,15 @@ Output folder::
 
 ``<name>`` mirrors the input tree (:func:`~traitlens.runs.inputs.artifact_stem` of the image's id: a PNG
 keeps its name, ``a.jpg`` becomes ``a.jpg.png``). Resume, sharding, locks and skipped files are the runner's.
+
+Large photos (a 4,000×3,000 px camera image) are shrunk to at most ``max_side`` px (area-averaged) before they
+enter the pseudo-video: the backends work at a few hundred pixels anyway, and a batch of full-size float
+frames and ``(K+1)``-channel soft maps would take gigabytes. The label map comes back at the photo's own size,
+upsampled in bands of rows, so memory stays bounded whatever the photo's size.
+
+Bad input never stops the run: a blank frame or one without a specimen gets an (empty) label map and the
+``no_specimen`` flag; a prediction whose traits are uncertain or missing is flagged ``low_confidence``; support
+traits of a few pixels (which may not be found) are named in every record and in ``summary.json``.
 """
 
 from __future__ import annotations
@@ -27,17 +39,26 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from traitlens.data.imageio import SkippedFiles, load_mask
 from traitlens.errors import BadImageError, UserError
+from traitlens.progress import log
 from traitlens.report.overlay import overlay_labels
 from traitlens.runs.inputs import Item, artifact_stem, unique_items
 from traitlens.runs.runner import MAX_PIXELS, Job, Output, run
 from traitlens.runs.store import png_bytes, write_durably
 from traitlens.segment.metrics import confusion, iou_from_confusion, mean_iou, measure
 from traitlens.segment.propagator import Propagator
-from traitlens.segment.support import MAX_TRAIT_ID, to_frame
+from traitlens.segment.support import MAX_TRAIT_ID, check_labels, small_traits, to_frame
 from traitlens.segment.tracking import Support, track
+
+#: Below this share of foreground pixels a prediction says "no specimen here".
+NO_SPECIMEN_SHARE = 0.002
+#: A record is flagged ``low_confidence`` when its score, or a support trait's, falls below this.
+LOW_CONFIDENCE = 0.5
+#: Frames larger than this (pixels per side) are shrunk before tracking.
+MAX_SIDE = 1024
 
 MEASURE_COLUMNS = ["path", "trait", "trait_name", "area_px", "centroid_x", "centroid_y", "bbox_x0", "bbox_y0", "bbox_x1",
                    "bbox_y1", "mean_r", "mean_g", "mean_b"]
@@ -56,8 +77,17 @@ class SegmentJob(Job):
                  batch_size: int = 8, reinsert_every: Optional[int] = None,
                  gt: Optional[Union[Path, Mapping[str, Path]]] = None, num_labels: Optional[int] = None,
                  overlays: bool = True, gallery: int = 60, support_info: Sequence[dict] = (),
-                 extra: Optional[dict] = None, trait_names: Optional[Mapping[int, str]] = None):
+                 extra: Optional[dict] = None, trait_names: Optional[Mapping[int, str]] = None,
+                 max_side: int = MAX_SIDE):
         self.propagator, self.supports, self.order = propagator, list(supports), order
+        for i, (_, lbl) in enumerate(self.supports):
+            check_labels(lbl, f"#{i + 1}")  # no traits at all: one clear line, before any work
+        self.max_side = int(max_side)
+        self.support_traits = sorted({int(k) for _, lbl in self.supports for k in torch.unique(lbl) if int(k) > 0})
+        self.small = sorted({k for _, lbl in self.supports for k in small_traits(lbl)})
+        if self.small:
+            log(f"warning: support trait(s) {', '.join(map(str, self.small))} cover only a few pixels; they may "
+                "not be found (records say so under flags)")
         self.batch_size, self.reinsert_every, self.gt = batch_size, reinsert_every, gt
         self.k = num_labels or 1 + max(int(lbl.max()) for _, lbl in self.supports)
         self.overlays, self.gallery, self.support_info, self.extra = overlays, gallery, list(support_info), extra
@@ -77,12 +107,12 @@ class SegmentJob(Job):
         def frames():
             for item, image in samples:
                 held[item.id] = (item, image)
-                yield item.id, to_frame(image)
+                yield item.id, shrink(to_frame(image), self.max_side)
 
         for iid, probs in track(self.propagator, self.supports, frames(), order=self.order,
                                 batch_size=self.batch_size, reinsert_every=self.reinsert_every, num_labels=self.k):
             item, image = held.pop(iid)
-            top, labels_t = probs.detach().max(0)
+            top, labels_t = labels_at(probs.detach(), tuple(image.shape[:2]))
             labels = labels_t.cpu().numpy().astype(np.int64)
             stem = artifact_stem(iid)
             fg = labels > 0
@@ -91,6 +121,7 @@ class SegmentJob(Job):
                       "areas": {str(r["trait"]): r["area_px"] for r in rows},
                       "score": float(top.cpu().numpy()[fg].mean()) if fg.any() else 0.0,
                       "labels": f"labels/{stem}.png"}
+            record.update(self._confidence(top.cpu().numpy(), labels))
             artifacts = {record["labels"]: _label_png(labels)}
             if self.overlays:
                 record["overlay"] = f"overlays/{stem}.png"
@@ -100,9 +131,73 @@ class SegmentJob(Job):
             record["measurements"] = rows
             yield item, record, artifacts
 
+    def _confidence(self, top: np.ndarray, labels: np.ndarray) -> dict:
+        """A score per support trait (mean probability over its predicted pixels; 0 when not found) and flags."""
+        counts = np.bincount(labels.ravel(), minlength=max(self.support_traits, default=0) + 1)
+        sums = np.bincount(labels.ravel(), weights=top.ravel(), minlength=len(counts))
+        scores = {str(k): (float(sums[k] / counts[k]) if counts[k] else 0.0) for k in self.support_traits}
+        flags = []
+        if (labels > 0).mean() < NO_SPECIMEN_SHARE:
+            flags.append("no_specimen")
+        missing = [k for k in self.support_traits if not counts[k] and k not in self.small]
+        if missing:
+            flags.append("missing_traits")
+        fg = labels > 0
+        if "no_specimen" in flags or missing or (fg.any() and float(top[fg].mean()) < LOW_CONFIDENCE) or \
+                any(v < LOW_CONFIDENCE for k, v in scores.items() if counts[int(k)]):
+            flags.append("low_confidence")
+        if self.small:
+            flags.append("small_support_traits")
+        out = {"trait_scores": scores, "flags": flags}
+        if missing:
+            out["missing_traits"] = missing
+        if self.small:
+            out["small_support_traits"] = self.small
+        return out
+
     def finish(self, out: Path, records: List[dict]) -> dict:
+        flagged = {f: sum(f in r.get("flags", ()) for r in records) for f in
+                   ("no_specimen", "low_confidence", "missing_traits")}
+        extra = {**(self.extra or {}), "flagged": flagged}
+        if self.small:
+            extra["small_support_traits"] = self.small
         return summarise(out, records, self.support_info, gallery=self.gallery,
-                         seconds=time.time() - self.started, extra=self.extra, trait_names=self.trait_names)
+                         seconds=time.time() - self.started, extra=extra, trait_names=self.trait_names)
+
+
+def shrink(frame: torch.Tensor, max_side: int) -> torch.Tensor:
+    """A ``3×H×W`` frame area-averaged to at most ``max_side`` px on its long side (unchanged when smaller)."""
+    h, w = frame.shape[-2:]
+    if max(h, w) <= max_side:
+        return frame
+    f = max_side / max(h, w)
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    return F.interpolate(frame[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def labels_at(soft: torch.Tensor, size: Tuple[int, int], rows: int = 256) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(K+1)×h×w`` soft labels → (top probability, label id) maps ``H×W`` at ``size``, bilinear.
+
+    Upsampled in bands of ``rows`` output rows (``grid_sample`` with the sample positions of
+    ``F.interpolate(align_corners=False)``), so a 4,000×3,000 label map never needs ``(K+1)`` full-size
+    channels at once.
+    """
+    h, w = size
+    if tuple(soft.shape[-2:]) == (h, w):
+        return soft.max(0)
+    if h * w <= 1024 * 1024:
+        return F.interpolate(soft[None].float(), size=(h, w), mode="bilinear", align_corners=False)[0].max(0)
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1
+    top = torch.empty(h, w, dtype=torch.float32)
+    ids = torch.empty(h, w, dtype=torch.long)
+    src = soft[None].float().cpu()
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        ys = (torch.arange(r0, r1, dtype=torch.float32) + 0.5) / h * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1)[None]  # 1×n×W×2 (x, y)
+        band = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        top[r0:r1], ids[r0:r1] = band.max(0)
+    return top, ids
 
 
 def _label_png(labels: np.ndarray) -> bytes:

@@ -5,9 +5,15 @@ Estimating that similarity transform first lets label propagation compare each q
 the *corresponding* support location (a local window) instead of every location of the support,
 which is both more accurate for small traits and much cheaper.
 
-The transform is found by a batched search: rotations × scales, translation from the centroids of
-the foreground, scored by the agreement between the warped support labels and a coarse first-pass
-prediction on the query; then a local refinement of translation.
+The transform is found by a batched search: rotations over the full circle × scales × (optionally)
+mirror images, translation from the centroids of the foreground, scored by the agreement between the
+warped support labels and a coarse first-pass prediction on the query and by how well the warped
+support's colours match the query's; then a local refinement of angle, scale and translation. Nothing in
+the search prefers the support's own orientation, so a query photographed upside down or mirrored is
+registered like an upright one (as long as the features it is scored with carry no position: see
+:class:`~traitlens.segment.labelprop.LabelPropOptions` ``pose``). A mirror hypothesis must beat the best
+unmirrored one by ``mirror_margin``: a bilaterally symmetric specimen looks the same either way, and its
+left/right labels then keep their meaning.
 """
 
 from __future__ import annotations
@@ -28,14 +34,17 @@ def _centroid(fg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([(fg.sum(0) * xs).sum() / mass, (fg.sum(1) * ys).sum() / mass]), mass
 
 
-def similarity_theta(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+def similarity_theta(angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, centre: torch.Tensor,
+                     flip: Optional[torch.Tensor] = None) -> torch.Tensor:
     """N×2×3 affine matrices for ``grid_sample`` mapping query coordinates to support coordinates.
 
-    A query point ``q`` samples the support at ``centre + R(angle) (q - shift) / scale``, i.e. the support
-    specimen is rotated by ``-angle``, scaled by ``scale`` and centred on ``shift``.
+    A query point ``q`` samples the support at ``centre + R(angle) M (q - shift) / scale``, i.e. the support
+    specimen is rotated by ``-angle``, scaled by ``scale`` and centred on ``shift``; ``flip`` (N values ±1,
+    default +1) sets ``M = diag(flip, 1)``: -1 mirrors the query's x axis first (a mirror image).
     """
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2) / scale[:, None, None]
+    f = torch.ones_like(cos) if flip is None else flip.to(cos)
+    rot = torch.stack([torch.stack([cos * f, -sin], -1), torch.stack([sin * f, cos], -1)], -2) / scale[:, None, None]
     trans = centre[None, :, None] - rot @ shift[:, :, None] if shift.dim() == 2 else centre[None, :, None] - rot @ shift[None, :, None].expand(len(angle), 2, 1)
     return torch.cat([rot, trans], dim=2)
 
@@ -52,7 +61,7 @@ def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int =
              scales: Tuple[float, ...] = (0.8, 0.9, 1.0, 1.1, 1.25), refine: int = 2,
              support_feats: Optional[torch.Tensor] = None, query_feats: Optional[torch.Tensor] = None,
              tau: float = 0.1, shifts: int = 2, candidates: int = 12,
-             stage2_half: bool = False) -> torch.Tensor:
+             stage2_half: bool = False, mirror: bool = True, mirror_margin: float = 0.03) -> torch.Tensor:
     """The 2×3 ``theta`` that best maps the support's soft labels onto the query's coarse prediction.
 
     ``support_soft``, ``query_soft``: ``(K+1)×h×w`` label probabilities on the same grid (channel 0 =
@@ -61,6 +70,8 @@ def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int =
     features. Coarse to fine: every rotation × scale (centroids matched) on a half-resolution grid; the
     ``candidates`` best, each with ``shifts`` grid steps of translation around the centroid, at full
     resolution; then a finer grid of angle, scale and shift around the best one (``refine`` rounds).
+    ``mirror``: also try every hypothesis mirrored (a negative-determinant ``theta``); a mirrored one wins
+    only when it scores ``mirror_margin`` (a fraction) above the best unmirrored one.
     """
     feats = None if support_feats is None else (support_feats, query_feats, tau)
     s_fg, q_fg = 1 - support_soft[0], 1 - query_soft[0]
@@ -71,15 +82,17 @@ def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int =
     base_scale = float((q_mass / s_mass).sqrt())
     angle = torch.arange(angles, device=dev) * (2 * math.pi / angles)
     scale = torch.tensor(scales, device=dev) * base_scale
-    # Stage 1: every rotation × scale with the centroids matched, scored on a half-resolution grid.
-    a, s = (x.flatten() for x in torch.meshgrid(angle, scale, indexing="ij"))
+    # Stage 1: every rotation × scale (× mirror) with the centroids matched, scored on a half-resolution grid.
+    flips = torch.tensor([1.0, -1.0] if mirror else [1.0], device=dev)
+    a, s, f = (x.flatten() for x in torch.meshgrid(angle, scale, flips, indexing="ij"))
     t = q_c[None].expand(len(a), 2)
+    penalty = 1 - mirror_margin * (f < 0).float()  # a mirror image must be clearly better
     small = tuple(max(4, n // 2) for n in size)
     half = (F.adaptive_avg_pool2d(support_soft[None], small)[0], F.adaptive_avg_pool2d(query_soft[None], small)[0])
     half_feats = None if feats is None else (
         F.normalize(F.adaptive_avg_pool2d(support_feats[None], small)[0], dim=0),
         F.normalize(F.adaptive_avg_pool2d(query_feats[None], small)[0], dim=0), tau)
-    coarse = _score(*half, similarity_theta(a, s, t, s_c), small, half_feats)
+    coarse = _score(*half, similarity_theta(a, s, t, s_c, f), small, half_feats) * penalty
     keep = coarse.topk(min(candidates, len(coarse))).indices
     # Stage 2: the best few, each with a grid of shifts around the centroid, at full resolution.
     offsets = torch.arange(-shifts, shifts + 1, device=dev) * (4.0 / max(size))
@@ -87,17 +100,20 @@ def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int =
     n_off = len(dx)
     a = a[keep].repeat_interleave(n_off)
     s = s[keep].repeat_interleave(n_off)
+    f = f[keep].repeat_interleave(n_off)
     t = q_c[None] + torch.stack([dx, dy], 1).repeat(len(keep), 1)
     # ... and the identity (same framing: a collection photographed on one stand, or the support itself).
     a = torch.cat([a, a.new_zeros(1)])
     s = torch.cat([s, s.new_ones(1)])
+    f = torch.cat([f, f.new_ones(1)])
     t = torch.cat([t, s_c[None]])
-    theta = similarity_theta(a, s, t, s_c)
+    theta = similarity_theta(a, s, t, s_c, f)
+    penalty = 1 - mirror_margin * (f < 0).float()
     if stage2_half:
-        best = _score(*half, theta, small, half_feats).argmax()
+        best = (_score(*half, theta, small, half_feats) * penalty).argmax()
     else:
-        best = _score(support_soft, query_soft, theta, size, feats).argmax()
-    a0, s0, t0 = a[best], s[best], t[best]
+        best = (_score(support_soft, query_soft, theta, size, feats) * penalty).argmax()
+    a0, s0, t0, f0 = a[best], s[best], t[best], f[best]
     # Local refinement: translation and a finer angle/scale around the best hypothesis.
     step_t = 2.0 / max(size)
     step_a = 2 * math.pi / angles / 2
@@ -108,11 +124,59 @@ def register(support_soft: torch.Tensor, query_soft: torch.Tensor, angles: int =
         ca = (a0 + da.flatten().to(a0)).contiguous()
         cs = (s0 * ds.flatten().to(s0)).contiguous()
         ct = t0[None] + torch.stack([dx.flatten(), dy.flatten()], 1).to(t0)
-        theta = similarity_theta(ca, cs, ct, s_c)
+        theta = similarity_theta(ca, cs, ct, s_c, f0.expand(len(ca)))
         i = _score(support_soft, query_soft, theta, size, feats).argmax()
         a0, s0, t0 = ca[i], cs[i], ct[i]
         step_a, step_t = step_a / 2, step_t / 2
-    return similarity_theta(a0[None], s0[None], t0[None], s_c)[0]
+    return similarity_theta(a0[None], s0[None], t0[None], s_c, f0[None])[0]
+
+
+def mirror_symmetry(support_soft: torch.Tensor, support_feats: Optional[torch.Tensor] = None,
+                    tau: float = 0.1) -> float:
+    """How well a specimen's mirror image fits the specimen itself, turned and shifted (1 = perfectly).
+
+    The foreground and colours of the mirror image (``(K+1)×h×w`` soft labels, ``D×h×w`` features) are
+    registered, without mirroring, onto the original and scored against the original's own score. Labels
+    are reduced to foreground/background: a mirrored left wing is a right wing, not a mismatch.
+    """
+    fg = 1 - support_soft[0]
+    two = torch.stack([1 - fg, fg])
+    mirrored = two.flip(-1)
+    feats = support_feats.flip(-1) if support_feats is not None else None
+    theta = register(mirrored, two, support_feats=feats, query_feats=support_feats, tau=tau, mirror=False)
+    fit = _score(mirrored, two, theta[None], tuple(two.shape[-2:]),
+                 None if feats is None else (feats, support_feats, tau))[0]
+    own = _score(two, two, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=two.device)[None], tuple(two.shape[-2:]),
+                 None if feats is None else (support_feats, support_feats, tau))[0]
+    return float(fit / own.clamp_min(1e-6))
+
+
+def is_mirrored(theta: torch.Tensor) -> torch.Tensor:
+    """Whether each N×2×3 (or 2×3) ``theta`` mirrors (negative determinant): N bools (or one)."""
+    m = theta[..., :2, :2]
+    return (m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]) < 0
+
+
+def invert(theta: torch.Tensor) -> torch.Tensor:
+    """The inverse of N×2×3 (or 2×3) affine maps: ``warp(warp(x, theta), invert(theta)) ≈ x`` inside both frames."""
+    m, t = theta[..., :2, :2], theta[..., :2, 2:]
+    mi = torch.linalg.inv(m)
+    return torch.cat([mi, -mi @ t], dim=-1)
+
+
+def swap_pairs(soft: torch.Tensor, pairs, where: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Swap the channels of left/right label ``pairs`` in ``soft`` (B×(K+1)×h×w), for the batch items
+    ``where`` (B bools; all when None): a mirror image keeps "left" for what appears on the left."""
+    if not pairs:
+        return soft
+    order = torch.arange(soft.shape[1], device=soft.device)
+    for a, b in pairs:
+        if a < soft.shape[1] and b < soft.shape[1]:
+            order[a], order[b] = b, a
+    swapped = soft[:, order]
+    if where is None:
+        return swapped
+    return torch.where(where.view(-1, 1, 1, 1).to(soft.device), swapped, soft)
 
 
 def _score(support_soft: torch.Tensor, query_soft: torch.Tensor, theta: torch.Tensor, size,

@@ -40,11 +40,17 @@ def build_features(kind: str = "colour", backbone: Union[str, Path, None] = None
 
 
 def build_propagator(backend: str = "labelprop", device: Union[str, torch.device] = "cpu",
-                     work_size: int = 128, features: str = "colour", backbone=None, local: int = 3,
+                     work_size: Union[int, str] = 128, features: str = "colour", backbone=None, local: int = 3,
                      projection: Union[str, Path, None] = None, checkpoint=None, download: bool = False,
                      offload_video: bool = False, offload_state: bool = False, differentiable: bool = False,
-                     memory: int = 3):
-    """The backend behind ``traitlens segment``/``retrieve``/``segment finetune``."""
+                     memory: int = 3, mirror_pairs=(), pose: str = "any"):
+    """The backend behind ``traitlens segment``/``retrieve``/``segment finetune``.
+
+    ``work_size``: label propagation's working side in pixels, or ``"auto"``: chosen from the support's
+    thinnest trait (:func:`traitlens.segment.support.work_side`, 128-256 px). ``mirror_pairs``: left/right
+    label ids that swap in a mirror image. ``pose``: ``"any"`` (any rotation or mirror; SAM 2 then turns each
+    query onto the support's pose) or ``"upright"``.
+    """
     if backend not in BACKENDS:
         raise BackendOptionError("backend", backend, f"choose one of {', '.join(BACKENDS)}")
     if backend == "sam2":
@@ -52,7 +58,7 @@ def build_propagator(backend: str = "labelprop", device: Union[str, torch.device
 
         model = load_sam2(checkpoint, download=download)
         return Sam2Propagator(model, device=device, offload_video=offload_video, offload_state=offload_state,
-                              differentiable=differentiable)
+                              differentiable=differentiable, pose=pose, mirror_pairs=mirror_pairs)
     feats = build_features(features, backbone, str(device))
     proj = None
     if projection is not None:
@@ -64,7 +70,14 @@ def build_propagator(backend: str = "labelprop", device: Union[str, torch.device
         proj = FeatureProjection(dim)
     if proj is not None:
         proj = proj.to(device)
-    options = LabelPropOptions(work_size=(work_size, work_size), align=True, local=local, memory=memory)
+    from traitlens.segment.support import WORK_BOUNDS
+
+    auto = isinstance(work_size, str)
+    if auto and work_size != "auto":
+        raise BackendOptionError("work_size", work_size, "give a side in pixels or 'auto'")
+    side = WORK_BOUNDS[0] if auto else int(work_size)
+    options = LabelPropOptions(work_size=(side, side), align=True, local=local, memory=memory, pose=pose,
+                               mirror_pairs=tuple(mirror_pairs), auto_work=WORK_BOUNDS if auto else None)
     return LabelPropagation(feats, options, projection=proj, device=device)
 
 

@@ -38,6 +38,11 @@ class ColourPositionFeatures:
         ring = 6 * ((2 * self.context + 1) ** 2 - 1) if self.context else 0
         return list(range(6)) + [6 + ring, 7 + ring]
 
+    @property
+    def pose_free_channels(self) -> list:
+        """Colour alone (no position, no context ring): what registration over any rotation scores with."""
+        return list(range(6))
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images
         if self.smooth > 1:

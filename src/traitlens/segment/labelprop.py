@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from traitlens.segment.align import refine_part, register, warp
+from traitlens.segment.align import is_mirrored, mirror_symmetry, refine_part, register, swap_pairs, warp
 from traitlens.segment.propagator import Propagator, one_hot
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
@@ -47,6 +47,18 @@ class LabelPropOptions:
     of ``side`` cells, at most 32: a diffusion covers the same share of the frame at any resolution, and the
     rounds reuse one set of affinities, so they cost little). ``exact``: a query location whose best
     key matches at cosine ≥ this takes that key's label (a repeated specimen, the support itself).
+    ``pose``: ``"any"`` (default) registers and makes the coarse first pass with features that carry no
+    position (the extractor's ``pose_free_channels``), so any in-plane rotation is found as readily as the
+    support's own; ``"upright"`` keeps position in both, which prefers poses near the support's (the
+    behaviour before rotation handling). ``mirror``: also search mirror images (True / False; None: when
+    ``mirror_pairs`` are given, or when the support is not mirror-symmetric, i.e. its mirror image fits itself
+    below ``mirror_symmetric`` of its own score: a symmetric specimen's mirror image is itself turned, and a
+    mirrored registration would only swap its left and right labels). ``mirror_pairs``: the (left, right)
+    label ids that swap when a mirrored registration wins (e.g. ``((3, 4),)`` for the wings), so a mirrored
+    specimen keeps "left" for the part on its left.
+    ``auto_work``: ``(low, high)`` bounds of a working resolution chosen from the supports' thinnest trait
+    (:func:`traitlens.segment.support.work_side`: the thinnest trait spans 3 grid cells); ``work_size`` is
+    then only the starting value, and the largest side any support asks for is used.
     Measured on the synthetic collection (12 species, one support per species, ``python benchmarks/segment_seeds.py``
     at 128 px, ``--size 64`` for 64 px): border keys 0.817 → 0.871 trait mIoU at 64 px, clean-up 0.902 → 0.923
     at 128 px (2 rounds), 0.930 (8 rounds, the default there); one registration round with 20 candidates scored
@@ -72,6 +84,11 @@ class LabelPropOptions:
     refine: Optional[int] = None
     refine_local: int = 2
     exact: float = 0.999
+    pose: str = "any"
+    mirror: Optional[bool] = None
+    mirror_symmetric: float = 0.93
+    mirror_pairs: Tuple[Tuple[int, int], ...] = ()
+    auto_work: Optional[Tuple[int, int]] = None
 
     def resolved(self) -> "LabelPropOptions":
         """The options with the defaults that depend on ``work_size`` filled in and ``parts`` as tuples."""
@@ -81,7 +98,8 @@ class LabelPropOptions:
             # the global pass and registration run on a grid of about 32×32 cells whatever the working size
             coarse=self.coarse or max(1, round(min(work_size) / 32)),
             refine=self.refine if self.refine is not None else refine_rounds(work_size),
-            parts=tuple(tuple(int(i) for i in g) for g in self.parts) if self.parts else ())
+            parts=tuple(tuple(int(i) for i in g) for g in self.parts) if self.parts else (),
+            mirror_pairs=tuple((int(a), int(b)) for a, b in self.mirror_pairs))
 
 
 class LabelPropagation(Propagator):
@@ -94,21 +112,43 @@ class LabelPropagation(Propagator):
     def __init__(self, features: FeatureFn, options: Optional[LabelPropOptions] = None,
                  projection: Optional[torch.nn.Module] = None, device: str | torch.device = "cpu"):
         self.features = features
-        self.options = (options or LabelPropOptions()).resolved()
+        self._given = options or LabelPropOptions()
+        self.options = self._given.resolved()
+        self._raw: List[Tuple[torch.Tensor, torch.Tensor]] = []  # the supports as given (auto_work re-encodes them)
         self.projection = projection
         self.device = torch.device(device)
         self._support: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._recent: deque = deque(maxlen=max(self.options.memory, 0) or None)
+        self._symmetry: dict = {}  # support -> how well its mirror image fits it (mirror_symmetry)
         self.num_labels = 0
 
     # -- memory -------------------------------------------------------------------------------
     def reset(self, num_labels: int) -> None:
         self.num_labels = int(num_labels)
         self._support = []
+        self._raw = []
+        self._symmetry = {}
         self._recent = deque(maxlen=self.options.memory if self.options.memory > 0 else 1)
 
     def add_support(self, image: torch.Tensor, labels: torch.Tensor) -> None:
-        self._support.append(self._entry(image, one_hot(labels.to(self.device), self.num_labels)))
+        soft = one_hot(labels.to(self.device), self.num_labels)
+        if self.options.auto_work:
+            from traitlens.segment.support import work_side
+
+            side = work_side(labels if labels.dim() == 2 else labels.argmax(0), bounds=self.options.auto_work)
+            if len(self._support) == 0 or side > self.options.work_size[0]:
+                self._set_work_size(side)
+        self._raw.append((image, soft))
+        self._support.append(self._entry(image, soft))
+
+    def _set_work_size(self, side: int) -> None:
+        """Change the working resolution (the rule of ``auto_work``); the supports are encoded again."""
+        if (side, side) == self.options.work_size:
+            return
+        base = replace(self.options, work_size=(side, side), coarse=self._given.coarse, refine=self._given.refine)
+        self.options = base.resolved()
+        self._support = [self._entry(im, soft) for im, soft in self._raw]
+        self._recent.clear()
 
     def add_memory(self, image: torch.Tensor, probs: torch.Tensor) -> None:
         if self.options.memory > 0:
@@ -161,20 +201,29 @@ class LabelPropagation(Propagator):
         c = self.options.coarse
         q_coarse = self._pool(q, c)
         extra = self._border_keys(q_coarse)
-        coarse = self.propagate(q_coarse, pool=c, extra=extra)  # B×(K+1)×h/c×w/c
+        if self.options.pose == "any":
+            # The first pass (what registration aims at) by colour alone: position would pull every query
+            # towards the support's own orientation.
+            q_pose_free = self._pool(self._for_registration(q), c)
+            coarse = self.propagate(q_pose_free, pool=c, extra=self._border_keys(q_pose_free),
+                                    transform=self._for_registration)
+        else:
+            coarse = self.propagate(q_coarse, pool=c, extra=extra)  # B×(K+1)×h/c×w/c
         out = torch.zeros(q.shape[0], self.num_labels, *q.shape[-2:], device=q.device)
         exact = None
         for feats, soft, frame in self._support:
             s_coarse = F.avg_pool2d(soft[None], c)[0] if c > 1 else soft
             s_feats = self._pool(self._for_registration(feats[None]), c)[0]
             q_feats = self._pool(self._for_registration(q), c)
+            mirror = self._mirror_search(soft, s_coarse, s_feats)
             target = coarse
             for it in range(max(1, self.options.iterations)):
                 # Register onto the current prediction; each round refines the one before.
                 with torch.no_grad():
                     thetas = torch.stack([register(s_coarse, target[i].detach(), support_feats=s_feats.detach(),
                                                    query_feats=q_feats[i].detach(), tau=self.options.tau,
-                                                   candidates=self.options.candidates, stage2_half=self.options.fast)
+                                                   candidates=self.options.candidates, stage2_half=self.options.fast,
+                                                   mirror=mirror)
                                           for i in range(q.shape[0])])
                 keys, values = self._warped_support(frame, soft, thetas, q.shape[-2:])
                 if self.options.parts and it == max(1, self.options.iterations) - 1:
@@ -199,6 +248,39 @@ class LabelPropagation(Propagator):
         # Where the query repeats the support exactly (a duplicate specimen, the support itself), keep the
         # support's labels as they are: the clean-up is for uncertain matches.
         return torch.where((exact >= self.options.exact)[:, None], out, refined)
+
+    @torch.no_grad()
+    def poses(self, images: List[torch.Tensor]) -> torch.Tensor:
+        """The registration of the first support onto each frame: ``B×2×3`` thetas (query → support coordinates
+        of ``grid_sample``, on the square working grid), from the coarse pose-free pass. What another
+        backend uses to turn a query onto the support's pose (:class:`traitlens.segment.sam2.Sam2Propagator`).
+        """
+        if not self._support:
+            raise RuntimeError("label propagation has no support: add one first")
+        frames = torch.stack([self._to_work(im) for im in images]).to(self.device)
+        q = self.encode(frames)
+        c = self.options.coarse
+        q_reg = self._pool(self._for_registration(q), c)
+        coarse = self.propagate(q_reg, pool=c, extra=self._border_keys(q_reg), transform=self._for_registration)
+        feats, soft, _ = self._support[0]
+        s_coarse = F.avg_pool2d(soft[None], c)[0] if c > 1 else soft
+        s_feats = self._pool(self._for_registration(feats[None]), c)[0]
+        mirror = self._mirror_search(soft, s_coarse, s_feats)
+        return torch.stack([register(s_coarse, coarse[i], support_feats=s_feats, query_feats=q_reg[i],
+                                     tau=self.options.tau, candidates=self.options.candidates,
+                                     stage2_half=self.options.fast, mirror=mirror) for i in range(q.shape[0])])
+
+    def _mirror_search(self, soft: torch.Tensor, s_coarse: torch.Tensor, s_feats: torch.Tensor) -> bool:
+        """Whether registration onto queries of this support searches mirror images (``options.mirror``)."""
+        if self.options.mirror is not None:
+            return bool(self.options.mirror)
+        if self.options.mirror_pairs:
+            return True
+        key = id(soft)
+        if key not in self._symmetry:
+            with torch.no_grad():
+                self._symmetry[key] = mirror_symmetry(s_coarse, s_feats, tau=self.options.tau)
+        return self._symmetry[key] < self.options.mirror_symmetric
 
     def refine_own(self, q: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         """Edge-aware clean-up on the query itself: each location takes the labels of its most similar
@@ -230,11 +312,15 @@ class LabelPropagation(Propagator):
         warped_frames = warp(frame, thetas, self.options.work_size)
         warped_soft = warp(soft, thetas, size)
         warped_soft[:, 0] += 1 - warped_soft.sum(1)  # outside the support's frame: background
+        if self.options.mirror_pairs:
+            warped_soft = swap_pairs(warped_soft, self.options.mirror_pairs, is_mirrored(thetas))
         return [self.encode(warped_frames)], [warped_soft]
 
     def _for_registration(self, feats: torch.Tensor) -> torch.Tensor:
-        """The feature channels registration scores with (all, unless the extractor names fewer)."""
-        channels = getattr(self.features, "registration_channels", None)
+        """The feature channels registration scores with (all, unless the extractor names fewer): with
+        ``pose="any"`` its ``pose_free_channels`` (no position), else its ``registration_channels``."""
+        name = "pose_free_channels" if self.options.pose == "any" else "registration_channels"
+        channels = getattr(self.features, name, None)
         if channels is None or self.projection is not None:
             return feats
         return F.normalize(feats[:, channels], dim=1)
@@ -304,13 +390,16 @@ class LabelPropagation(Propagator):
         flat = copy * (hp * wp) + (ys + offset // side) * wp + (xs + offset % side)  # B×k×h×w
         return WindowMatch(torch.softmax(top, dim=1), flat, is_extra, best, r)
 
-    def propagate(self, query: torch.Tensor, pool: int = 1, extra: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def propagate(self, query: torch.Tensor, pool: int = 1, extra: Optional[torch.Tensor] = None,
+                  transform: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
         """Query features ``B×D×h×w`` → soft labels ``B×(K+1)×h×w`` on the same grid.
 
         ``pool``: memory features and labels are average-pooled by this factor first (coarse pass).
         ``extra``: ``B×D×m`` further keys per query, labelled background (the query's frame border).
+        ``transform``: applied to the memory's features ``1×D×h×w`` first (the pose-free channels).
         """
-        entries = [(self._pool(f[None], pool)[0], F.avg_pool2d(s[None], pool)[0] if pool > 1 else s)
+        tf = transform or (lambda f: f)
+        entries = [(self._pool(tf(f[None]), pool)[0], F.avg_pool2d(s[None], pool)[0] if pool > 1 else s)
                    for f, s, _ in self._support + list(self._recent)]
         keys = torch.cat([f.flatten(1) for f, _ in entries], dim=1)  # D×M
         values = torch.cat([s.flatten(1) for _, s in entries], dim=1)  # (K+1)×M

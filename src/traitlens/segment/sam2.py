@@ -6,6 +6,13 @@ streamed as the next frame; its prediction is *forgotten* again unless the track
 (:meth:`Sam2Propagator.add_memory`), so ``pairwise`` keeps the memory at [support] and ``chain`` keeps
 SAM 2's own memory of recent frames. Overlapping traits are resolved by the highest probability.
 
+Rotation and mirror images (``pose="any"``, the default): SAM 2's memory attention matches a query with
+the support at corresponding positions, so a query photographed upside down would be matched head to tail.
+Each query is therefore first registered onto the first support (colour label propagation's pose-free
+registration on a 64 px grid, :meth:`~traitlens.segment.labelprop.LabelPropagation.poses`), turned onto
+the support's pose before it enters the pseudo-video, and its prediction turned back (``mirror_pairs``
+swap when the registration is a mirror image).
+
 Install with ``pip install traitlens[sam2]`` (it needs ``transformers`` ≥ 4.56). Weights come from a local
 folder (``save_pretrained`` layout) or, only when asked for with ``download=True``, from the hub.
 """
@@ -19,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from traitlens.errors import UserError
+from traitlens.segment.align import invert, is_mirrored, swap_pairs, warp
 from traitlens.segment.propagator import BackendOptionError, Propagator, one_hot
 
 # SAM 2 normalises frames with the ImageNet statistics.
@@ -107,8 +115,13 @@ class Sam2Propagator(Propagator):
     """
 
     def __init__(self, model, device: Union[str, torch.device] = "cpu", offload_video: bool = False,
-                 offload_state: bool = False, differentiable: bool = False):
+                 offload_state: bool = False, differentiable: bool = False, pose: str = "any",
+                 mirror_pairs=()):
         _, self._Session = _transformers_sam2()
+        if pose not in ("any", "upright"):
+            raise BackendOptionError("pose", pose, "choose any or upright")
+        self.pose, self.mirror_pairs = pose, tuple(mirror_pairs)
+        self._pose_finder = None  # label propagation holding the first support (pose="any")
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.size = int(model.config.image_size if isinstance(model.config.image_size, int)
@@ -160,6 +173,26 @@ class Sam2Propagator(Propagator):
             video_storage_device=cpu if self.offload_video else self.device)
         self._objects = []
         self._pending = None
+        self._pose_finder = None
+
+    def _pose_of(self, image: torch.Tensor) -> Optional[torch.Tensor]:
+        """The 2×3 theta (query → support, normalised coordinates of the square SAM 2 input), or None."""
+        if self._pose_finder is None:
+            return None
+        return self._pose_finder.poses([image.detach().float().cpu()])[0].to(self.device)
+
+    def _remember_pose(self, image: torch.Tensor, labels: torch.Tensor) -> None:
+        """The first support becomes the reference pose (pose="any")."""
+        if self.pose != "any" or self._pose_finder is not None:
+            return
+        from traitlens.segment.features import ColourPositionFeatures
+        from traitlens.segment.labelprop import LabelPropagation, LabelPropOptions
+
+        finder = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(64, 64), align=True,
+                                                                             mirror_pairs=self.mirror_pairs))
+        finder.reset(self.num_labels)
+        finder.add_support(image.detach().float().cpu(), labels.detach().cpu())
+        self._pose_finder = finder
 
     def add_support(self, image: torch.Tensor, labels: torch.Tensor) -> None:
         """A conditioning frame: each trait present in ``labels`` becomes (or re-prompts) its SAM 2 object."""
@@ -174,6 +207,7 @@ class Sam2Propagator(Propagator):
         if not present:
             raise ValueError("the support label map has no trait pixels")
         frame_idx = self.session.add_new_frame(self._pixels(image))
+        self._remember_pose(image, labels)
         for k in present:
             obj_idx = self.session.obj_id_to_idx(k)  # creates the object the first time
             self.session.add_mask_inputs(obj_idx, frame_idx, masks[k - 1][None, None])
@@ -199,7 +233,12 @@ class Sam2Propagator(Propagator):
         if self.session is None or not self._objects:
             raise RuntimeError("SAM 2 has no memory: add a support frame first")
         self._forget_pending()
-        out = self._forward(frame=self._pixels(image))
+        theta = self._pose_of(image)
+        pixels = self._pixels(image)
+        if theta is not None:
+            # onto the support's pose before the query enters the pseudo-video
+            pixels = warp(pixels[None].float(), invert(theta)[None], (self.size, self.size))[0].to(self.dtype)
+        out = self._forward(frame=pixels)
         frame_idx = out.frame_idx
         # Forget the frame until add_memory asks to keep it (pairwise order: memory = the supports only).
         outputs, tracked = {}, {}
@@ -209,21 +248,27 @@ class Sam2Propagator(Propagator):
         frame = self.session.processed_frames.pop(frame_idx)
         self.session.cache._vision_features.pop(frame_idx, None)
         self._pending = (image, frame_idx, frame, outputs, tracked)
-        return self._soft(out.pred_masks, out.object_ids, tuple(image.shape[-2:]))
+        return self._soft(out.pred_masks, out.object_ids, tuple(image.shape[-2:]), theta)
 
     def _forget_pending(self) -> None:
         self._pending = None
 
-    def _soft(self, logits: torch.Tensor, object_ids: Sequence[int], size) -> torch.Tensor:
-        """Per-object mask logits ``N×1×h×w`` → soft label map ``(K+1)×H×W``; background = 1 − max trait."""
-        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)[:, 0]
-        probs = torch.sigmoid(logits)
+    def _soft(self, logits: torch.Tensor, object_ids: Sequence[int], size, theta=None) -> torch.Tensor:
+        """Per-object mask logits ``N×1×h×w`` → soft label map ``(K+1)×H×W``; background = 1 − max trait.
+        ``theta``: the query's registration; the masks are turned back from the support's pose first."""
+        probs = torch.sigmoid(logits.float())
+        if theta is not None:
+            probs = warp(probs, theta[None].expand(len(probs), 2, 3).to(probs), tuple(probs.shape[-2:]))
+        probs = F.interpolate(probs, size=size, mode="bilinear", align_corners=False)[:, 0]
         soft = torch.zeros(self.num_labels, *size, device=probs.device, dtype=probs.dtype)
         traits = torch.tensor([int(k) for k in object_ids], device=probs.device)
         soft = soft.index_copy(0, traits, probs)
         background = 1 - soft[1:].amax(0)
         soft = torch.cat([background[None], soft[1:]], 0)
-        return soft / soft.sum(0, keepdim=True).clamp_min(1e-6)
+        soft = soft / soft.sum(0, keepdim=True).clamp_min(1e-6)
+        if theta is not None and self.mirror_pairs and bool(is_mirrored(theta)):
+            soft = swap_pairs(soft[None], self.mirror_pairs)[0]
+        return soft
 
     def differentiable(self) -> bool:
         return self._grad

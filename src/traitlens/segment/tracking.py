@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from traitlens.errors import UserError
 from traitlens.segment.propagator import Propagator, one_hot
 
 Frame = torch.Tensor  # 3×H×W float in [0, 1]
@@ -30,6 +31,10 @@ def prime(propagator: Propagator, supports: Sequence[Support], num_labels: Optio
     """Reset the backend's memory and add the support frames; returns the number of labels (K+1)."""
     if not supports:
         raise ValueError("at least one support image with its label map is needed")
+    for i, (_, lbl) in enumerate(supports):
+        if float(lbl.max() if lbl.dim() == 2 else lbl[1:].sum()) <= 0:
+            raise UserError(f"support #{i + 1}: its label map has no trait pixels (every id is 0); "
+                            "label at least one trait")
     k = num_labels or 1 + max(int(lbl.max()) for _, lbl in supports)
     propagator.reset(k)
     for image, labels in supports:

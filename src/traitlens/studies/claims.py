@@ -153,6 +153,18 @@ def segmentation(scale: str = "broad", seed: int = 0) -> dict:
     return memo_json(_root(), f"segmentation-{scale}", settings, lambda: segment_specimens(settings, gallery))
 
 
+def body_plan_segmentation(plan: str = "butterfly", scale: str = "broad", seed: int = 0) -> dict:
+    """Segmentation by tracking on butterflies or beetles: trait mIoU upright and in other poses (turned,
+    mirrored), thin traits, copy-the-support baseline (:func:`traitlens.studies.demo.segment.segment_plan`)."""
+    from traitlens.studies.demo.segment import segment_plan
+    from traitlens.studies.recipes import plan_segmentation
+
+    settings = asdict(replace(plan_segmentation(plan, scale), seed=seed))
+    gallery = memo_path(_root(), "plan-segmentation-gallery", settings)
+    gallery.mkdir(parents=True, exist_ok=True)
+    return memo_json(_root(), f"plan-segmentation-{scale}", settings, lambda: segment_plan(settings, gallery))
+
+
 # ------------------------------------------------------------------------------------------ calibration
 def calibration(scale: str = "broad", seed: int = 0) -> dict:
     """The calibrated fine-tuning experiment (:func:`traitlens.studies.calibration.run_experiment`)."""

@@ -258,6 +258,39 @@ def segmentation(scale: str = "standard") -> Segmentation:
     return _SEGMENTATION[check_scale(scale)]
 
 
+@dataclass(frozen=True)
+class PlanSegmentation:
+    """Segmentation by tracking on another body plan (``butterfly`` or ``beetle``): one support per species
+    (its first image), the others upright (the collection's own ±``rotation``°), and the first
+    ``pose_queries`` of each species again turned by 90°, 180°, 270°, a random angle and mirrored.
+    ``work``: label propagation's working side (pixels) or ``"auto"`` (from the support's thinnest trait)."""
+
+    plan: str = "butterfly"
+    species: int = 6
+    per_species: int = 4
+    size: int = 128
+    seed: int = 0
+    local: int = 3
+    work: Any = 128
+    rotation: float = 35.0
+    pose_queries: int = 1
+    poses: Tuple[str, ...] = ("90", "180", "270", "random", "mirror")
+
+
+# tiny: 2 species × 2 queries at 64 px, one each turned 180°, at any angle and mirrored (seconds); standard: the demo's small butterfly collection (6 species ×
+# 3 queries, 180° turns of one per species); broad: the claim, 8 species × 16 queries = 128 per plan, and
+# 3 per species (24) in every other pose
+_PLAN_SEGMENTATION = {
+    "tiny": dict(species=2, per_species=3, size=64, work=64, pose_queries=1, poses=("180", "random", "mirror")),
+    "standard": dict(species=6, per_species=4, size=128, pose_queries=1, poses=("180", "mirror")),
+    "broad": dict(species=8, per_species=17, size=128, pose_queries=3),
+}
+
+
+def plan_segmentation(plan: str = "butterfly", scale: str = "broad") -> PlanSegmentation:
+    return PlanSegmentation(plan=plan, **_PLAN_SEGMENTATION[check_scale(scale)])
+
+
 # ------------------------------------------------------------------------------ calibrated fine-tuning
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -328,9 +361,10 @@ COMPBENCH_BUILD = CompBenchBuild()
 
 
 __all__ = ["SCALES", "ExperimentConfig", "Collection", "Training", "Pretraining", "Interpretable", "MapComparison",
-           "FinerCamEvaluation", "FinerCamClaim", "Segmentation", "CompBenchBuild", "DEMO_COLLECTION", "DEMO_CLASSIFIER",
+           "FinerCamEvaluation", "FinerCamClaim", "Segmentation", "PlanSegmentation", "CompBenchBuild", "DEMO_COLLECTION", "DEMO_CLASSIFIER",
            "CLAIMS_COLLECTION", "MAP_COMPARISON", "FINER_CAM_EVALUATION", "SEGMENTATION", "COMPBENCH_BUILD",
-           "pretraining", "interpretable", "finer_cam", "segmentation", "calibration", "check_scale"]
+           "pretraining", "interpretable", "finer_cam", "segmentation", "plan_segmentation", "calibration",
+           "check_scale"]
 
 
 # ------------------------------------------------------------------------------ the trait atlas
