@@ -97,3 +97,14 @@ def test_runner_shards_share_one_folder(collection, checkpoint, tmp_path, monkey
     assert sorted(counts) == [len(items) // 2, len(items) - len(items) // 2]
     assert len(rows) == len(items) == len({r["id"] for r in rows})
     assert (out / "index.html").exists() and len(np.load(out / "maps.npz").files) == len(items)
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "0.5,-inf"])
+def test_explain_refuses_non_finite_alpha_in_one_line(collection, checkpoint, tmp_path, capsys, alpha):
+    img = next((collection / "test").rglob("*.png"))
+    out = tmp_path / "bad"
+    assert main(["explain", "--checkpoint", str(checkpoint), "--images", str(img), f"--alpha={alpha}",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "alpha must be" in err[0]
+    assert not (out / "results.jsonl").exists() or "NaN" not in (out / "results.jsonl").read_text()

@@ -141,3 +141,10 @@ def test_user_errors(resnet, images):
         explain(resnet, images, target=12)
     with pytest.raises(UserError, match="class names"):
         explain(resnet, images, target="Lazuli Bunting")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "legrad", "pgc:GradCAM"])
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), [0.5, float("-inf")], "abc"])
+def test_non_finite_alphas_are_refused_by_every_method(vit, vit_images, method, alpha):
+    with pytest.raises(UserError, match="alpha must be"):
+        explain(vit, vit_images, method=method, finer=True, alpha=alpha)

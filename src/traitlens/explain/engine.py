@@ -23,12 +23,14 @@ from traitlens.explain.adapter import explain_with_package
 from traitlens.explain.cams import GRADIENT_METHODS, canonical_method
 # LayerSpec and resolve_layer: re-exported, callers import them from here.
 from traitlens.explain.explanation import Explanation
-from traitlens.explain.layers import LayerSpec, resolve_layer  # noqa: F401
+from traitlens.explain.layers import LayerSpec, model_layout, resolve_layer  # noqa: F401
+from traitlens.explain.legrad import layer_logits, legrad_blocks, vit_for_legrad
+from traitlens.explain.legrad import relevance as legrad_relevance
 from traitlens.explain.scorecam import scorecam
 from traitlens.explain.split import capture_activation, record_from_layer
 from traitlens.explain.targets import alpha_list, finer_coefficients, finer_target, model_references, resolve_classes
 
-METHODS = tuple(GRADIENT_METHODS) + ("scorecam",)
+METHODS = tuple(GRADIENT_METHODS) + ("scorecam", "legrad")
 
 
 @contextlib.contextmanager
@@ -97,8 +99,9 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
             score_channels: Optional[int] = None, reentry: bool = True) -> Explanation:
     """Explain ``model``'s decision on ``images`` (B×3×H×W, normalised) with a CAM, by default Finer-CAM.
 
-    method: ``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``scorecam``, or any
-    ``pytorch_grad_cam`` CAM class (through :mod:`traitlens.explain.adapter`). finer: explain the
+    method: ``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``scorecam``, ``legrad``
+    (timm ViTs; :mod:`traitlens.explain.legrad`, target_layer: the blocks it averages over, default all),
+    or any ``pytorch_grad_cam`` CAM class (through :mod:`traitlens.explain.adapter`). finer: explain the
     difference to the reference classes (False: the target logit alone). alpha: comparison strength
     ≥ 0, or a list (maps A×B×H×W, one forward and backward for all). target: None (predicted class),
     a class id or name, or one per image. references: see
@@ -122,14 +125,20 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
     if method not in METHODS:
         raise UserError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     alphas, sweep = alpha_list(alpha)
-    spec = resolve_layer(model, target_layer)
+    legrad = method == "legrad"
+    spec = resolve_layer(model, None if legrad else target_layer)
     device = _device(model)
     images = images.to(device)
     height, width = images.shape[-2:]
     score_based = method == "scorecam"
 
     with frozen(model):
-        if score_based:
+        if legrad:
+            blocks = legrad_blocks(vit_for_legrad(model), target_layer)
+            layer_scores, logits, leaves = layer_logits(model, images, blocks)
+            plan, act = "legrad", None
+            spec = LayerSpec(spec.module, spec.to_map, ",".join(f"blocks.{i}" for i in blocks))
+        elif score_based:
             logits, act = capture_activation(model, spec.module, images, spec.name)
             plan = "inference"
         else:
@@ -147,14 +156,20 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
             refs = torch.empty(images.shape[0], 0, dtype=torch.long, device=device)
         scores = torch.stack([finer_target(z, tgt, refs, a, weights) for a in alphas])
 
-        acts = spec.to_map(act.detach(), height, width)  # B×C×h×w
-        if score_based:
+        index = torch.cat([tgt[:, None], refs.clamp(min=0)], dim=1)  # B×J: the target, then the references
+        unit = finer_coefficients(logits, tgt, refs, [1.0], weights, detach_weights)[0]  # B×J, at α = 1
+        if legrad:
+            lay = model_layout(model)
+            raw = legrad_relevance(layer_scores, leaves, index, unit, alphas, lay.num_prefix_tokens,
+                                   lay.grid(height, width))  # A×B×gh×gw
+            extras = {"plan": plan}
+        elif score_based:
+            acts = spec.to_map(act.detach(), height, width)  # B×C×h×w
             raw, forwards = scorecam(model, images, acts, tgt, refs, alphas, weights=weights,
                                      batch_size=score_batch_size, top_channels=score_channels)
             extras = {"plan": plan, "masked_forwards": forwards}
         else:
-            index = torch.cat([tgt[:, None], refs.clamp(min=0)], dim=1)  # B×J
-            unit = finer_coefficients(logits, tgt, refs, [1.0], weights, detach_weights)[0]  # B×J
+            acts = spec.to_map(act.detach(), height, width)  # B×C×h×w
             grads = score_gradients(logits, act, index, unit, alphas)  # A×B×...
             a = grads.shape[0]
             grads = spec.to_map(grads.flatten(0, 1), height, width).unflatten(0, (a, -1))  # A×B×C×h×w
