@@ -55,7 +55,7 @@ def test_evaluate_explanations_writes_table_and_plot(collection, checkpoint, tmp
                  "--json", str(tmp_path / "t.json")]) == 0
     table = json.loads((tmp_path / "t.json").read_text())
     assert [r["method"] for r in table["table"]] == ["gradcam", "finer-gradcam"]
-    assert set(table["metrics"]) == {"drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy",
+    assert set(table["metrics"]) == {"drop", "contrastive_drop", "pair_drop", "deletion", "insertion", "pointing", "energy",
                                      "diagnostic_energy", "diagnostic_lift", "diagnostic_fraction",
                                      "diagnostic_density"}
     # the defaults: explain the prediction against its siblings; at 32 px no CNN stage reaches 14×14, so the
