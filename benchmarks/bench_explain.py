@@ -243,6 +243,7 @@ def main(argv=None):
         for batch in batches:
             sc = args.scorecam if batch == min(batches) else 0
             rows.append(bench(name, batch, args.size, args.repeats, device, args.clock, sc))
+            print(table_row(rows[-1]), file=sys.stderr, flush=True)  # each row as it is done (a long run)
     print(HEADER)
     print("|" + "---|" * (HEADER.count("|") - 1))
     for r in rows:
