@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from traitlens.explain import explain
 from traitlens.explain.engine import normalise

@@ -129,10 +129,10 @@ def layer_logits(model: nn.Module, images: torch.Tensor, blocks: Sequence[int]):
 
     Returns (s: L×B×K intermediate predictions of the chosen blocks (the last entry, when the last block is
     chosen, is the model's logits), the final logits B×K, attention leaves: L tensors B×H×N×N)."""
-    from traitlens.explain.split import _run_until
+    from traitlens.explain.split import run_until
 
     blocks_all = list(model.blocks)
-    x = _run_until(model, images, blocks_all[blocks[0]])
+    x = run_until(model, images, blocks_all[blocks[0]])
     chosen = set(blocks)
     store: List[torch.Tensor] = []
     scores = []

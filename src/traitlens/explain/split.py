@@ -89,7 +89,7 @@ def _cls_only_block(model: nn.Module, blk: nn.Module) -> bool:
             and type(blk.mlp).__module__.startswith("timm.layers"))
 
 
-def _run_until(model: nn.Module, images: torch.Tensor, stop_at: nn.Module) -> torch.Tensor:
+def run_until(model: nn.Module, images: torch.Tensor, stop_at: nn.Module) -> torch.Tensor:
     """``model.forward_features`` under inference mode up to the input of ``stop_at`` (B×N×D), as a normal
     tensor (inference tensors cannot enter a recorded graph)."""
     seen = {}
@@ -146,7 +146,7 @@ def _vit_reentry(model: nn.Module, images: torch.Tensor, index: int, kind: str) 
         stop_at = blocks[index]
     else:
         stop_at = blocks[index + 1] if index < last else model.norm
-    x = _run_until(model, images, stop_at)
+    x = run_until(model, images, stop_at)
     cls_last = _cls_only_block(model, blocks[last]) and not (kind == "output" and index == last)
     store: list = []
     with torch.enable_grad():
