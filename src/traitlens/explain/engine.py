@@ -12,7 +12,7 @@ the model's device from hook to upsampled map.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import nn
 
 from traitlens.errors import UserError
 from traitlens.explain.adapter import explain_with_package
-from traitlens.explain.cams import GRADIENT_METHODS, canonical_method
+from traitlens.explain.cams import GRADIENT_METHODS, LINEAR_IN_GRADIENT, canonical_method
 # LayerSpec and resolve_layer: re-exported, callers import them from here.
 from traitlens.explain.explanation import Explanation
 from traitlens.explain.layers import LayerSpec, model_layout, resolve_layer  # noqa: F401
@@ -68,28 +68,35 @@ def upsample(raw: torch.Tensor, size) -> torch.Tensor:
 
 
 def score_gradients(logits: torch.Tensor, leaf: torch.Tensor, index: torch.Tensor, unit: torch.Tensor,
-                    alphas: Sequence[float]) -> torch.Tensor:
-    """∂T_α/∂leaf for each α: A×B×(leaf shape[1:]), from at most two backward passes.
+                    alphas: Sequence[float]) -> Tuple[torch.Tensor, List[float]]:
+    """``∂T_α/∂leaf = basis[0] + α·basis[1]`` for every α, from at most two backward passes.
 
     index: B×J, the target then the references; unit: B×J, :func:`finer_coefficients` at α = 1 (so the
     coefficients at α are ``[1, α·unit[1:]]``). Since ``T_α`` is ``z_n + α·Σ_i unit_i z_{r_i}`` to first
-    order, its gradient is ``g_n + α·g_r``: a single map needs one backward (of the combined score), a sweep
-    two (``g_n`` and ``g_r``) whatever the number of α values and references. ``g_n`` is a plain backward of
-    the target logit, so α = 0 is bit-identical to the base CAM (``finer=False``).
+    order, its gradient is ``g_n + α·g_r``: a single map needs one backward (of the combined score, returned
+    as a basis of one with weights ``[0]``), a sweep two (``g_n`` and ``g_r``) whatever the number of α values
+    and references. ``g_n`` is a plain backward of the target logit, so α = 0 is bit-identical to the base
+    CAM (``finer=False``). Returns (basis K×B×(leaf shape[1:]), K ≤ 2; the weight of ``basis[1]`` per α).
     """
     b, j = index.shape
     contrast = j > 1 and any(a != 0 for a in alphas)
     target_only = torch.zeros_like(logits).scatter_(1, index[:, :1], 1.0)
     if not contrast:
-        g = torch.autograd.grad(logits, leaf, target_only)[0]
-        return g[None].expand(len(alphas), *g.shape)
+        return torch.autograd.grad(logits, leaf, target_only)[0][None], [0.0] * len(alphas)
     refs = torch.zeros_like(logits).scatter_add_(1, index[:, 1:], unit[:, 1:].to(logits.dtype))
     if len(alphas) == 1:
-        g = torch.autograd.grad(logits, leaf, target_only + alphas[0] * refs)[0]
-        return g[None]
+        return torch.autograd.grad(logits, leaf, target_only + alphas[0] * refs)[0][None], [0.0]
     g_n = torch.autograd.grad(logits, leaf, target_only, retain_graph=True)[0]
     g_r = torch.autograd.grad(logits, leaf, refs)[0]
-    return torch.stack([g_n + a * g_r for a in alphas])
+    return torch.stack([g_n, g_r]), list(alphas)
+
+
+def combine(basis: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """``basis[0] + w·basis[1]`` for each w (A×...; a basis of one repeats ``basis[0]``). w = 0 returns
+    ``basis[0]`` bit for bit."""
+    if basis.shape[0] == 1:
+        return basis[0][None].expand(len(weights), *basis.shape[1:])
+    return torch.stack([basis[0] + w * basis[1] for w in weights])
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "gradcam", finer: bool = True,
@@ -170,10 +177,13 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
             extras = {"plan": plan, "masked_forwards": forwards}
         else:
             acts = spec.to_map(act.detach(), height, width)  # B×C×h×w
-            grads = score_gradients(logits, act, index, unit, alphas)  # A×B×...
-            a = grads.shape[0]
-            grads = spec.to_map(grads.flatten(0, 1), height, width).unflatten(0, (a, -1))  # A×B×C×h×w
-            raw = GRADIENT_METHODS[method](acts, grads)  # A×B×h×w
+            basis, mix = score_gradients(logits, act, index, unit, alphas)  # K×B×..., K ≤ 2
+            kk = basis.shape[0]
+            basis = spec.to_map(basis.flatten(0, 1), height, width).unflatten(0, (kk, -1))  # K×B×C×h×w
+            if method in LINEAR_IN_GRADIENT:  # the map of g_n + α g_r is map(g_n) + α map(g_r): 2 maps, not A
+                raw = combine(GRADIENT_METHODS[method](acts, basis), mix)  # A×B×h×w
+            else:
+                raw = GRADIENT_METHODS[method](acts, combine(basis, mix))  # A×B×h×w
             extras = {"plan": plan}
         raw = raw.clamp(min=0).detach()
 
