@@ -52,7 +52,7 @@ def test_atlas_writes_reads_back_and_resumes(data, checkpoint, tmp_path, capsys)
     again = json.loads((tmp_path / "s.json").read_text())
     assert again["done"] == 0 and again["resumed"] == n - 1 and (out / "results.jsonl").read_text() == before
     assert main(args[:-6] + ["--removal", "blur"] + args[-6:]) == 2  # other settings: refused
-    assert "holds the results of another run" in capsys.readouterr().err
+    assert "holds results made with other options" in capsys.readouterr().err
 
 
 def test_atlas_bad_pairs_are_listed_and_the_rest_is_written(collection, checkpoint, tmp_path, capsys):

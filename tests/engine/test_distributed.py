@@ -59,7 +59,7 @@ def _free_port() -> int:
 
 
 def test_two_gloo_processes_match_the_single_process_run(tiny_data, tmp_path):
-    args = ["train", "--data", str(tiny_data), "--method", "finetune", "--backbone", "tiny-vit", "--epochs", "3",
+    args = ["train", "--data", str(tiny_data), "--method", "finetune", "--backbone", "tiny-vit", "--weights", "none", "--epochs", "3",
             "--batch-size", "8", "--image-size", "32", "--device", "cpu", "--no-progress",
             "--set", "lr=0.003", "--set", "warmup_epochs=1", "--set", "backbone_lr_scale=1.0"]
     # faulthandler: should a rank abort in C++ again, its Python stack shows where

@@ -55,7 +55,7 @@ def test_evaluate_explanations_writes_table_and_plot(collection, checkpoint, tmp
                  "--json", str(tmp_path / "t.json")]) == 0
     table = json.loads((tmp_path / "t.json").read_text())
     assert [r["method"] for r in table["table"]] == ["gradcam", "finer-gradcam"]
-    assert set(table["metrics"]) == {"drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy",
+    assert set(table["metrics"]) == {"drop", "contrastive_drop", "pair_drop", "deletion", "insertion", "pointing", "energy",
                                      "diagnostic_energy", "diagnostic_lift", "diagnostic_fraction",
                                      "diagnostic_density"}
     # the defaults: explain the prediction against its siblings; at 32 px no CNN stage reaches 14×14, so the
@@ -97,3 +97,14 @@ def test_runner_shards_share_one_folder(collection, checkpoint, tmp_path, monkey
     assert sorted(counts) == [len(items) // 2, len(items) - len(items) // 2]
     assert len(rows) == len(items) == len({r["id"] for r in rows})
     assert (out / "index.html").exists() and len(np.load(out / "maps.npz").files) == len(items)
+
+
+@pytest.mark.parametrize("alpha", ["nan", "inf", "0.5,-inf"])
+def test_explain_refuses_non_finite_alpha_in_one_line(collection, checkpoint, tmp_path, capsys, alpha):
+    img = next((collection / "test").rglob("*.png"))
+    out = tmp_path / "bad"
+    assert main(["explain", "--checkpoint", str(checkpoint), "--images", str(img), f"--alpha={alpha}",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "alpha must be" in err[0]
+    assert not (out / "results.jsonl").exists() or "NaN" not in (out / "results.jsonl").read_text()

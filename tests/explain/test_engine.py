@@ -10,7 +10,6 @@ from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
 
 from traitlens.errors import UserError
 from traitlens.explain import explain, finer_coefficients, finer_target, select_references
-from traitlens.explain.engine import hooked
 
 
 @pytest.mark.parametrize("method", ["gradcam", "hirescam", "gradcam++", "xgradcam", "layercam", "scorecam"])
@@ -120,8 +119,7 @@ def test_hooks_do_not_leak_over_1000_calls(gap_linear):
 
 def test_hooks_are_removed_when_the_forward_fails(gap_linear):
     with pytest.raises(RuntimeError):
-        with hooked(gap_linear, gap_linear.features):
-            gap_linear(torch.randn(2, 5, 8, 8))  # wrong channel count
+        explain(gap_linear, torch.randn(2, 5, 8, 8), target_layer="features")  # wrong channel count
     assert len(gap_linear.features._forward_hooks) == 0
     assert all(p.requires_grad for p in gap_linear.parameters())
 
@@ -143,3 +141,10 @@ def test_user_errors(resnet, images):
         explain(resnet, images, target=12)
     with pytest.raises(UserError, match="class names"):
         explain(resnet, images, target="Lazuli Bunting")
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "legrad", "pgc:GradCAM"])
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), [0.5, float("-inf")], "abc"])
+def test_non_finite_alphas_are_refused_by_every_method(vit, vit_images, method, alpha):
+    with pytest.raises(UserError, match="alpha must be"):
+        explain(vit, vit_images, method=method, finer=True, alpha=alpha)

@@ -56,6 +56,9 @@ def test_confidence_drop_rewards_the_right_region():
     assert good["relative"] == pytest.approx([float((p[0] - p_star[0]) / p[0])] * 2, abs=1e-6)
     assert good["contrastive"] == pytest.approx([float((p[0] - p_star[0]) - (p[1] - p_star[1]))] * 2, abs=1e-6)
     assert bad["relative"].abs().max() < 1e-6
+    q, q_star = p[0] / (p[0] + p[1]), p_star[0] / (p_star[0] + p_star[1])  # the target against class 1 alone
+    assert good["pair"] == pytest.approx([float((q - q_star) / q)] * 2, abs=1e-6)
+    assert bad["pair"].abs().max() < 1e-6
 
 
 def test_deletion_and_insertion_auc():
@@ -146,7 +149,7 @@ def test_evaluate_table_on_a_small_batch(gap_linear):
              "mask": (torch.rand(4, 16, 16, generator=g) > 0.5).long(), "path": list("abcd")}
     res = evaluate_explanations(gap_linear, [batch, batch], "gradcam,finer-gradcam", steps=4,
                                 target_layer="features")
-    assert res.metrics == ["drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy"]
+    assert res.metrics == ["drop", "contrastive_drop", "pair_drop", "deletion", "insertion", "pointing", "energy"]
     assert len(res.per_image["finer-gradcam"]["drop"]) == 8 and len(res.paths) == 8
     rows = res.table()
     assert [r["method"] for r in rows] == ["gradcam", "finer-gradcam"] and "drop_ci95" in rows[0]

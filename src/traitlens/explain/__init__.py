@@ -5,7 +5,7 @@
 """
 
 from traitlens.explain.cams import GRADIENT_METHODS
-from traitlens.explain.engine import METHODS, Explanation, LayerSpec, explain, hooked, resolve_layer
+from traitlens.explain.engine import METHODS, Explanation, LayerSpec, explain, frozen, resolve_layer
 from traitlens.explain.evaluate import EvaluationResult, evaluate_explanations
 from traitlens.explain.metrics import (confidence_drop, contrastive_confidence_drop, deletion_insertion,
                                        diagnostic_trait_energy, energy_in_mask, pointing_game,
@@ -14,7 +14,7 @@ from traitlens.explain.targets import (REFERENCE_MODES, finer_coefficients, fine
                                        select_references)
 
 __all__ = [
-    "explain", "Explanation", "LayerSpec", "METHODS", "GRADIENT_METHODS", "REFERENCE_MODES", "hooked",
+    "explain", "Explanation", "LayerSpec", "METHODS", "GRADIENT_METHODS", "REFERENCE_MODES", "frozen",
     "resolve_layer", "finer_target", "finer_coefficients", "select_references", "reference_weights",
     "evaluate_explanations", "EvaluationResult", "confidence_drop", "relative_confidence_drop",
     "contrastive_confidence_drop", "deletion_insertion", "pointing_game", "energy_in_mask",

@@ -60,7 +60,7 @@ LINEAR_IN_GRADIENT = frozenset({"gradcam", "hirescam", "xgradcam"})
 
 ALIASES = {"grad-cam": "gradcam", "gradcampp": "gradcam++", "gradcamplusplus": "gradcam++",
            "grad-cam++": "gradcam++", "xgrad-cam": "xgradcam", "layer-cam": "layercam",
-           "hires-cam": "hirescam", "score-cam": "scorecam"}
+           "hires-cam": "hirescam", "score-cam": "scorecam", "le-grad": "legrad"}
 
 
 def canonical_method(name: str) -> str:

@@ -1,17 +1,18 @@
-"""The CAM engine: one forward, one batched backward to the target layer, maps for every α.
+"""The CAM engine: one forward, at most two small backwards to the target layer, maps for every α.
 
-The forward hook replaces the target layer's output by a detached leaf that requires grad, and the
-model's parameters stop requiring grad for the call, so the autograd graph starts at the target layer:
-nothing before it is recorded and the backward never reaches a parameter. The gradients of the ``k + 1``
-logits a Finer target involves are taken in one ``autograd.grad(..., is_grads_batched=True)`` call and
-combined with :func:`~traitlens.explain.targets.finer_coefficients`, so an α sweep or several reference
-classes cost one map. Everything stays a batched tensor on the model's device from hook to upsampled map.
+The autograd graph starts at the target layer (:mod:`traitlens.explain.split`: timm ViTs re-enter their
+block sequence from an inference-mode prefix; any other model gets a hook that swaps the target output for
+a leaf), the parameters stop requiring grad for the call, so the backward never reaches a parameter.
+The Finer score is linear in the ``k + 1`` logits it involves, with coefficients from
+:func:`~traitlens.explain.targets.finer_coefficients`, so one backward of the combined score gives a map and
+two (the target's and the references') give an α sweep of any length. Everything stays a batched tensor on
+the model's device from hook to upsampled map.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,59 +20,35 @@ from torch import nn
 
 from traitlens.errors import UserError
 from traitlens.explain.adapter import explain_with_package
-from traitlens.explain.cams import GRADIENT_METHODS, canonical_method
+from traitlens.explain.cams import GRADIENT_METHODS, LINEAR_IN_GRADIENT, canonical_method
 # LayerSpec and resolve_layer: re-exported, callers import them from here.
 from traitlens.explain.explanation import Explanation
-from traitlens.explain.layers import LayerSpec, resolve_layer  # noqa: F401
+from traitlens.explain.layers import LayerSpec, model_layout, resolve_layer  # noqa: F401
+from traitlens.explain.legrad import layer_logits, legrad_blocks, vit_for_legrad
+from traitlens.explain.legrad import relevance as legrad_relevance
 from traitlens.explain.scorecam import scorecam
+from traitlens.explain.split import capture_activation, record_from_layer
 from traitlens.explain.targets import alpha_list, finer_coefficients, finer_target, model_references, resolve_classes
 
-METHODS = tuple(GRADIENT_METHODS) + ("scorecam",)
-
-
-class Capture:
-    """What the hook saw during one forward: the target layer's output (a leaf when gradients are needed)."""
-
-    def __init__(self, need_grad: bool):
-        self.need_grad = need_grad
-        self.enabled = True
-        self.activation: Optional[torch.Tensor] = None
-
-    def hook(self, module, inputs, output):
-        if not self.enabled:
-            return None
-        if not torch.is_tensor(output):
-            raise UserError(f"target layer {type(module).__name__} returns {type(output).__name__}, not a tensor; "
-                            "choose a layer that outputs a feature map or tokens")
-        if not self.need_grad:
-            self.activation = output.detach()
-            return None
-        leaf = output.detach().requires_grad_(True)
-        self.activation = leaf
-        # A copy, so an in-place op after the layer cannot touch the leaf.
-        return leaf.clone()
+METHODS = tuple(GRADIENT_METHODS) + ("scorecam", "legrad")
 
 
 @contextlib.contextmanager
-def hooked(model: nn.Module, layer: nn.Module, need_grad: bool = True) -> Iterator[Capture]:
-    """Hook ``layer`` for the duration of the block; the model is in eval mode and its parameters do not
-    require grad inside it. The hook, the parameters' flags and the training mode are restored on exit,
-    whatever happens inside."""
-    capture = Capture(need_grad)
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and parameters that do not require grad for the duration of the block (so no backward
+    reaches a parameter and nothing before the target layer is recorded); both restored on exit, whatever
+    happens inside."""
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
-    handle = layer.register_forward_hook(capture.hook)
     try:
         for p in params:
             p.requires_grad_(False)
         model.eval()
-        yield capture
+        yield model
     finally:
-        handle.remove()
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
-        capture.activation = None
 
 
 def normalise(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -90,46 +67,60 @@ def upsample(raw: torch.Tensor, size) -> torch.Tensor:
     return normalise(x.reshape(*lead, *size))
 
 
-def logit_gradients(logits: torch.Tensor, leaf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """∂z_{index[b, j]} / ∂leaf for every j: B×J indices → J×B×(leaf shape[1:]).
+def score_gradients(logits: torch.Tensor, leaf: torch.Tensor, index: torch.Tensor, unit: torch.Tensor,
+                    alphas: Sequence[float]) -> Tuple[torch.Tensor, List[float]]:
+    """``∂T_α/∂leaf = basis[0] + α·basis[1]`` for every α, from at most two backward passes.
 
-    Column 0 (the target) gets its own plain backward, so the base CAM (α = 0) is bit-identical to a
-    call with ``finer=False``; the other columns share one ``is_grads_batched`` backward.
+    index: B×J, the target then the references; unit: B×J, :func:`finer_coefficients` at α = 1 (so the
+    coefficients at α are ``[1, α·unit[1:]]``). Since ``T_α`` is ``z_n + α·Σ_i unit_i z_{r_i}`` to first
+    order, its gradient is ``g_n + α·g_r``: a single map needs one backward (of the combined score, returned
+    as a basis of one with weights ``[0]``), a sweep two (``g_n`` and ``g_r``) whatever the number of α values
+    and references. ``g_n`` is a plain backward of the target logit, so α = 0 is bit-identical to the base
+    CAM (``finer=False``). Returns (basis K×B×(leaf shape[1:]), K ≤ 2; the weight of ``basis[1]`` per α).
     """
-    j = index.shape[1]
-    onehots = torch.zeros(j, *logits.shape, dtype=logits.dtype, device=logits.device)
-    onehots.scatter_(2, index.T[:, :, None], 1.0)
-    first = torch.autograd.grad(logits, leaf, onehots[0], retain_graph=j > 1)[0][None]
-    if j == 1:
-        return first
-    if j == 2:
-        rest = torch.autograd.grad(logits, leaf, onehots[1])[0][None]
-    else:
-        try:
-            rest = torch.autograd.grad(logits, leaf, onehots[1:], is_grads_batched=True)[0]
-        except RuntimeError:
-            # Some ops have no batching rule for vmap; one backward per logit is still exact.
-            rest = torch.stack([torch.autograd.grad(logits, leaf, onehots[i], retain_graph=i < j - 1)[0]
-                                for i in range(1, j)])
-    return torch.cat([first, rest])
+    b, j = index.shape
+    contrast = j > 1 and any(a != 0 for a in alphas)
+    target_only = torch.zeros_like(logits).scatter_(1, index[:, :1], 1.0)
+    if not contrast:
+        return torch.autograd.grad(logits, leaf, target_only)[0][None], [0.0] * len(alphas)
+    refs = torch.zeros_like(logits).scatter_add_(1, index[:, 1:], unit[:, 1:].to(logits.dtype))
+    if len(alphas) == 1:
+        return torch.autograd.grad(logits, leaf, target_only + alphas[0] * refs)[0][None], [0.0]
+    g_n = torch.autograd.grad(logits, leaf, target_only, retain_graph=True)[0]
+    g_r = torch.autograd.grad(logits, leaf, refs)[0]
+    return torch.stack([g_n, g_r]), list(alphas)
+
+
+def combine(basis: torch.Tensor, weights: Sequence[float]) -> torch.Tensor:
+    """``basis[0] + w·basis[1]`` for each w (A×...; a basis of one repeats ``basis[0]``). w = 0 returns
+    ``basis[0]`` bit for bit."""
+    if basis.shape[0] == 1:
+        return basis[0][None].expand(len(weights), *basis.shape[1:])
+    return torch.stack([basis[0] + w * basis[1] for w in weights])
 
 
 def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "gradcam", finer: bool = True,
             alpha: Union[float, Sequence[float]] = 1.0, target=None, references="logit-distance",
             target_layer=None, *, k: int = 3, weights: str = "softmax", detach_weights: bool = False,
             class_names: Optional[Sequence[str]] = None, traits=None, score_batch_size: int = 64,
-            score_channels: Optional[int] = None) -> Explanation:
+            score_channels: Optional[int] = None, reentry: bool = True) -> Explanation:
     """Explain ``model``'s decision on ``images`` (B×3×H×W, normalised) with a CAM, by default Finer-CAM.
 
-    method: ``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``scorecam``, or any
-    ``pytorch_grad_cam`` CAM class (through :mod:`traitlens.explain.adapter`). finer: explain the
+    method: ``gradcam``, ``hirescam``, ``gradcam++``, ``xgradcam``, ``layercam``, ``scorecam``, ``legrad``
+    (timm ViTs; :mod:`traitlens.explain.legrad`, target_layer: the blocks it averages over, default all),
+    or any ``pytorch_grad_cam`` CAM class (through :mod:`traitlens.explain.adapter`). finer: explain the
     difference to the reference classes (False: the target logit alone). alpha: comparison strength
     ≥ 0, or a list (maps A×B×H×W, one forward and backward for all). target: None (predicted class),
     a class id or name, or one per image. references: see
     :func:`~traitlens.explain.targets.select_references`; k reference classes (default 3). weights:
     ``softmax`` over the reference logits or ``uniform``; detach_weights: do not differentiate
     through them. traits: a TraitTable for ``references="taxonomy"``. score_batch_size and
-    score_channels (keep only the top-variance channels) tune Score-CAM.
+    score_channels (keep only the top-variance channels) tune Score-CAM. reentry: False forces the
+    single hooked forward instead of the ViT re-entry (:mod:`traitlens.explain.split`; the maps are the
+    same, the re-entry is faster).
+
+    ``extras["plan"]`` says how the forward ran (``vit-reentry-cls``, ``vit-reentry``, ``hook``, or
+    ``inference`` for Score-CAM, whose ``extras["masked_forwards"]`` counts its masked forward batches).
     """
     from traitlens.explain.inputs import as_batch  # paths, PIL images, arrays, 3×H×W tensors → B×3×H×W
 
@@ -142,54 +133,67 @@ def explain(model: nn.Module, images: torch.Tensor, method: Union[str, type] = "
     if method not in METHODS:
         raise UserError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     alphas, sweep = alpha_list(alpha)
-    spec = resolve_layer(model, target_layer)
+    legrad = method == "legrad"
+    spec = resolve_layer(model, None if legrad else target_layer)
     device = _device(model)
     images = images.to(device)
     height, width = images.shape[-2:]
     score_based = method == "scorecam"
 
-    with hooked(model, spec.module, need_grad=not score_based) as cap:
-        with torch.enable_grad() if not score_based else torch.no_grad():
-            logits = model(images)
-        if cap.activation is None:
-            raise UserError(f"target layer '{spec.name}' was not called in the model's forward")
+    with frozen(model):
+        if legrad:
+            blocks = legrad_blocks(vit_for_legrad(model), target_layer)
+            layer_scores, logits, leaves = layer_logits(model, images, blocks)
+            plan, act = "legrad", None
+            spec = LayerSpec(spec.module, spec.to_map, ",".join(f"blocks.{i}" for i in blocks))
+        elif score_based:
+            logits, act = capture_activation(model, spec.module, images, spec.name)
+            plan = "inference"
+        else:
+            rec = record_from_layer(model, spec.module, images, spec.name, reentry=reentry)
+            logits, act, plan = rec.logits, rec.leaf, rec.plan
         if logits.dim() != 2:
             raise UserError(f"the model must return B×K logits, got shape {tuple(logits.shape)}")
-        leaf = cap.activation
+        z = logits.detach()
         num_classes = logits.shape[1]
-        tgt = (logits.detach().argmax(1) if target is None
+        tgt = (z.argmax(1) if target is None
                else resolve_classes(target, num_classes, images.shape[0], class_names, device))
         if finer:
-            refs = model_references(model, logits.detach(), tgt, references, k, class_names, traits)
+            refs = model_references(model, z, tgt, references, k, class_names, traits)
         else:
             refs = torch.empty(images.shape[0], 0, dtype=torch.long, device=device)
-        coeff = finer_coefficients(logits, tgt, refs, alphas, weights, detach_weights)  # A×B×J
-        scores = torch.stack([finer_target(logits.detach(), tgt, refs, a, weights) for a in alphas])
+        scores = torch.stack([finer_target(z, tgt, refs, a, weights) for a in alphas])
 
-        acts = spec.to_map(leaf.detach(), height, width)  # B×C×h×w
-        if score_based:
-            cap.enabled = False
-            raw = scorecam(model, images, acts, tgt, refs, alphas, weights=weights,
-                           batch_size=score_batch_size, top_channels=score_channels)
+        index = torch.cat([tgt[:, None], refs.clamp(min=0)], dim=1)  # B×J: the target, then the references
+        unit = finer_coefficients(logits, tgt, refs, [1.0], weights, detach_weights)[0]  # B×J, at α = 1
+        if legrad:
+            lay = model_layout(model)
+            raw = legrad_relevance(layer_scores, leaves, index, unit, alphas, lay.num_prefix_tokens,
+                                   lay.grid(height, width))  # A×B×gh×gw
+            extras = {"plan": plan}
+        elif score_based:
+            acts = spec.to_map(act.detach(), height, width)  # B×C×h×w
+            raw, forwards = scorecam(model, images, acts, tgt, refs, alphas, weights=weights,
+                                     batch_size=score_batch_size, top_channels=score_channels)
+            extras = {"plan": plan, "masked_forwards": forwards}
         else:
-            index = torch.cat([tgt[:, None], refs.clamp(min=0)], dim=1)  # B×J
-            grads = logit_gradients(logits, leaf, index)  # J×B×...
-            j = grads.shape[0]
-            grads = spec.to_map(grads.flatten(0, 1), height, width).unflatten(0, (j, -1))  # J×B×C×h×w
-            coeff = coeff.to(grads.dtype)
-            # The target's term alone first, so α = 0 (all other coefficients 0) is bit-identical to the base CAM.
-            combined = coeff[:, :, 0, None, None, None] * grads[0]
-            if j > 1:
-                combined = combined + torch.einsum("abj,jbchw->abchw", coeff[:, :, 1:], grads[1:])
-            raw = GRADIENT_METHODS[method](acts, combined)  # A×B×h×w
+            acts = spec.to_map(act.detach(), height, width)  # B×C×h×w
+            basis, mix = score_gradients(logits, act, index, unit, alphas)  # K×B×..., K ≤ 2
+            kk = basis.shape[0]
+            basis = spec.to_map(basis.flatten(0, 1), height, width).unflatten(0, (kk, -1))  # K×B×C×h×w
+            if method in LINEAR_IN_GRADIENT:  # the map of g_n + α g_r is map(g_n) + α map(g_r): 2 maps, not A
+                raw = combine(GRADIENT_METHODS[method](acts, basis), mix)  # A×B×h×w
+            else:
+                raw = GRADIENT_METHODS[method](acts, combine(basis, mix))  # A×B×h×w
+            extras = {"plan": plan}
         raw = raw.clamp(min=0).detach()
 
     maps = upsample(raw, (height, width))
     if not sweep:
         maps, raw, scores = maps[0], raw[0], scores[0]
-    return Explanation(maps=maps, raw_maps=raw, logits=logits.detach(), target=tgt, references=refs,
+    return Explanation(maps=maps, raw_maps=raw, logits=z, target=tgt, references=refs,
                        alpha=alphas if sweep else alphas[0], scores=scores, method=method, finer=finer,
-                       layer=spec.name)
+                       layer=spec.name, extras=extras)
 
 
 def _device(model: nn.Module) -> torch.device:

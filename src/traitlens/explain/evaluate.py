@@ -25,9 +25,9 @@ from traitlens.explain.metrics import (confidence_drop, deletion_insertion, diag
                                        pointing_game)
 from traitlens.explain.targets import model_references
 
-METRICS = ("drop", "contrastive_drop", "deletion", "insertion", "pointing", "energy", "diagnostic_energy",
+METRICS = ("drop", "contrastive_drop", "pair_drop", "deletion", "insertion", "pointing", "energy", "diagnostic_energy",
            "diagnostic_lift", "diagnostic_fraction", "diagnostic_density")
-HIGHER_IS_BETTER = {"drop": True, "contrastive_drop": True, "deletion": False, "insertion": True,
+HIGHER_IS_BETTER = {"drop": True, "contrastive_drop": True, "pair_drop": True, "deletion": False, "insertion": True,
                     "pointing": True, "energy": True, "diagnostic_energy": True, "diagnostic_lift": True,
                     "diagnostic_fraction": True, "diagnostic_density": True}
 # Metrics that need part maps, and those that also need the trait table.
@@ -224,10 +224,11 @@ def evaluate_explanations(model: nn.Module, batches: Iterable[dict], methods, me
                         references=references, k=k, traits=traits, class_names=class_names,
                         target_layer=target_layer)
             values: Dict[str, torch.Tensor] = {}
-            if {"drop", "contrastive_drop"} & set(result.metrics):
+            if {"drop", "contrastive_drop", "pair_drop"} & set(result.metrics):
                 d = confidence_drop(model, images, e.maps, tgt, other.clamp(min=0), k=topk, baseline=baseline,
                                     probs=probs)
-                values["drop"], values["contrastive_drop"] = d["relative"], d["contrastive"]
+                values["drop"], values["contrastive_drop"], values["pair_drop"] = (d["relative"], d["contrastive"],
+                                                                                   d["pair"])
             if {"deletion", "insertion"} & set(result.metrics):
                 values.update(deletion_insertion(model, images, e.maps, tgt, steps=steps, baseline=baseline))
             if "pointing" in result.metrics:

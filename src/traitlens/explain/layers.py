@@ -29,7 +29,7 @@ def resolve_layer(model: nn.Module, target_layer=None) -> LayerSpec:
     a dotted module path, a module, or a ready :class:`LayerSpec`."""
     if isinstance(target_layer, LayerSpec):
         return target_layer
-    lay = _layout(model)
+    lay = model_layout(model)
     if target_layer is None:
         if lay is None:
             raise UserError(f"cannot choose a target layer for {type(model).__name__} automatically; "
@@ -57,7 +57,7 @@ def resolve_layer(model: nn.Module, target_layer=None) -> LayerSpec:
     return LayerSpec(module, to_map, name)
 
 
-def _layout(model: nn.Module):
+def model_layout(model: nn.Module):
     try:
         from traitlens.backbones import layout
     except ImportError:  # the backbones package is optional for models that bring a LayerSpec

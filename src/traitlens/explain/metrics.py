@@ -66,8 +66,10 @@ def confidence_drop(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, 
     """Mask each image's top ``k`` of map pixels and re-score it (the Finer-CAM paper's headline metric).
 
     Returns ``relative`` = ``(p_c − p_c*) / p_c`` (B) and, when ``other`` (B, e.g. the most similar
-    class) is given, ``contrastive`` = ``(p_c − p_c*) − (p_d − p_d*)``. ``probs``: the unmasked softmax
-    (B×K), if already known.
+    class) is given, ``contrastive`` = ``(p_c − p_c*) − (p_d − p_d*)`` and ``pair`` = ``(q − q*) / q`` with
+    ``q = p_c / (p_c + p_d)``: the relative drop of the target's confidence against the class it is told
+    apart from (what a contrastive map should remove, whatever happens to the other classes). ``probs``:
+    the unmasked softmax (B×K), if already known.
     """
     was_training = model.training
     model.eval()
@@ -82,7 +84,10 @@ def confidence_drop(model: nn.Module, images: torch.Tensor, maps: torch.Tensor, 
     pc, pc_star = p[rows, target], p_star[rows, target]
     out = {"relative": (pc - pc_star) / pc.clamp(min=1e-12)}
     if other is not None:
-        out["contrastive"] = (pc - pc_star) - (p[rows, other] - p_star[rows, other])
+        pd, pd_star = p[rows, other], p_star[rows, other]
+        out["contrastive"] = (pc - pc_star) - (pd - pd_star)
+        q, q_star = pc / (pc + pd).clamp(min=1e-12), pc_star / (pc_star + pd_star).clamp(min=1e-12)
+        out["pair"] = (q - q_star) / q.clamp(min=1e-12)
     return out
 
 

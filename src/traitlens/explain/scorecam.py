@@ -3,13 +3,15 @@
 As the ``grad-cam`` package defines it: each channel is upsampled (bilinear, corners aligned) to the
 input size, min-max normalised, multiplied into the input; the explained score of every masked input
 is computed and a softmax over the channels gives the weights. The masked forwards run under
-``no_grad`` in chunks of ``batch_size`` images flattened over (image, channel), never one image at a
-time; the score is linear in α given the masked logits, so an α sweep costs one set of forwards.
+``inference_mode`` in chunks of ``batch_size`` images flattened over (image, channel), never one image at
+a time; the score is linear in α given the masked logits, so an α sweep costs one set of forwards. The
+cost is ``ceil(B·C' / batch_size)`` forwards of ``batch_size`` images (C' scored channels), returned with
+the maps so callers can report it as a multiple of one forward per mask batch.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +20,11 @@ from torch import nn
 from traitlens.explain.targets import finer_target
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def scorecam(model: nn.Module, images: torch.Tensor, acts: torch.Tensor, target: torch.Tensor,
              references: torch.Tensor, alphas: Sequence[float], weights: str = "softmax", batch_size: int = 64,
-             top_channels: Optional[int] = None) -> torch.Tensor:
-    """images: B×3×H×W, acts: B×C×h×w → cams A×B×h×w (before the ReLU).
+             top_channels: Optional[int] = None) -> Tuple[torch.Tensor, int]:
+    """images: B×3×H×W, acts: B×C×h×w → (cams A×B×h×w before the ReLU, number of masked forward batches).
 
     top_channels: score only the channels with the largest activation variance (the rest get weight 0),
     which keeps Score-CAM affordable on wide layers (2048 channels on a ResNet-50).
@@ -48,4 +50,5 @@ def scorecam(model: nn.Module, images: torch.Tensor, acts: torch.Tensor, target:
         for ai, a in enumerate(alphas):
             scores[ai, bi, ci] = finer_target(logits, target[bi], references[bi], a, weights)
     w = torch.softmax(scores, dim=-1).to(acts.dtype)  # A×B×C'
-    return torch.einsum("abc,bchw->abhw", w, chosen)
+    # An inference tensor: the caller's first op outside inference mode (the ReLU) makes a plain one.
+    return torch.einsum("abc,bchw->abhw", w, chosen), -(-flat // batch_size)

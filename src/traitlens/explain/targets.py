@@ -13,6 +13,7 @@ coefficients ``c`` from :func:`finer_coefficients`, so an α sweep never re-runs
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -187,9 +188,16 @@ def finer_coefficients(logits: torch.Tensor, target: torch.Tensor, references: t
 
 
 def alpha_list(alpha) -> Tuple[List[float], bool]:
-    """``(alphas, sweep)``: the comparison strengths as floats (each ≥ 0), and whether a list was given."""
+    """``(alphas, sweep)``: the comparison strengths as floats (each finite and ≥ 0), and whether a list was
+    given. Every caller of the explain API (the CLI, the bulk runs, the adapter) goes through here, so a NaN
+    or an infinity never reaches a map or a results file."""
     sweep = isinstance(alpha, (list, tuple)) or (torch.is_tensor(alpha) and alpha.dim() > 0)
-    alphas = [float(a) for a in (alpha if sweep else [alpha])]
+    try:
+        alphas = [float(a) for a in (alpha if sweep else [alpha])]
+    except (TypeError, ValueError):
+        raise UserError(f"alpha must be a number or a list of numbers, got {alpha!r}") from None
+    if any(not math.isfinite(a) for a in alphas):
+        raise UserError(f"alpha must be finite, got {alphas}; give numbers ≥ 0 such as 0.5 or 1")
     if not alphas or any(a < 0 for a in alphas):
         raise UserError(f"alpha must be ≥ 0, got {alphas}")
     return alphas, sweep

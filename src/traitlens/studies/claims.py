@@ -61,7 +61,9 @@ def _finer_cam_figures(run: Path, data: Path, traits, settings: str) -> dict:
     test = test_split(data, model, meta)
     batch = collate([test[i] for i in range(len(test))])
     chosen = recommended_settings(model, batch["image"].shape[-2:]) if settings == "recommended" else {}
-    metrics = list(protocol.claim_metrics)
+    # pair_drop: the relative drop measured against the compared sibling (why the CNN's relative drop falls:
+    # tests/claims/test_finer_cam.py).
+    metrics = list(protocol.claim_metrics) + [m for m in ("pair_drop",) if m not in protocol.claim_metrics]
     res = evaluate_explanations(model, [batch], protocol.methods, metrics=metrics, alpha=protocol.alpha,
                                 references=protocol.references, target=protocol.target,
                                 only_correct=protocol.only_correct, traits=traits, class_names=meta["class_names"],
