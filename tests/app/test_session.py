@@ -50,7 +50,10 @@ def test_comparison_modes_equal_explain(session, tiny_traits):
 
 def test_slider_needs_no_model_run(session):
     calls = []
-    handle = session.explorer.model.register_forward_hook(lambda *a: calls.append(1))
+    model = session.explorer.model
+    # The image enters the network once: the explanation re-enters the ViT's blocks past the target layer, so
+    # count the patch embedding's calls (every forward passes it).
+    handle = getattr(model, "patch_embed", model).register_forward_hook(lambda *a: calls.append(1))
     try:
         out = session.explain({"id": session.collection_ids()[0]}, 1.0, "gradcam", None, "auto (most similar)", [])
         assert len(calls) == 1  # one forward for the base CAM, Finer-CAM and the top-5 together
@@ -142,7 +145,7 @@ def test_build_app_and_offline_settings(session):
     assert isinstance(demo, gr.Blocks) and demo.analytics_enabled is False
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     tabs = [b.label for b in demo.blocks.values() if isinstance(b, gr.Tab)]
-    assert tabs == ["Explain", "Heads", "Segment"]
+    assert tabs == ["Explain", "Heads", "Segment", "Atlas"]
     opts = launch_options()
     assert opts["server_name"] == "127.0.0.1" and opts["share"] is False and opts["ssr_mode"] is False
     # System fonts only: the default theme would fetch Google Fonts.

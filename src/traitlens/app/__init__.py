@@ -60,8 +60,9 @@ def find_traits(images: Path, data: Optional[PathLike] = None):
 
 def create_session(checkpoint: PathLike, images: PathLike, data: Optional[PathLike] = None,
                    project: Optional[PathLike] = None, device: str = "cpu", work: Optional[PathLike] = None,
-                   display_size: int = 224):
-    """The :class:`~traitlens.app.session.AppSession` behind the page (its computations, without gradio)."""
+                   display_size: int = 224, atlas: Optional[PathLike] = None):
+    """The :class:`~traitlens.app.session.AppSession` behind the page (its computations, without gradio);
+    ``atlas``: a `traitlens atlas` folder for the Atlas tab."""
     import tempfile
 
     from traitlens.app.collection import Collection
@@ -82,25 +83,31 @@ def create_session(checkpoint: PathLike, images: PathLike, data: Optional[PathLi
     parts = {int(p.id): p.name for p in traits.parts if int(p.id) > 0} if traits is not None else None
     proj = SegmentProject.open_or_new(Path(project) if project else Path("traitlens-project"), images=images,
                                       parts=parts)
-    return AppSession(explorer, collection, proj, work=work, title=Path(str(checkpoint)).name)
+    session = AppSession(explorer, collection, proj, work=work, title=Path(str(checkpoint)).name)
+    if atlas is not None:
+        from traitlens.app.atlas_view import AtlasView
+
+        session.atlas = AtlasView(atlas)
+    return session
 
 
 def build_app(checkpoint: PathLike, images: PathLike, data: Optional[PathLike] = None,
               project: Optional[PathLike] = None, device: str = "cpu", work: Optional[PathLike] = None,
-              display_size: int = 224, session=None):
+              display_size: int = 224, session=None, atlas: Optional[PathLike] = None):
     """The app as a gradio ``Blocks`` (launch it with :func:`launch_options`, or embed it in a notebook).
 
     checkpoint: a traitlens run folder (classifier, Prompt-CAM or INTR); images: the folder to browse
     (``<species>/<image>``); data: the collection holding ``traits.json`` (siblings, part names; found
     next to ``images`` when omitted); project: the Segment tab's project folder (default
-    ``./traitlens-project``); display_size: the longer side of the maps shown, in pixels.
+    ``./traitlens-project``); display_size: the longer side of the maps shown, in pixels; atlas: a folder
+    written by ``traitlens atlas``, browsed in the Atlas tab.
     """
     _gradio()
     from traitlens.app.ui import build_blocks
 
     if session is None:
         session = create_session(checkpoint, images, data=data, project=project, device=device, work=work,
-                                 display_size=display_size)
+                                 display_size=display_size, atlas=atlas)
     blocks = build_blocks(session)
     blocks.traitlens_session = session
     return blocks
@@ -125,12 +132,13 @@ def host_warning(host: str) -> Optional[str]:
 
 def serve(checkpoint: PathLike, images: PathLike, data: Optional[PathLike] = None, project: Optional[PathLike] = None,
           host: str = "127.0.0.1", port: int = 7860, share: bool = False, device: str = "cpu",
-          block: bool = True, display_size: int = 224):
+          block: bool = True, display_size: int = 224, atlas: Optional[PathLike] = None):
     """Build and launch the app; returns ``(blocks, local url)``. ``block=False`` returns at once (tests)."""
     warning = host_warning(host)
     if warning:
         print(warning, file=sys.stderr)
-    app = build_app(checkpoint, images, data=data, project=project, device=device, display_size=display_size)
+    app = build_app(checkpoint, images, data=data, project=project, device=device, display_size=display_size,
+                    atlas=atlas)
     app.queue(default_concurrency_limit=4)
     _, url, share_url = app.launch(prevent_thread_lock=True, **launch_options(host, port, share))
     print(f"traitlens app: serving {checkpoint} over {images} at {url}" + (f" (share link: {share_url})"

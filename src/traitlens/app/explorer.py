@@ -21,7 +21,8 @@ from torch import nn
 
 from traitlens.errors import BadImageError, UserError
 from traitlens.explain.cams import GRADIENT_METHODS, canonical_method
-from traitlens.explain.engine import hooked, logit_gradients, upsample
+from traitlens.explain.engine import frozen, upsample
+from traitlens.explain.split import record_from_layer
 from traitlens.explain.layers import resolve_layer
 from traitlens.explain.targets import class_index, finer_coefficients, model_references
 
@@ -30,6 +31,15 @@ COMPARISONS = {"auto (most similar)": "logit-distance", "siblings (same genus)":
                "chosen classes": None}
 METHOD_TITLES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "gradcam++": "Grad-CAM++", "xgradcam": "XGrad-CAM",
                  "layercam": "Layer-CAM"}
+
+
+def logit_gradients(logits: torch.Tensor, leaf: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """∂z_{index[b, j]} / ∂leaf for every j: B×J indices → J×B×(leaf shape[1:]); what the α slider recombines
+    (one backward per involved logit, the graph kept between them)."""
+    j = index.shape[1]
+    onehots = torch.zeros(j, *logits.shape, dtype=logits.dtype, device=logits.device)
+    onehots.scatter_(2, index.T[:, :, None], 1.0)
+    return torch.stack([torch.autograd.grad(logits, leaf, onehots[i], retain_graph=i < j - 1)[0] for i in range(j)])
 
 
 @dataclass
@@ -149,12 +159,10 @@ class Explorer:
             raise UserError("choose at least one comparison class")
         spec = self.layer
         height, width = x.shape[-2:]
-        with hooked(self.model, spec.module) as cap:
-            with torch.enable_grad():
-                logits = self.model(x)
-            leaf = cap.activation
-            if leaf is None:
-                raise UserError(f"target layer '{spec.name}' was not called in the model's forward")
+        # The graph starts at the target layer (the layers before it run without autograd), as in explain().
+        with frozen(self.model), torch.enable_grad():
+            recorded = record_from_layer(self.model, spec.module, x, spec.name)
+            logits, leaf = recorded.logits, recorded.leaf
             tgt = (logits.detach().argmax(1) if target in (None, "")
                    else torch.tensor([self.class_id(target, "target")], device=x.device))
             mode = comparison if comparison is not None else [self.class_id(c, "comparison") for c in classes]

@@ -47,6 +47,7 @@ class AppSession:
     def __init__(self, explorer: Explorer, collection: Collection, project: SegmentProject,
                  work: Optional[Path] = None, title: str = ""):
         self.explorer, self.collection, self.project = explorer, collection, project
+        self.atlas = None  # an AtlasView when the app is started with --atlas
         self.work = Path(work) if work else Path(tempfile.mkdtemp(prefix="traitlens-app-"))
         self.title = title or Path(str(explorer.meta.get("run_dir", ""))).name or explorer.method
         self._model_lock = threading.Lock()

@@ -153,7 +153,19 @@ def build_blocks(session):
                 seg_status = gr.Markdown(session.project_markdown(), elem_id="tl-seg-status")
                 results = gr.Gallery(label="results (select one to fix it)", columns=8, height=360,
                                      allow_preview=False, elem_id="tl-results", format="png")
-            # Atlas: a tab over `traitlens atlas` pair cards joins here once that command exists (see README).
+            # -------------------------------------------------------------------------- Atlas
+            with gr.Tab("Atlas", id="atlas", elem_id="tab-atlas"):
+                atlas_view = getattr(session, "atlas", None)
+                if atlas_view is not None:
+                    gr.Markdown(atlas_view.summary(), elem_id="tl-atlas-info")
+                    atlas_search = gr.Textbox(label="search species", elem_id="tl-atlas-search")
+                    first = atlas_view.choices()
+                    atlas_pair = gr.Dropdown(first, value=first[0][1] if first else None, label="species pair",
+                                             filterable=True, elem_id="tl-atlas-pair")
+                    atlas_card = gr.HTML(atlas_view.card(first[0][1]) if first else "", elem_id="tl-atlas-card")
+                else:
+                    gr.Markdown("Start the app with `--atlas DIR` (a folder written by `traitlens atlas`) to browse "
+                                "which part tells each species pair apart.", elem_id="tl-atlas-info")
 
         # ------------------------------------------------------------------------------ events
         def grid_for(query):
@@ -220,6 +232,14 @@ def build_blocks(session):
         results.select(_page_errors(fix_result), None, [editor, canvas_source, seg_status])
         go.click(_page_errors(propagate), [folder], [results, seg_status], concurrency_limit=1)
         save_project.click(_page_errors(session.save_project), [], [seg_status])
+        if getattr(session, "atlas", None) is not None:
+            def atlas_choices(query):
+                options = session.atlas.choices(query)
+                return gr.Dropdown(choices=options, value=options[0][1] if options else None)
+
+            atlas_search.change(_page_errors(atlas_choices), [atlas_search], [atlas_pair], trigger_mode="always_last")
+            atlas_pair.change(_page_errors(lambda key: session.atlas.card(key) if key else ""), [atlas_pair],
+                              [atlas_card])
     return demo
 
 

@@ -20,6 +20,8 @@ def register(sub) -> None:
                    help="collection with traits.json (siblings, part names); default: found next to --images")
     p.add_argument("--project", type=Path, default=Path("traitlens-project"), metavar="DIR",
                    help="the Segment tab's project folder (default ./traitlens-project)")
+    p.add_argument("--atlas", type=Path, default=None, metavar="DIR",
+                   help="a folder written by `traitlens atlas`: its pair cards in the Atlas tab")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; 0.0.0.0 opens it to the network, with a warning)")
@@ -34,5 +36,6 @@ def _app(args) -> int:
     from traitlens.engine.distributed import resolve_device
 
     serve(args.checkpoint, args.images, data=args.data, project=args.project, host=args.host, port=args.port,
-          share=args.share, device=str(resolve_device(args.device)), display_size=args.display_size)
+          share=args.share, device=str(resolve_device(args.device)), display_size=args.display_size,
+          atlas=args.atlas)
     return 0
