@@ -35,6 +35,9 @@ def part_names_from(traits=None, path: Union[str, Path, None] = None,
 
 
 def read_part_names(path: Union[str, Path]) -> Dict[int, str]:
+    """``{part id: name}`` (ids ≥ 1) from a part-names file: JSON (``{"6": "wing_spot"}`` or
+    ``["background", "body", ...]``) or text lines ``ID NAME`` (``#`` starts a comment line). Every command
+    that takes ``--part-names`` reads it here."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"part-names file not found: {p}")

@@ -119,31 +119,9 @@ def read_part_names(traits: Optional[Path] = None, part_names: Optional[Path] = 
     """``{part id: name}`` from a ``traits.json`` (``--traits``) or a ``--part-names`` file: JSON
     (``{"6": "wing_spot"}`` or ``["background", "body", ...]``) or text lines ``ID NAME``. Empty when neither."""
     if part_names is not None:
-        path = Path(part_names)
-        if not path.is_file():
-            raise UserError(f"--part-names {path}: no such file")
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if isinstance(data, list):
-            return {i: str(n) for i, n in enumerate(data)}
-        if isinstance(data, dict):
-            try:
-                return {int(k): str(v) for k, v in data.items()}
-            except ValueError:
-                raise UserError(f"--part-names {path}: keys must be part ids (numbers)") from None
-        names: Dict[int, str] = {}
-        for n, line in enumerate(text.splitlines(), 1):
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            key, _, name = line.partition(" ")
-            if not key.isdigit() or not name.strip():
-                raise UserError(f"--part-names {path}, line {n}: expected 'ID NAME', got {line!r}")
-            names[int(key)] = name.strip()
-        return names
+        from traitlens.atlas.parts import read_part_names as read_file  # the one part-names reader
+
+        return read_file(part_names)
     if traits is not None:
         from traitlens.data.traits import load_traits
 
