@@ -17,6 +17,9 @@ def test_trait_table_marks_the_values_in_which_siblings_differ(tiny_traits):
         for column in tiny_traits.attribute_names:
             values = {repr(rows[i][column]) for i in members}
             assert all(((i, column) in marked) == (len(values) > 1) for i in members), (genus, column)
+    columns = list(rows[0])[2:]
+    differing = {c for _, c in marked}
+    assert set(columns[:len(differing)]) == differing  # the distinguishing traits come first
     # every sibling pair differs somewhere, and what differs between a and b is marked in both rows
     a, b = tiny_traits.species_in(tiny_traits.genera[0])[:2]
     for attribute, _, _ in tiny_traits.differences(a, b):

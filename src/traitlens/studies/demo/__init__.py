@@ -156,15 +156,19 @@ def foundation_section(ctx: DemoContext) -> Section:
 
 
 def trait_table(traits):
-    """The species × trait rows of ``traits`` and the (row, column) cells in which the species of a genus differ."""
-    rows = [{"species": traits.name(i), "genus": traits.genus_of(i), **traits.attributes(i)}
-            for i in range(traits.num_species)]
+    """The species × trait rows of ``traits`` and the (row, column) cells in which the species of a genus differ;
+    the traits that differ within some genus come first, so what tells siblings apart is in view."""
+    values = [traits.attributes(i) for i in range(traits.num_species)]
     marked = []
     for genus in traits.genera:
         members = traits.species_in(genus)
         for column in traits.attribute_names:
-            if len({repr(rows[i].get(column)) for i in members}) > 1:
+            if len({repr(values[i].get(column)) for i in members}) > 1:
                 marked += [(i, column) for i in members]
+    differing = {c for _, c in marked}
+    order = sorted(traits.attribute_names, key=lambda c: c not in differing)  # stable: the file's order otherwise
+    rows = [{"species": traits.name(i), "genus": traits.genus_of(i), **{c: values[i][c] for c in order}}
+            for i in range(traits.num_species)]
     return rows, marked
 
 
