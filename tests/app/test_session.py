@@ -167,7 +167,7 @@ def test_demo_last_line_names_its_checkpoints(tmp_path, monkeypatch):
     import argparse
 
     from traitlens.cli.demo import _app_hint
-    from traitlens.studies.memo import memo_path
+    from traitlens.studies.demo import collection_path
     from traitlens.studies.recipes import DEMO_COLLECTION
 
     monkeypatch.setenv("TRAITLENS_CACHE", str(tmp_path))
@@ -176,7 +176,7 @@ def test_demo_last_line_names_its_checkpoints(tmp_path, monkeypatch):
     for rel in ("runs/classifier-vit-abc/model.json", "models/prompt-cam-def/model.json"):
         (tmp_path / "demo" / rel).parent.mkdir(parents=True)
         (tmp_path / "demo" / rel).write_text("{}")
-    images = memo_path(tmp_path / "datasets", "synth", DEMO_COLLECTION) / "test"
+    images = collection_path(DEMO_COLLECTION) / "test"  # under $TRAITLENS_CACHE/datasets
     images.mkdir(parents=True)
     line = _app_hint(args)
     assert f"traitlens app --checkpoint {tmp_path / 'demo/runs/classifier-vit-abc'} --images {images}" in line

@@ -44,7 +44,7 @@ def _app_hint(args) -> str:
     import shlex
 
     from traitlens.cache import cache_dir
-    from traitlens.studies.memo import TRAINING, memo_path
+    from traitlens.studies.demo import collection_path
     from traitlens.studies.recipes import DEMO_COLLECTION
 
     def newest(pattern):
@@ -53,7 +53,7 @@ def _app_hint(args) -> str:
 
     root = Path(args.cache) if args.cache else cache_dir("demo")
     run, prompt = newest("runs/classifier-vit-*/model.json"), newest("models/prompt-cam-*/model.json")
-    images = memo_path(cache_dir("datasets"), "synth", DEMO_COLLECTION, code=TRAINING) / "test"  # as demo.collection()
+    images = collection_path(DEMO_COLLECTION) / "test"
     if run is None or not images.is_dir():
         return "explore a checkpoint in the browser: traitlens app --checkpoint RUN --images DIR"
     line = f"explore it in the browser: traitlens app --checkpoint {shlex.quote(str(run))} --images {shlex.quote(str(images))}"

@@ -81,11 +81,16 @@ def prepare(device: str = "cpu", seed: int = 0, cache: Optional[Path] = None) ->
                        checkpoints=checkpoints)
 
 
+def collection_path(recipe: Collection) -> Path:
+    """Where :func:`collection` renders ``recipe`` (keyed by the training code: models trained on it are too)."""
+    return memo_path(cache_dir("datasets"), "synth", recipe, code=TRAINING)
+
+
 def collection(recipe: Collection, progress: bool = True) -> Path:
     """The synthetic collection of ``recipe``, rendered once into the cache (``datasets/``)."""
     from traitlens.data.synthetic import SynthConfig, generate_collection
 
-    return generate_collection(memo_path(cache_dir("datasets"), "synth", recipe, code=TRAINING), SynthConfig(**recipe.as_dict()),
+    return generate_collection(collection_path(recipe), SynthConfig(**recipe.as_dict()),
                                progress=progress)
 
 
