@@ -1,3 +1,3 @@
 """traitlens: find, explain, segment and compare the traits that tell visually similar species apart."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -71,3 +71,12 @@ def test_traits_warns_when_the_model_is_at_chance_and_lists_skipped_files(tmp_pa
     assert trust_warnings(trained) == []
     still = [{"top_probability": 0.9, "num_classes": 3, "blur_effect": 0.001}] * 4
     assert ["changes the class probability by less than" in w for w in trust_warnings(still)] == [True]
+
+
+def test_explain_on_a_prompt_cam_run_points_to_traits(tmp_path, prompt_cam, make_images, capsys):
+    make_images(tmp_path / "c", 1)
+    assert main(["explain", "--checkpoint", str(prompt_cam), "--images", str(tmp_path / "c"),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "a Prompt-CAM run" in err[0] and "traitlens traits --checkpoint" in err[0]
+    assert not (tmp_path / "out" / "results.jsonl").exists()
