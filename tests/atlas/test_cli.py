@@ -96,6 +96,34 @@ def test_atlas_parts_from_a_labelled_support(collection, checkpoint, tmp_path, c
     assert "--support-mask" in capsys.readouterr().err
 
 
+def test_atlas_cards_from_support_parts_on_photos_larger_than_the_input(collection, checkpoint, tmp_path):
+    """Propagated parts are saved in the model's input frame; the cards draw them on the same frame of a photo
+    of any size (here 52×40 photos for a 32 px model)."""
+    from PIL import Image
+
+    from traitlens.data.traits import load_traits
+
+    root = tmp_path / "c"
+    shutil.copytree(collection, root)
+    for f in (root / "train").rglob("*.png"):
+        Image.open(f).convert("RGB").resize((52, 40)).save(f)
+    names = load_traits(root).class_names
+    img = sorted((collection / "train" / names[0]).glob("*.png"))[0]  # the support at its own size
+    out = tmp_path / "atlas"
+    assert main(["atlas", "--checkpoint", str(checkpoint), "--data", str(root), "--split", "train", "--pairs", "all",
+                 "--parts-from", "support", "--support", str(img), "--support-mask",
+                 str(collection / "masks" / "train" / names[0] / img.name), "--bootstrap", "20", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    atlas = load_atlas(out)
+    cards = load_cards(out / "cards.npz")
+    shown = [sides for key, sides in cards.items() if sides]
+    assert shown and (out / "index.html").is_file()
+    for sides in shown:
+        for picture, mask, heat in sides.values():
+            assert picture.shape == (32, 32, 3) and mask.shape == heat.shape == (32, 32)
+    assert len(cards) == sum(p.top is not None for p in atlas.pairs)
+
+
 def test_atlas_confused_pairs_come_from_the_validation_split(collection, checkpoint, tmp_path):
     out = tmp_path / "atlas"
     assert main(["atlas", "--checkpoint", str(checkpoint), "--data", str(collection), "--split", "train",

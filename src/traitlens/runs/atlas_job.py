@@ -150,19 +150,19 @@ class AtlasJob(Job):
                     continue
                 try:
                     sides[side] = self._specimen(out, path, rec, own, other, pair.top.part)
-                except BadImageError:
-                    continue  # the image changed since its record was written; the card shows the rest
+                except (BadImageError, ValueError):  # changed since its record was written, or its mask no
+                    continue  # longer fits it: the card shows the rest
             shown[pair.key] = sides
         return shown
 
     def _specimen(self, out: Path, path: str, rec: dict, own: int, other: int, part: int):
         image = load_image(path, max_pixels=MAX_PIXELS)
-        if self.mask_root is not None:
+        if self.mask_root is not None:  # the collection's own mask, at the photo's size: transformed with it
             mask = load_mask(self.mask_root / Path(rec["id"]).with_suffix(MASK_SUFFIX))
-        else:
-            mask = load_mask(out / rec["parts"])
-        x, m, _ = run_transform(self.transform, image, mask, torch.Generator().manual_seed(0))
-        m = torch.as_tensor(mask).long() if m is None else m
+            x, m, _ = run_transform(self.transform, image, mask, torch.Generator().manual_seed(0))
+        else:  # propagated parts were saved at the model's input size, in the transformed image's frame
+            x, _, _ = run_transform(self.transform, image, None, torch.Generator().manual_seed(0))
+            m = torch.as_tensor(load_mask(out / rec["parts"])).long()
         heat = specimen_map(self.model, x, own, other, self.options, self._settings)
         picture = (denormalise(x[None], self.transform.mean, self.transform.std)[0] * 255).round().byte()
         return picture.permute(1, 2, 0).numpy(), (m == part).numpy(), heat.numpy()
