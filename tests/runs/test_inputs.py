@@ -33,6 +33,19 @@ def test_ids_keep_the_extension_and_tell_roots_apart(tmp_path, make_images):
                                       tmp_path / "one" / "a.jpg"])] == [it.id for it in both]
 
 
+def test_ids_that_flatten_alike_get_distinct_flat_names(tmp_path):
+    """Flat artifact folders (the atlas' parts, explain's overlays) join folders with ``__``: ``a__b/c.png`` and
+    ``a/b__c.png`` would share one file."""
+    from traitlens.runs.inputs import flat_name
+
+    for rel in ("a__b/c.png", "a/b__c.png"):
+        (tmp_path / "r" / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "r" / rel)
+    items = discover([tmp_path / "r"])
+    assert len(items) == 2 and len({flat_name(it.id) for it in items}) == 2
+    assert len({artifact_stem(it.id) for it in items}) == 2
+
+
 def test_two_roots_with_the_same_tree_overwrite_nothing(tmp_path, checkpoint, make_images):
     """Explain and segment over two roots holding the same relative paths: one record and one set of
     artifacts per input file, each holding its own image."""

@@ -64,16 +64,17 @@ def discover(inputs: Sequence[Path], skipped: Optional[SkippedFiles] = None) -> 
 
 
 def unique_items(named: Sequence[tuple]) -> List[Item]:
-    """``(wanted id, path)`` pairs as items whose ids, and the artifact names made from them
-    (:func:`artifact_stem`), are unique: a repeat gets ``~2``, ``~3``, … in order."""
+    """``(wanted id, path)`` pairs as items whose ids, and the artifact names made from them (the tree's
+    :func:`artifact_stem` and the flat folder's :func:`flat_name`: ``a__b/c.png`` and ``a/b__c.png`` flatten
+    alike), are unique: a repeat gets ``~2``, ``~3``, … in order."""
     taken = set()
     items = []
     for wanted, path in named:
         iid, n = wanted, 1
-        while artifact_stem(iid) in taken:
+        while {("tree", artifact_stem(iid)), ("flat", flat_name(iid))} & taken:
             n += 1
             iid = f"{wanted}~{n}"
-        taken.add(artifact_stem(iid))
+        taken |= {("tree", artifact_stem(iid)), ("flat", flat_name(iid))}
         items.append(Item(iid, Path(path)))
     return items
 
