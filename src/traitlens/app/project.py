@@ -3,7 +3,8 @@
 A project is a folder another command reads back::
 
     PROJECT/project.json          parts (id → name), supports, the image folder, the propagation options,
-                                  the last run, and ``segment_args``: the ``traitlens segment`` arguments
+                                  the last run, and ``segment_args``: the same job as explicit
+                                  ``traitlens segment`` arguments
     PROJECT/supports/<n>.<ext>    each support image (a byte copy of the file it came from)
     PROJECT/supports/<n>.mask.png its label map (uint8, 0 = background, k = part k)
     PROJECT/segment.sh            ``traitlens segment --project PROJECT --out PROJECT/runs/bulk``: the same job
