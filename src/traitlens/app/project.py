@@ -3,16 +3,19 @@
 A project is a folder another command reads back::
 
     PROJECT/project.json          parts (id → name), supports, the image folder, the propagation options,
-                                  the last run, and ``segment_args``: the ``traitlens segment`` arguments
+                                  the last run, and ``segment_args``: the same job as explicit
+                                  ``traitlens segment`` arguments
     PROJECT/supports/<n>.<ext>    each support image (a byte copy of the file it came from)
     PROJECT/supports/<n>.mask.png its label map (uint8, 0 = background, k = part k)
-    PROJECT/segment.sh            ``traitlens segment`` with those arguments: the same job in bulk
+    PROJECT/segment.sh            ``traitlens segment --project PROJECT --out PROJECT/runs/bulk``: the same job
+                                  in bulk (flags appended to the script override the project's options)
     PROJECT/runs/<key>/           the app's propagations (the ``traitlens segment`` output layout); ``key``
                                   hashes the supports and options, so a changed support gets a new folder
                                   and an unchanged one resumes
 
 Propagation is :func:`traitlens.runs.segment_job.segment_collection` with the propagator the CLI builds,
-so ``bash PROJECT/segment.sh`` (or ``traitlens segment`` with ``segment_args``) writes the same label maps.
+so ``bash PROJECT/segment.sh`` (``traitlens segment --project``, or ``traitlens segment`` with ``segment_args``)
+writes the same label maps. The image folder is stored as an absolute path, so the project is read from anywhere.
 Painted masks arrive from the page as RGBA layers whose colours are the parts' brush colours
 (:func:`labels_from_layers`).
 """
@@ -156,7 +159,7 @@ class SegmentProject:
         folder = Path(folder)
         if (folder / PROJECT_FILE).exists():
             return cls.load(folder)
-        return cls(folder=folder, images=Path(images) if images else None, parts=dict(parts or {}))
+        return cls(folder=folder, images=Path(images).resolve() if images else None, parts=dict(parts or {}))
 
     # -------------------------------------------------------------------------------- supports
     def add_support(self, image_path, labels: np.ndarray) -> int:
@@ -224,15 +227,20 @@ class SegmentProject:
     def save(self) -> Path:
         """Write ``project.json`` and ``segment.sh``; returns the project.json path."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.images is not None:
+            self.images = Path(self.images).resolve()
         out = "runs/bulk"
         data = {"format": "traitlens-segment-project/1", "images": str(self.images) if self.images else None,
                 "parts": {str(k): v for k, v in sorted(self.parts.items())}, "supports": self.supports,
                 "options": self.options, "last_run": self.last_run}
         if self.supports and self.images is not None:
             data["segment_args"] = self.segment_args(out, relative=True)
+            # The script reads project.json (one source of the job, part names included) rather than repeating it.
             script = ("#!/usr/bin/env bash\n# The app's segmentation job in bulk: traitlens segment over the whole "
-                      "folder (resumable; rerun to continue).\nset -euo pipefail\ncd \"$(dirname \"$0\")\"\n"
-                      "${TRAITLENS:-traitlens} " + " ".join(shlex.quote(a) for a in data["segment_args"]) + ' "$@"\n')
+                      "folder (resumable; rerun to continue).\n# Flags after the script override the project's "
+                      "options, e.g. bash segment.sh --device cuda --work-size auto\nset -euo pipefail\n"
+                      "cd \"$(dirname \"$0\")\"\n${TRAITLENS:-traitlens} segment --project . --out "
+                      + shlex.quote(out) + ' "$@"\n')
             (self.folder / "segment.sh").write_text(script)
             (self.folder / "segment.sh").chmod(0o755)
         path = self.folder / PROJECT_FILE
@@ -256,7 +264,7 @@ class SegmentProject:
         from traitlens.segment.support import load_support
 
         if images is not None:
-            self.images = Path(images)
+            self.images = Path(images).resolve()
         if self.images is None or not Path(self.images).is_dir():
             raise UserError(f"folder to propagate to not found: {self.images}")
         if not self.supports:
@@ -267,7 +275,8 @@ class SegmentProject:
         out = self.folder / "runs" / key
         torch.manual_seed(int(self.options["seed"]))
         o = self.options
-        prop = build_propagator(str(o["backend"]), device=device, work_size=int(o["work_size"]),
+        side = "auto" if o["work_size"] == "auto" else int(o["work_size"])
+        prop = build_propagator(str(o["backend"]), device=device, work_size=side,
                                 features=str(o["features"]), local=int(o["local"]))
         total = len(items)
         done = len(_done_ids(out))

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from traitlens.cli.common import add_common, add_restart, part_id, read_part_names, write_json
 from traitlens.errors import UserError
+
+#: The job options a Segment-tab project stores (``traitlens.app.project.DEFAULT_OPTIONS``): with ``--project``
+#: a flag given on the command line overrides the project's value.
+PROJECT_OPTIONS = ("backend", "features", "work_size", "local", "order", "batch_size", "seed")
+
+
+def work_size(text: str):
+    """``--work-size``: a side in pixels, or ``"auto"`` (the side the supports' thinnest trait asks for)."""
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a side in pixels (at least 16) or 'auto'") from None
 
 
 def _backend_options(p) -> None:
@@ -19,7 +34,9 @@ def _backend_options(p) -> None:
     p.add_argument("--features", default="colour", choices=["colour", "backbone", "backbone+colour"],
                    help="label propagation features (default colour: no weights needed)")
     p.add_argument("--backbone", type=Path, default=None, help="traitlens checkpoint folder for --features backbone")
-    p.add_argument("--work-size", type=int, default=128, help="label propagation working resolution (default 128)")
+    p.add_argument("--work-size", type=work_size, default=128, metavar="PX|auto",
+                   help="label propagation working resolution in pixels, or auto: the smallest side at which the "
+                        "supports' thinnest trait spans 3 grid cells, within 128-256 (default 128)")
     p.add_argument("--local", type=int, default=3, help="local window radius after registration, in work-grid cells (default 3)")
     p.add_argument("--projection", type=Path, default=None, help="projection from `segment finetune` (labelprop)")
     p.add_argument("--checkpoint", default=None,
@@ -40,6 +57,11 @@ def register(sub) -> None:
                     "tree, overlays, results.jsonl, measurements.csv, summary.json and index.html; per-trait "
                     "IoU with --gt. Streaming, resumable (done images are skipped), shardable with torchrun.")
     add_common(s, out_required=False)
+    s.add_argument("--project", type=Path, default=None, metavar="DIR",
+                   help="run the job of a project saved by the app's Segment tab: its supports, part names, image "
+                        "folder and options (--backend, --features, --work-size, --local, --order, --batch-size, "
+                        "--seed; each flag given here overrides the project's; --images too); --out defaults "
+                        "to DIR/runs/bulk")
     _backend_options(s)
     s.add_argument("--order", default="pairwise", choices=["pairwise", "chain", "similarity"])
     s.add_argument("--reinsert-every", type=int, default=None, help="put the support back every N frames (chain)")
@@ -59,7 +81,8 @@ def register(sub) -> None:
     s.add_argument("--no-overlays", action="store_true")
     s.add_argument("--gallery", type=int, default=60)
     add_restart(s)
-    s.set_defaults(func=_segment)
+    # None: not given on the command line, so --project's value (or the default) applies (_job_options).
+    s.set_defaults(func=_segment, **{key: None for key in PROJECT_OPTIONS})
     inner = s.add_subparsers(dest="segment_command", metavar="COMMAND")
     f = inner.add_parser(
         "finetune", help="cycle-consistent fine-tuning from the support alone",
@@ -134,7 +157,7 @@ def _propagator(args, device, differentiable=False):
     from traitlens.segment.backends import build_propagator
     from traitlens.segment.propagator import BackendOptionError
 
-    if args.work_size < 16:
+    if args.work_size != "auto" and args.work_size < 16:
         raise UserError(f"--work-size {args.work_size}: use at least 16")
     try:
         return build_propagator(args.backend, device=device, work_size=args.work_size, features=args.features,
@@ -161,14 +184,78 @@ def _trait_names(args) -> dict:
     return {}
 
 
-def _run_options(args) -> dict:
+def _job_options(args, project=None) -> None:
+    """Fill segment's :data:`PROJECT_OPTIONS` left unset on the command line (None) from ``project``'s options,
+    else from the defaults a project starts with (those of ``retrieve`` and ``segment finetune`` too)."""
+    from traitlens.app.project import DEFAULT_OPTIONS
+
+    stored = project.options if project is not None else {}
+    for key in PROJECT_OPTIONS:
+        if getattr(args, key) is not None:
+            continue
+        value = stored.get(key, DEFAULT_OPTIONS[key])
+        try:
+            value = work_size(value) if key == "work_size" else type(DEFAULT_OPTIONS[key])(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            raise UserError(f"--project {args.project}: project.json's option {key} is {value!r}, not a "
+                            f"{type(DEFAULT_OPTIONS[key]).__name__}; fix it there or give --{key.replace('_', '-')}") from None
+        setattr(args, key, value)
+
+
+def _project(args):
+    """``--project DIR``: the app's saved project (``traitlens.app.project.SegmentProject``), its supports and
+    image folder put on ``args`` (--images and --out given on the command line win); one line when it is bad."""
+    from traitlens.app.project import SegmentProject
+
+    if args.dataset:
+        raise UserError("--project and --dataset are two different jobs: give one of them")
+    if args.support or args.support_mask:
+        raise UserError(f"--project {args.project} takes its supports from the project: drop --support / "
+                        "--support-mask, or add the support in the app's Segment tab")
+    project = SegmentProject.load(args.project)
+    if not project.supports:
+        raise UserError(f"--project {args.project}: the project has no support yet; add one in the app's Segment tab")
+    pairs = []
+    for n, entry in enumerate(project.supports, start=1):
+        pair = []
+        for kind in ("image", "mask"):
+            rel = entry.get(kind) if isinstance(entry, dict) else None
+            if not rel or not (project.folder / rel).is_file():
+                raise UserError(f"--project {args.project}: support {n}'s {kind} {rel or '(none)'} is missing from "
+                                "the project folder; add the support again in the app's Segment tab")
+            pair.append((project.folder / rel).resolve())
+        pairs.append(pair)
+    args.support, args.support_mask = [i for i, _ in pairs], [m for _, m in pairs]
+    if args.images is None:
+        if project.images is None:
+            raise UserError(f"--project {args.project}: the project names no image folder; give --images DIR")
+        args.images = [project.images]
+    if args.out is None:
+        args.out = project.folder / "runs" / "bulk"  # where the project's segment.sh writes
+    return project
+
+
+def _work_side(args, supports):
+    """Under ``--work-size auto`` with label propagation, the side it works at: the largest the supports ask
+    for (``traitlens.segment.support.work_side`` of each mask, as the propagator picks it); else None."""
+    from traitlens.segment.support import WORK_BOUNDS, work_side
+
+    if args.work_size != "auto" or args.backend != "labelprop":
+        return None
+    return max(work_side(labels, bounds=WORK_BOUNDS) for _, labels in supports)
+
+
+def _run_options(args, supports) -> dict:
     """What segment / retrieve records depend on beyond the job's settings: the supports' files (by digest) and
-    the backend's options."""
+    the backend's options (``work_side``: the side ``--work-size auto`` chose, for the reader)."""
     from traitlens.runs.store import file_digest
 
     options = {"supports": [[file_digest(i), file_digest(m)] for i, m in zip(args.support, args.support_mask)],
                "backend": args.backend, "features": args.features, "work_size": args.work_size, "local": args.local,
                "projection": file_digest(args.projection), "sam2": args.checkpoint}
+    side = _work_side(args, supports)
+    if side is not None:
+        options["work_side"] = side
     if getattr(args, "dataset", None):
         options.update(dataset=args.dataset, split=args.split, group=args.group, support_id=args.support_id)
     if args.backbone is not None:
@@ -185,6 +272,8 @@ def _segment(args) -> int:
     from traitlens.engine import distributed
     from traitlens.runs.segment_job import segment_collection
 
+    project = _project(args) if args.project is not None else None
+    _job_options(args, project)
     if args.out is None:
         raise UserError("--out DIR is required")
     skipped = SkippedFiles()
@@ -197,7 +286,12 @@ def _segment(args) -> int:
         info = _support_info(args)
         if gt is not None and not gt.is_dir():
             raise UserError(f"--gt {gt}: not a folder")
-    extra = {"not_on_disk": {"count": len(missing), "ids": missing[:100]}} if missing else None
+    extra = {"not_on_disk": {"count": len(missing), "ids": missing[:100]}} if missing else {}
+    side = _work_side(args, supports)
+    if side is not None:
+        extra["work_side"] = side
+    names = project.parts if project is not None and args.part_names is None and args.traits is None \
+        else _trait_names(args)
     with distributed.leaving():
         ctx = distributed.setup(args.device)
         torch.manual_seed(args.seed)
@@ -205,15 +299,16 @@ def _segment(args) -> int:
         summary = segment_collection(prop, supports, items, args.out, gt=gt, skipped=skipped, order=args.order,
                                      batch_size=args.batch_size, reinsert_every=args.reinsert_every,
                                      overlays=not args.no_overlays, gallery=args.gallery, support_info=info,
-                                     extra=extra, trait_names=_trait_names(args),
-                                     run_options=_run_options(args), restart=args.restart)
+                                     extra=extra or None, trait_names=names,
+                                     run_options=_run_options(args, supports), restart=args.restart)
     if not ctx.main:
         return 0
     summary.pop("seconds")
     miou = f", mIoU {summary['miou']:.3f}" if "miou" in summary else ""
     gone = f", {len(missing)} listed but not on disk" if missing else ""
+    chosen = f", work size auto: {side} px" if side is not None else ""
     print(f"segmented {summary['done']} images ({summary['resumed']} already done, {summary['skipped']} unreadable"
-          f"{gone}){miou} → {args.out}")
+          f"{gone}){miou}{chosen} → {args.out}")
     if summary.get("gt_errors"):
         bad = summary["gt_errors"]
         print(f"ground truth not scored for {bad['count']} images (first: {bad['first']})")
@@ -247,7 +342,11 @@ def _finetune(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     state_path = args.out / "finetune-state.pt"
     options = {"backend": args.backend, "steps": args.steps, "lr": args.lr, "lora": args.lora, "seed": args.seed,
-               "support": [str(p) for p in (args.support or [])], "images": [f for f, _ in frames]}
+               "support": [str(p) for p in (args.support or [])], "images": [f for f, _ in frames],
+               "work_size": args.work_size}
+    side = _work_side(args, supports)
+    if side is not None:
+        options["work_side"] = side
     if args.restart:
         state_path.unlink(missing_ok=True)
     resume = load_training_state(state_path, options)
@@ -263,7 +362,7 @@ def _finetune(args) -> int:
     saved = save_finetuned(prop, args.backend, args.out, lora=args.lora)
     result = {"backend": args.backend, "steps": args.steps, "lr": args.lr, "first_loss": losses[0],
               "last_loss": losses[-1], "losses": losses, "images": len(frames), "skipped": skipped.count,
-              "saved": saved}
+              "saved": saved, "work_size": args.work_size, **({"work_side": side} if side is not None else {})}
     (args.out / "finetune.json").write_text(json.dumps(result, indent=2) + "\n")
     if skipped:
         skipped.write(args.out / "skipped.jsonl")
@@ -296,7 +395,8 @@ def _retrieve(args) -> int:
     torch.manual_seed(args.seed)
     prop = _propagator(args, device)
     result = retrieve_collection(prop, support, trait, items, args.out, top=args.top, skipped=skipped,
-                                 trait_name=names.get(trait), run_options=_run_options(args), restart=args.restart)
+                                 trait_name=names.get(trait), run_options=_run_options(args, supports),
+                                 restart=args.restart)
     shown = f"{names[trait]} ({trait})" if trait in names else str(trait)
     print(f"ranked {len(result['ranking'])} images by trait {shown} ({result['skipped']} unreadable) → {args.out}")
     write_json(args.json, {"trait": trait, "trait_name": names.get(trait), "ranking": result["ranking"],

@@ -15,7 +15,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from traitlens.report.html import Section, png_data_uri, write_page
+from traitlens.report.html import Section, image_tag, write_page
 
 #: What a card needs of one representative specimen: the picture H×W×3 uint8, the top part's mask H×W bool
 #: and the Finer-CAM map H×W in [0, 1].
@@ -93,11 +93,10 @@ def card_html(pair, specimens: Optional[Mapping[str, Specimen]] = None, scale: i
         for img, cap in ((outlined(picture, mask, scale=scale), shown),
                          (np.kron(overlay(picture, heat), np.ones((scale, scale, 1), dtype=np.uint8)),
                           f"{name}: Finer-CAM vs the other")):
-            tiles.append(f'<figure><img src="{png_data_uri(img)}" alt="{html.escape(cap)}">'
-                         f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+            tiles.append(f"<figure>{image_tag(img, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>")
     status = "" if pair.localised else ' <span class="note">(no localised trait found)</span>'
     counts = f"{pair.images.get('a', 0)} + {pair.images.get('b', 0)} correctly classified images"
-    chart = (f'<figure><img src="{png_data_uri(pair_figure(pair))}" alt="ranked parts" style="width:620px">'
+    chart = (f"<figure>{image_tag(pair_figure(pair), 'ranked parts', width=620)}"
              f"<figcaption>Ranked parts (best at the top), means with 95% bootstrap intervals over {counts}."
              "</figcaption></figure>") if pair.parts else ""
     return (f'<div class="card" style="border-top:1px solid #dde3de;padding-top:8px;margin-top:12px">'

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 from traitlens.compbench.records import PairRecord, resolve_image
 from traitlens.compbench.runner import RunResult, read_results
 from traitlens.compbench.scoring import Summary
-from traitlens.report.html import Section, png_data_uri, write_page
+from traitlens.report.html import Section, image_tag, write_page
 from traitlens.report.plots import bar_plot
 
 
@@ -70,7 +70,8 @@ def _thumb(root: Path, stored: str, size: int = SHOWN_MAX):
 
 def native_size_figures(items: Sequence[Tuple[Any, str]]) -> str:
     """HTML for ``(H×W×3 uint8 array or None, caption)`` items side by side, each image drawn at its own
-    pixel size (``width``/``height`` set, never stretched to a grid cell); None draws a grey placeholder."""
+    pixel size (:func:`~traitlens.report.html.image_tag`) with its size in the caption; None draws a grey
+    placeholder."""
     cells = []
     for arr, name in items:
         if arr is None:
@@ -78,8 +79,7 @@ def native_size_figures(items: Sequence[Tuple[Any, str]]) -> str:
                          f"<figcaption>{html.escape(name)} (not shown: missing or unreadable)</figcaption></figure>")
             continue
         h, w = arr.shape[:2]
-        cells.append(f'<figure class="cb-case"><img src="{png_data_uri(arr)}" width="{w}" height="{h}" '
-                     f'style="width:{w}px;height:auto;max-width:100%" alt="{html.escape(name)}">'
+        cells.append(f'<figure class="cb-case">{image_tag(arr, name)}'
                      f"<figcaption>{html.escape(name)} ({w}×{h} px)</figcaption></figure>")
     return f'<div class="cb-pair">{"".join(cells)}</div>'
 

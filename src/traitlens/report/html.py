@@ -31,10 +31,11 @@ th,td{border:1px solid #ccd5cf;padding:4px 10px;text-align:right}
 th{background:#eef3ef} td:first-child,th:first-child{text-align:left}
 caption{caption-side:bottom;font-size:.85em;color:#555;padding-top:4px;text-align:left}
 figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}
-figure img{max-width:100%;border:1px solid #ccd5cf;image-rendering:pixelated}
+figure img{max-width:100%;height:auto;border:1px solid #ccd5cf}
+img.px{image-rendering:pixelated}
 figcaption{font-size:.82em;color:#444;max-width:420px}
 .gallery{display:grid;gap:10px}
-.gallery figure{margin:0} .gallery img{width:100%}
+.gallery figure{margin:0;min-width:0}
 .note{color:#555;font-size:.9em}
 .scroll{overflow-x:auto;max-width:100%}
 .swatch{display:inline-block;width:1.1em;height:1.1em;border:1px solid #555;vertical-align:middle;margin-right:6px}
@@ -44,10 +45,28 @@ td.differs{background:#fde8b0;font-weight:600}
 """
 
 
+#: Images up to this many pixels a side are drawn with ``image-rendering: pixelated`` (tiny synthetic specimens
+#: stay crisp on a high-density screen); larger ones, and plots, are resampled smoothly when they shrink.
+PIXELATED_MAX = 256
+
+
 def png_data_uri(image: ImageLike, scale: int = 1) -> str:
     """Encode a PNG path, an H×W×3 / H×W uint8 array, a PIL image or a matplotlib figure as a data URI."""
     data = _png_bytes(image, scale)
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def image_tag(image: ImageLike, alt: str = "", scale: int = 1, width: Optional[int] = None) -> str:
+    """An embedded ``<img>`` drawn at its own pixel size (``width``/``height`` set; the page's style lets it
+    shrink to its cell, never stretch), or ``width`` px wide when given. ``scale``: enlarge the pixels first
+    (nearest neighbour), for tiny images meant to be seen. Small or enlarged images are drawn pixelated."""
+    data = _png_bytes(image, scale)
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the PNG's IHDR
+    style = f' style="width:{int(width)}px"' if width else ""
+    crisp = max(w, h) <= PIXELATED_MAX or (width is not None and int(width) > w)
+    cls = ' class="px"' if crisp else ""
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return f'<img src="{uri}" width="{w}" height="{h}"{cls}{style} alt="{html.escape(alt)}">'
 
 
 def _png_bytes(image: ImageLike, scale: int = 1) -> bytes:
@@ -136,17 +155,16 @@ class Section:
         return self
 
     def figure(self, image: ImageLike, caption: str = "", width: Optional[int] = None, scale: int = 1) -> "Section":
-        """A matplotlib figure, an image array or a PNG path, embedded."""
-        style = f' style="width:{int(width)}px"' if width else ""
+        """A matplotlib figure, an image array or a PNG path, embedded at its own size (``width`` px when given)."""
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-        self.blocks.append(f'<figure><img src="{png_data_uri(image, scale)}"{style} alt="{html.escape(caption)}">{cap}</figure>')
+        self.blocks.append(f"<figure>{image_tag(image, caption, scale, width)}{cap}</figure>")
         return self
 
     def gallery(self, items: Iterable[Tuple[ImageLike, str]], columns: int = 6, scale: int = 1) -> "Section":
-        """A grid of (image, caption) pairs."""
+        """A grid of (image, caption) pairs, each image at most its own size (a small one is not stretched to
+        its cell: pass ``scale`` to enlarge it)."""
         cells = [
-            f'<figure><img src="{png_data_uri(img, scale)}" alt="{html.escape(cap)}">'
-            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+            f"<figure>{image_tag(img, cap, scale)}<figcaption>{html.escape(cap)}</figcaption></figure>"
             for img, cap in items
         ]
         self.blocks.append(
