@@ -150,6 +150,8 @@ def test_bad_projects_and_work_sizes_are_one_line(project, tmp_path, capsys):
     shutil.copy(project.folder / "supports" / "1.mask.png", broken / "supports" / "1.mask.png")
     assert "no image folder; give --images" in error("--project", str(broken))
     assert "option work_size is 'big'" in error("--project", str(broken), "--images", str(project.images))
+    (broken / "project.json").write_text(json.dumps({**data, "options": {"order": "sideways"}}))
+    assert "option order is 'sideways', not one of pairwise, chain, similarity" in error("--project", str(broken))
     assert "--work-size 8: use at least 16" in error("--project", str(project.folder), "--work-size", "8",
                                                      "--out", str(tmp_path / "o"))
     with pytest.raises(SystemExit):  # argparse's own one line, with the usage

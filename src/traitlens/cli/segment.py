@@ -12,6 +12,8 @@ from traitlens.errors import UserError
 #: The job options a Segment-tab project stores (``traitlens.app.project.DEFAULT_OPTIONS``): with ``--project``
 #: a flag given on the command line overrides the project's value.
 PROJECT_OPTIONS = ("backend", "features", "work_size", "local", "order", "batch_size", "seed")
+CHOICES = {"backend": ("labelprop", "sam2"), "features": ("colour", "backbone", "backbone+colour"),
+           "order": ("pairwise", "chain", "similarity")}
 
 
 def work_size(text: str):
@@ -30,8 +32,8 @@ def _backend_options(p) -> None:
     p.add_argument("--support-mask", type=Path, action="append", default=[], metavar="MASK",
                    help="its label map PNG (0 = background, k = trait k)")
     p.add_argument("--images", type=Path, nargs="+", default=None, help="image files and/or folders")
-    p.add_argument("--backend", default="labelprop", choices=["labelprop", "sam2"])
-    p.add_argument("--features", default="colour", choices=["colour", "backbone", "backbone+colour"],
+    p.add_argument("--backend", default="labelprop", choices=CHOICES["backend"])
+    p.add_argument("--features", default="colour", choices=CHOICES["features"],
                    help="label propagation features (default colour: no weights needed)")
     p.add_argument("--backbone", type=Path, default=None, help="traitlens checkpoint folder for --features backbone")
     p.add_argument("--work-size", type=work_size, default=128, metavar="PX|auto",
@@ -63,7 +65,7 @@ def register(sub) -> None:
                         "--seed; each flag given here overrides the project's; --images too); --out defaults "
                         "to DIR/runs/bulk")
     _backend_options(s)
-    s.add_argument("--order", default="pairwise", choices=["pairwise", "chain", "similarity"])
+    s.add_argument("--order", default="pairwise", choices=CHOICES["order"])
     s.add_argument("--reinsert-every", type=int, default=None, help="put the support back every N frames (chain)")
     s.add_argument("--batch-size", type=int, default=8)
     s.add_argument("--gt", type=Path, default=None, help="ground-truth label maps mirroring --images")
@@ -199,6 +201,9 @@ def _job_options(args, project=None) -> None:
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             raise UserError(f"--project {args.project}: project.json's option {key} is {value!r}, not a "
                             f"{type(DEFAULT_OPTIONS[key]).__name__}; fix it there or give --{key.replace('_', '-')}") from None
+        if value not in CHOICES.get(key, (value,)):
+            raise UserError(f"--project {args.project}: project.json's option {key} is {value!r}, not one of "
+                            f"{', '.join(CHOICES[key])}; fix it there or give --{key}")
         setattr(args, key, value)
 
 
