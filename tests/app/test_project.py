@@ -34,6 +34,16 @@ def test_painted_layers_become_labels():
         labels_from_layers([], 6)
 
 
+def test_every_colour_goes_to_its_nearest_part_colour():
+    """Any RGB (a brush's blended rims, a pasted picture) → the nearest part colour, computed once per colour."""
+    rng = np.random.default_rng(0)
+    layer = rng.integers(0, 256, size=(40, 50, 4)).astype(np.uint8)
+    palette = part_colours(7)[1:].astype(np.int64)
+    rgb = layer[..., :3].astype(np.int64)
+    nearest = ((rgb[..., None, :] - palette) ** 2).sum(-1).argmin(-1) + 1
+    assert np.array_equal(labels_from_layers([layer], 7), np.where(layer[..., 3] >= 128, nearest, 0))
+
+
 def test_part_names():
     assert parse_parts("wing\nhead, tail") == {1: "wing", 2: "head", 3: "tail"}
     assert parse_parts("3: spot\nband") == {3: "spot", 4: "band"}

@@ -77,8 +77,11 @@ def labels_from_layers(layers: Sequence[np.ndarray], num_parts: int, shape=None)
         if not painted.any():
             continue
         rgb = layer[painted][:, :3].astype(np.int32)  # N×3
-        nearest = ((rgb[:, None, :] - palette[None]) ** 2).sum(-1).argmin(1)  # N
-        out[painted] = (nearest + 1).astype(np.uint8)
+        packed = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+        colours, which = np.unique(packed, return_inverse=True)  # a brush paints few colours: U ≪ N
+        unique_rgb = np.stack([colours >> 16, (colours >> 8) & 255, colours & 255], axis=1)  # U×3
+        nearest = ((unique_rgb[:, None, :] - palette[None]) ** 2).sum(-1).argmin(1)  # U
+        out[painted] = (nearest[which.reshape(-1)] + 1).astype(np.uint8)
     return out
 
 
