@@ -8,8 +8,8 @@ Tabs: **Explain** (thumbnail grid with search, upload, top-5, base CAM and Finer
 slider that recombines kept gradients without a model run, comparison classes, downloads), **Heads**
 (Prompt-CAM / INTR per-head attention, trait heads, another class's prompt) and **Segment** (label a
 support by painting or uploading its label map, propagate to a folder, fix a result and propagate again,
-save a project that ``traitlens segment`` runs in bulk). An **Atlas** tab over ``traitlens atlas`` pair
-cards is not part of this version: that command does not exist yet (see ``ui.build_blocks``).
+save a project that ``traitlens segment --project`` runs in bulk) and, given ``atlas=`` (``--atlas DIR``),
+**Atlas** (the pair cards of a ``traitlens atlas`` folder: ranked parts with their intervals, the specimens).
 
 Offline by design: gradio's telemetry and version check are switched off before gradio is imported
 (:func:`offline_environment`), the theme uses system fonts (no Google Fonts), the page's assets are
