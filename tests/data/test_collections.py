@@ -113,7 +113,13 @@ def test_unsplit_tree_split_counted_written_and_read_back(tmp_path, capsys):
     assert collection_layout(root) == "split-file"
     assert main(["data", "split", str(root)]) == 2  # refuses to replace it silently
     assert "--force" in capsys.readouterr().err
+    assert main(["data", "split", str(root), "--force", "--val", "0.9", "--test", "0.5"]) == 2  # bad fractions:
+    assert read_split(root / "split.json") == written  # the split in use is still there, untouched
+    assert not (root / "split.json.previous").exists()
+    capsys.readouterr()
     assert main(["data", "split", str(root), "--force", "--seed", "5", "--val", "0.3", "--test", "0.1"]) == 0
+    assert read_split(root / "split.json.previous") == written  # the replaced split is kept beside it
+    assert "the split it replaces" in capsys.readouterr().out
     again = read_split(root / "split.json")
     assert again["seed"] == 5 and {k: len(v) for k, v in again["splits"].items()} == {"train": 12, "val": 6,
                                                                                      "test": 2}

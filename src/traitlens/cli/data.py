@@ -3,6 +3,7 @@ RGB mask pictures into label maps."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def register(sub) -> None:
     split.add_argument("--seed", type=int, default=0, help="the split's seed (default 0)")
     split.add_argument("--out", type=Path, default=None, metavar="FILE",
                        help="where to write it (default DIR/split.json, what --data DIR reads)")
-    split.add_argument("--force", action="store_true", help="replace an existing DIR/split.json")
+    split.add_argument("--force", action="store_true", help="replace an existing DIR/split.json (the old one is kept as split.json.previous)")
     split.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the counts as JSON")
     split.set_defaults(func=_split)
 
@@ -130,15 +131,26 @@ def _split(args) -> int:
     from traitlens.errors import UserError
 
     target = args.out if args.out is not None else args.path / SPLIT_FILE
+    previous = None
     if target == args.path / SPLIT_FILE and target.exists():
         if not args.force:
             raise UserError(f"{target} exists; pass --force to replace it (commands reading --data {args.path} "
                             "then use the new split)")
-        target.unlink()
-    out = write_split(args.path, target, seed=args.seed, val=args.val, test=args.test)
+        # the split earlier models were trained on is kept, never deleted: moved aside while the tree is split
+        # again (the old file would make it a split-file collection), put back if that fails
+        previous = target.with_name(SPLIT_FILE + ".previous")
+        os.replace(target, previous)
+    try:
+        out = write_split(args.path, target, seed=args.seed, val=args.val, test=args.test)
+    except BaseException:
+        if previous is not None:
+            os.replace(previous, target)
+        raise
     definition = read_split(out)
     counts = {k: len(v) for k, v in definition["splits"].items()}
     print(out)
+    if previous is not None:
+        print(f"the split it replaces: {previous}")
     print(f"{len(definition['classes'])} classes; " + ", ".join(f"{k} {v}" for k, v in counts.items())
           + f"; {definition['rule']}")
     write_json(args.json, {"path": str(out), "images": counts, "rule": definition["rule"], "seed": args.seed})
