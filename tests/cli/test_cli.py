@@ -65,3 +65,10 @@ def test_flag_for_maps_only_flags_that_were_given():
     assert flag_for("overrides", parser, ["train", "--set", "x"]) == "--set"
     assert flag_for("batch_size", parser, ["train", "--batch-size=4"]) == "--batch-size"
     assert flag_for("overrides", parser, ["train"]) is None and flag_for(None, parser, ["train"]) is None
+
+
+def test_demo_refuses_unknown_sections_before_any_work(tmp_path, capsys):
+    assert main(["demo", "--sections", "explain,explian", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "explian" in err and "atlas" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

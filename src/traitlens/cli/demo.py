@@ -13,7 +13,7 @@ def register(sub) -> None:
                                    "train the demo classifiers, run each method's section and write OUT/index.html.")
     add_common(p)
     p.add_argument("--sections", default="all",
-                   help="comma-separated sections to run (explain,models,segment,calibrate,compbench) or 'all'")
+                   help="comma-separated sections to run (explain,models,segment,atlas,calibrate,compbench) or 'all'")
     p.add_argument("--cache", type=Path, default=None,
                    help="cache folder for the demo's runs (default: $TRAITLENS_CACHE/demo or ~/.cache/traitlens/demo)")
     p.set_defaults(func=_demo)
@@ -23,7 +23,15 @@ def _demo(args) -> int:
     from traitlens.studies.demo import run_demo
     from traitlens.engine.distributed import resolve_device
 
+    from traitlens.errors import UserError
+    from traitlens.studies.demo import SECTIONS
+
     sections = None if args.sections == "all" else [s.strip() for s in args.sections.split(",") if s.strip()]
+    known = [name for name, _ in SECTIONS]
+    unknown = [s for s in sections or [] if s not in known]
+    if unknown or sections == []:
+        raise UserError(f"--sections {args.sections}: {', '.join(unknown) or 'no section named'}; "
+                        f"give some of {','.join(known)} or 'all'")
     result = run_demo(args.out, device=str(resolve_device(args.device)), seed=args.seed, sections=sections,
                       cache=args.cache)
     print(f"demo finished in {result['seconds']:.0f}s")
