@@ -62,11 +62,13 @@ def image_tag(image: ImageLike, alt: str = "", scale: int = 1, width: Optional[i
     (nearest neighbour), for tiny images meant to be seen. Small or enlarged images are drawn pixelated."""
     data = _png_bytes(image, scale)
     w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the PNG's IHDR
-    style = f' style="width:{int(width)}px"' if width else ""
     crisp = max(w, h) <= PIXELATED_MAX or (width is not None and int(width) > w)
+    # the sizing is inline, so the tag keeps its shape where the page's style sheet is absent (the app's panels)
+    style = (f"width:{int(width)}px;" if width else "") + "max-width:100%;height:auto" + (
+        ";image-rendering:pixelated" if crisp else "")
     cls = ' class="px"' if crisp else ""
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return f'<img src="{uri}" width="{w}" height="{h}"{cls}{style} alt="{html.escape(alt)}">'
+    return f'<img src="{uri}" width="{w}" height="{h}"{cls} style="{style}" alt="{html.escape(alt)}">'
 
 
 def _png_bytes(image: ImageLike, scale: int = 1) -> bytes:
