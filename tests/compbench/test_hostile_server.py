@@ -30,6 +30,14 @@ class _Quiet(BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
+    def reply_with(self, content):
+        """A 200 chat-completions reply whose message is ``content``."""
+        data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
 
 def _serve(handler):
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -134,25 +142,27 @@ def _elsewhere(hits):
     class E(_Quiet):
         def do_POST(self):  # noqa: N802
             hits.append(self.headers.get("Authorization"))
-            data = json.dumps({"choices": [{"message": {"content": "Right"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_with("Right")
 
         do_GET = do_POST
 
     return E
 
 
-def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
+def _bench(tmp_path, modes):
+    """A benchmark folder of one celeba record per mode, its question ending ``mode=MODE.``."""
     data = tmp_path / "bench"
     (data / "img").mkdir(parents=True)
     Image.new("RGB", (16, 12), (200, 30, 30)).save(data / "img" / "a.png")
     Image.new("RGB", (16, 12), (30, 30, 200)).save(data / "img" / "b.png")
     (data / "celeba.json").write_text(json.dumps([
         {"image_1": "img/a.png", "image_2": "img/b.png", "question": f"Which one? mode={m}.", "answer": "Left"}
-        for m in MODES]))
+        for m in modes]))
+    return data
+
+
+def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
+    data = _bench(tmp_path, MODES)
     hits, seen, stop = [], [], threading.Event()
     other = _serve(_elsewhere(hits))
     elsewhere = f"http://127.0.0.1:{other.server_address[1]}"   # same host, another port: another origin
@@ -237,11 +247,7 @@ def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
         def do_POST(self):  # noqa: N802
             lines.append((self.requestline, self.headers.get("Proxy-Authorization")))
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            data = json.dumps({"choices": [{"message": {"content": "Right"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_with("Right")
 
     proxy = _serve(P)
     try:
@@ -260,3 +266,54 @@ def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
         proxy.server_close()
     assert lines[0][0].startswith("POST http://model.invalid:9/v1/chat/completions ")
     assert lines[0][1] == "Basic dTpw"                          # u:p
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/v1/chat/completions",
+                                      "http://127.0.0.1:abc/v1/chat/completions",
+                                      "http://[::1/v1/chat/completions"])
+def test_redirect_to_a_malformed_address_fails_that_record_only(tmp_path, monkeypatch, capfd, location):
+    """A Location whose port is out of range or not a number (or whose IPv6 host is unclosed) is a bad
+    redirect like any other: that record fails with a line, the run goes on and the key stays home."""
+    data = _bench(tmp_path, ["ok", "bad"])
+    seen = []
+
+    class H(_Quiet):
+        def do_POST(self):  # noqa: N802
+            text = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            seen.append(self.path)
+            if "mode=bad." in text:
+                self.send_response(307)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.reply_with("Left")
+
+    server = _serve(H)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "run"
+    try:
+        rc = main(["compbench", "run", "--data", str(data), "--model", "openai:m", "--out", str(out),
+                   "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--concurrency", "1",
+                   "--timeout", "5", "--retries", "0"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    printed = capfd.readouterr()
+    assert rc == 1, printed.err                                  # one record failed; the run ended with a summary
+    assert "unexpected error" not in printed.err
+    assert json.loads((out / "summary.json").read_text())["tasks"]["celeba"]["n"] == 1
+    errors = [json.loads(l)["error"] for l in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 1 and "HTTP 307 redirect" in errors[0] and "not followed" in errors[0], errors
+    assert seen == ["/v1/chat/completions"] * 2                  # nothing was sent anywhere else
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:80000/v1", "http://127.0.0.1:abc/v1", "http://127.0.0.1:0/v1",
+                                 "http://[::1/v1"])
+def test_a_base_url_with_a_bad_port_is_one_line(tmp_path, capfd, url):
+    data = _bench(tmp_path, ["ok", "bad"])
+    rc = main(["compbench", "run", "--data", str(data), "--model", "openai:m", "--out", str(tmp_path / "run"),
+               "--base-url", url])
+    err = capfd.readouterr().err
+    assert rc == 2, err                                          # a UserError, not "unexpected error: ValueError"
+    assert len(err.strip().splitlines()) == 1 and "base URL" in err and "--base-url" in err, err

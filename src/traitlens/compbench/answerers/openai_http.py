@@ -8,9 +8,10 @@ into that request's ``Authorization`` header: never onto the object, into result
 
 A server is not trusted:
 
-* redirects are not followed to another origin (``Authorization`` would go with them) and never for
-  301/302/303 (they turn the POST into a bodiless GET): the record fails with a line that says
-  where the server pointed; a 307/308 to the same origin is followed (at most 3 hops);
+* redirects are not followed to another origin (``Authorization`` would go with them), to an address
+  that is none (a port out of range or not a number) and never for 301/302/303 (they turn the POST
+  into a bodiless GET): the record fails with a line that says where the server pointed; a 307/308
+  to the same origin is followed (at most 3 hops);
 * ``timeout`` bounds the whole request (connect, send, wait, read): a server trickling one byte a
   second is cut off at the deadline, then retried;
 * replies larger than ``max_response_bytes`` are refused without being read whole;
@@ -76,18 +77,34 @@ def _pil_data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _split(url: str, base: Optional[str] = None) -> Tuple[Optional[urllib.parse.SplitResult], Optional[str]]:
+    """``url`` (joined to ``base`` when given) split, or ``(None, why)`` when no request can go there:
+    a port that is not a number from 1 to 65535, an unclosed ``[`` around an IPv6 host. urllib raises
+    ValueError for these only when the port is read, so a server's ``Location`` is checked here first."""
+    try:
+        u = urllib.parse.urlsplit(urllib.parse.urljoin(base, url) if base else url)
+        port = u.port
+    except ValueError as exc:
+        return None, str(exc)
+    if port == 0:
+        return None, "port 0"
+    return u, None
+
+
 def _origin(url: urllib.parse.SplitResult) -> Tuple[str, str, int]:
+    """(scheme, host, port) of a URL that :func:`_split` accepted."""
     port = url.port or (443 if url.scheme == "https" else 80)
     return url.scheme, (url.hostname or "").lower(), port
 
 
 def _shown(url: str) -> str:
     """A URL fit to print: no user:password part, no query (either may hold a credential)."""
-    u = urllib.parse.urlsplit(url)
-    host = u.hostname or ""
-    if u.port:
-        host = f"{host}:{u.port}"
-    return urllib.parse.urlunsplit((u.scheme, host, u.path, "", ""))
+    try:
+        u = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed "[": cut by hand, dropping as much as urlsplit would and more
+        scheme, sep, rest = url.partition("://")
+        return scheme + sep + rest.split("?")[0].split("#")[0].rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((u.scheme, u.netloc.rsplit("@", 1)[-1], u.path, "", ""))
 
 
 def _proxy_for(url: urllib.parse.SplitResult) -> Optional[urllib.parse.SplitResult]:
@@ -115,7 +132,11 @@ class OpenAIChatAnswerer:
             raise UserError("no model name given: use openai:NAME (e.g. openai:gpt-4o)", option="model")
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")) or not urllib.parse.urlsplit(self.base_url).hostname:
+        split, bad = _split(self.base_url)
+        if bad is not None:
+            raise UserError(f"base URL {_shown(self.base_url)!r} cannot be reached ({bad}); give a host and a port "
+                            f"from 1 to 65535 (e.g. http://127.0.0.1:8000/v1)", option="base_url")
+        if not self.base_url.startswith(("http://", "https://")) or not split.hostname:
             raise UserError(f"base URL {_shown(self.base_url)!r} is not an http(s) URL "
                             f"(e.g. http://127.0.0.1:8000/v1)", option="base_url")
         self.api_key_env = api_key_env
@@ -194,7 +215,11 @@ class OpenAIChatAnswerer:
             status, headers, raw = self._exchange(url, body, deadline)
             if 300 <= status < 400:
                 location = headers.get("location") or ""
-                target = urllib.parse.urlsplit(urllib.parse.urljoin(urllib.parse.urlunsplit(url), location))
+                target, bad = _split(location, base=urllib.parse.urlunsplit(url))
+                if target is None:
+                    raise AnswererError(f"{self.shown_url}: HTTP {status} redirect to {_shown(location[:200])!r} "
+                                        f"not followed (not an address: {bad}); give the server's final address "
+                                        f"as the base URL")
                 where = _shown(urllib.parse.urlunsplit(target)) if target.hostname else repr(location[:80])
                 if status in (307, 308) and target.hostname and _origin(target) == first:
                     url = target
