@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -235,37 +236,150 @@ def test_redact_forms():
     assert redact("Left", [KEY]) == "Left" and redact(None, [KEY]) is None
 
 
-def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
-    """Like urllib, the client goes through $http_proxy (an absolute URI in the request line)."""
-    from traitlens.compbench.answerers import Query, make_answerer
+@pytest.fixture
+def bare_env(monkeypatch):
+    """No proxy variables and no key in the environment; the test sets what it needs."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return monkeypatch
+
+
+def _query(tmp_path):
+    from traitlens.compbench.answerers import Query
     from traitlens.compbench.records import PairRecord
     from traitlens.compbench.tasks import TASKS
 
-    lines = []
+    for n in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / n)
+    rec = PairRecord(id="x", task="celeba", dimension="emotion", question="Q", answer="Right",
+                     image_1="a.png", image_2="b.png")
+    return Query(rec, TASKS["celeba"], "Q", [tmp_path / "a.png", tmp_path / "b.png"])
 
-    class P(_Quiet):
+
+def _recording(seen, content):
+    """A server noting (request line, Authorization, Proxy-Authorization) of each POST, answering ``content``."""
+    class R(_Quiet):
         def do_POST(self):  # noqa: N802
-            lines.append((self.requestline, self.headers.get("Proxy-Authorization")))
+            seen.append((self.requestline, self.headers.get("Authorization"), self.headers.get("Proxy-Authorization")))
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.reply_with("Right")
+            self.reply_with(content)
 
-    proxy = _serve(P)
+    return R
+
+
+def test_http_proxy_from_the_environment_is_used(tmp_path, bare_env):
+    """Like urllib, the client goes through $http_proxy (an absolute URI in the request line) when no key
+    is set."""
+    from traitlens.compbench.answerers import make_answerer
+
+    lines = []
+    proxy = _serve(_recording(lines, "Right"))
     try:
-        for n in ("a.png", "b.png"):
-            Image.new("RGB", (8, 8)).save(tmp_path / n)
-        monkeypatch.setenv("http_proxy", f"http://u:p@127.0.0.1:{proxy.server_address[1]}")
-        monkeypatch.delenv("no_proxy", raising=False)
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        rec = PairRecord(id="x", task="celeba", dimension="emotion", question="Q", answer="Right",
-                         image_1="a.png", image_2="b.png")
-        q = Query(rec, TASKS["celeba"], "Q", [tmp_path / "a.png", tmp_path / "b.png"])
+        bare_env.setenv("http_proxy", f"http://u:p@127.0.0.1:{proxy.server_address[1]}")
         ans = make_answerer("openai:m", base_url="http://model.invalid:9/v1", max_retries=0, timeout=5)
-        assert ans.answer(q) == "Right"
+        assert ans.answer(_query(tmp_path)) == "Right"
     finally:
         proxy.shutdown()
         proxy.server_close()
     assert lines[0][0].startswith("POST http://model.invalid:9/v1/chat/completions ")
-    assert lines[0][1] == "Basic dTpw"                          # u:p
+    assert lines[0][2] == "Basic dTpw"                          # u:p
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_server_on_this_machine_is_never_reached_through_the_proxy(tmp_path, bare_env, host):
+    """The usual local vLLM / llama.cpp server: $http_proxy set, no $no_proxy; the key goes to the server
+    straight, and nothing (key, images) to the proxy."""
+    from traitlens.compbench.answerers import make_answerer
+
+    via_proxy, direct = [], []
+    proxy, server = _serve(_recording(via_proxy, "Proxied")), _serve(_recording(direct, "Left"))
+    try:
+        bare_env.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+        bare_env.setenv("OPENAI_API_KEY", KEY)
+        ans = make_answerer("openai:m", base_url=f"http://{host}:{server.server_address[1]}/v1", max_retries=0,
+                            timeout=5)
+        assert ans.answer(_query(tmp_path)) == "Left"
+    finally:
+        for s in (proxy, server):
+            s.shutdown()
+            s.server_close()
+    assert via_proxy == []
+    assert [auth for _, auth, _ in direct] == [f"Bearer {KEY}"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "[::1]", "localhost", "LocalHost", "0.0.0.0"])
+def test_loopback_hosts_have_no_proxy(bare_env, host):
+    from traitlens.compbench.answerers.openai_http import _proxy_for
+
+    bare_env.setenv("http_proxy", "http://proxy.invalid:3128")
+    assert _proxy_for(urllib.parse.urlsplit(f"http://{host}:8000/v1")) is None
+    assert _proxy_for(urllib.parse.urlsplit("http://10.1.2.3:8000/v1")).hostname == "proxy.invalid"
+
+
+def test_the_key_never_goes_in_cleartext_to_a_proxy(tmp_path, bare_env, capfd):
+    """A plain-http server elsewhere, a proxy and a key: refused with one line (a UserError up front; a
+    failed record when the key appears only later), and nothing reaches the proxy."""
+    from traitlens.compbench.answerers import AnswererError, make_answerer
+    from traitlens.errors import UserError
+
+    seen = []
+    proxy = _serve(_recording(seen, "Proxied"))
+    try:
+        bare_env.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+        bare_env.setenv("OPENAI_API_KEY", KEY)
+        with pytest.raises(UserError, match="cleartext") as exc:
+            make_answerer("openai:m", base_url="http://model.invalid:9/v1", max_retries=0, timeout=5)
+        assert "https" in str(exc.value) and "no_proxy" in str(exc.value) and KEY not in str(exc.value)
+        rc = main(["compbench", "run", "--data", str(_bench(tmp_path, ["ok"])), "--model", "openai:m",
+                   "--out", str(tmp_path / "run"), "--base-url", "http://model.invalid:9/v1"])
+        err = capfd.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "cleartext" in err, err
+        bare_env.delenv("OPENAI_API_KEY")
+        ans = make_answerer("openai:m", base_url="http://model.invalid:9/v1", max_retries=0, timeout=5)
+        bare_env.setenv("OPENAI_API_KEY", KEY)                 # read when the request is made
+        with pytest.raises(AnswererError, match="cleartext"):
+            ans.answer(_query(tmp_path))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert seen == []
+
+
+def test_https_through_a_proxy_is_a_tunnel_the_key_never_crosses(tmp_path, bare_env):
+    """The proxy sees a CONNECT (with its own credentials) and then TLS: neither the key nor the body."""
+    from traitlens.compbench.answerers import AnswererError, make_answerer
+
+    got = bytearray()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def proxy():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            while b"\r\n\r\n" not in got:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                got.extend(chunk)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            got.extend(conn.recv(65536))                       # the TLS ClientHello; then the tunnel is cut
+
+    t = threading.Thread(target=proxy, daemon=True)
+    t.start()
+    try:
+        bare_env.setenv("https_proxy", f"http://u:p@127.0.0.1:{listener.getsockname()[1]}")
+        bare_env.setenv("OPENAI_API_KEY", KEY)
+        ans = make_answerer("openai:m", base_url="https://model.invalid/v1", max_retries=0, timeout=5)
+        with pytest.raises(AnswererError):
+            ans.answer(_query(tmp_path))
+        t.join(10)
+    finally:
+        listener.close()
+    assert bytes(got).startswith(b"CONNECT model.invalid:443 HTTP/"), bytes(got[:80])
+    assert b"Proxy-Authorization: Basic dTpw" in got
+    assert KEY.encode() not in got and b"Authorization: Bearer" not in got and b"chat/completions" not in got
 
 
 @pytest.mark.parametrize("location", ["http://127.0.0.1:99999/v1/chat/completions",

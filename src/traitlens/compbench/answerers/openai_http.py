@@ -5,6 +5,10 @@ and the pair's images as base64 ``data:`` URLs (after each image was decoded and
 MIME type is the format found in the file, not its name), the model name, temperature 0 and at most
 128 new tokens. The API key, read from an environment variable when a request is made, goes only
 into that request's ``Authorization`` header: never onto the object, into results, logs or errors.
+``$http_proxy``/``$https_proxy``/``$no_proxy`` are honoured as urllib honours them, except that a
+server on this machine is never reached through a proxy; https goes through a ``CONNECT`` tunnel
+(the proxy sees neither key nor images), and plain http through a proxy while a key is set is
+refused (the proxy would read the key).
 
 A server is not trusted:
 
@@ -107,15 +111,44 @@ def _shown(url: str) -> str:
     return urllib.parse.urlunsplit((u.scheme, u.netloc.rsplit("@", 1)[-1], u.path, "", ""))
 
 
+def _on_this_machine(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8, ``::1`` (or 0.0.0.0 / ``::``, which reach this machine too)."""
+    import ipaddress
+
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback or ip.is_unspecified
+
+
 def _proxy_for(url: urllib.parse.SplitResult) -> Optional[urllib.parse.SplitResult]:
-    """The proxy the environment names for ``url`` (``$https_proxy``, ``$http_proxy``, ``$no_proxy``), or None."""
+    """The proxy the environment names for ``url`` (``$https_proxy``, ``$http_proxy``, ``$no_proxy``), or None.
+
+    A server on this machine (a local vLLM or llama.cpp) is never reached through a proxy, whatever
+    ``$no_proxy`` says: the proxy would get the key and the images, and could not reach it anyway."""
     import urllib.request
 
+    host = url.hostname or ""
     proxy = urllib.request.getproxies().get(url.scheme)
-    if not proxy or urllib.request.proxy_bypass(url.hostname or ""):
+    if not proxy or _on_this_machine(host) or urllib.request.proxy_bypass(host):
         return None
     p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     return p if p.hostname else None
+
+
+def _cleartext_problem(url: urllib.parse.SplitResult, key: Optional[str]) -> Optional[str]:
+    """Why ``url`` may not be asked with ``key`` (a plain-http request through a proxy would hand the
+    proxy the key in clear), or None. Through https the proxy only tunnels, and sees no key."""
+    proxy = _proxy_for(url) if url.scheme == "http" and key else None
+    if proxy is None:
+        return None
+    return (f"the API key would go in cleartext to the proxy {proxy.hostname}:{proxy.port or 8080} ($http_proxy) "
+            f"on its way to {_shown(urllib.parse.urlunsplit(url))}: use https, or set no_proxy={url.hostname}")
 
 
 class OpenAIChatAnswerer:
@@ -142,6 +175,9 @@ class OpenAIChatAnswerer:
         self.api_key_env = api_key_env
         if self.base_url == DEFAULT_BASE_URL and not os.environ.get(api_key_env):
             raise UserError(f"the OpenAI API needs a key: set the environment variable {api_key_env}")
+        cleartext = _cleartext_problem(split, self._key())
+        if cleartext is not None:
+            raise UserError(cleartext, option="base_url")
         for label, value, low in (("timeout", timeout, 0.0), ("backoff", backoff, 0.0),
                                   ("max_backoff", max_backoff, 0.0)):
             if not (float(value) == float(value) and low <= float(value) < float("inf")):
@@ -267,6 +303,10 @@ class OpenAIChatAnswerer:
             raise _Retryable(f"no complete reply within {self.timeout:g} s")
         path = url.path + (f"?{url.query}" if url.query else "")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._key()
+        cleartext = _cleartext_problem(url, key)
+        if cleartext is not None:  # the key was set after this answerer was made
+            raise AnswererError(cleartext)
         proxy = _proxy_for(url)
         if proxy is None:
             cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
@@ -296,7 +336,6 @@ class OpenAIChatAnswerer:
 
         watchdog = threading.Timer(remaining, cut)
         watchdog.daemon = True
-        key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         try:
