@@ -229,11 +229,44 @@ def test_redact_forms():
     from traitlens.compbench.answerers.redact import redact
 
     text = (f'{{"error": "bad key {KEY}", "headers": {{"Authorization": "Bearer {KEY}"}}}} api-key: other-secret '
-            f"x-api-key=abc123 Bearer zzzzzzzz")
+            f"x-api-key=abc123 Bearer zzzz9zzzz, Basic dTpw; basic YTpi.")
     out = redact(text, [KEY])
-    assert KEY not in out and "other-secret" not in out and "abc123" not in out and "zzzzzzzz" not in out
-    assert out.count("[redacted]") >= 5
+    assert KEY not in out and "other-secret" not in out and "abc123" not in out and "zzzz9zzzz" not in out
+    assert "dTpw" not in out and "YTpi" not in out and out.endswith("basic [redacted].")
+    assert out.count("[redacted]") >= 7
     assert redact("Left", [KEY]) == "Left" and redact(None, [KEY]) is None
+
+
+@pytest.mark.parametrize("text", ["The basic shape of the left bird is rounder. Answer: Left",
+                                  "Basic colours: the Bearer of the crest is on the right.",
+                                  "It needs basic auth. A bearer token, basic HTTP, Basic Shapes."])
+def test_redact_leaves_the_words_basic_and_bearer_alone(text):
+    from traitlens.compbench.answerers.redact import redact
+
+    assert redact(text, [KEY]) == text
+
+
+def test_a_reply_is_stored_as_the_model_wrote_it_but_for_the_key(tmp_path, bare_env):
+    """Replies get the literal key taken out, nothing else: no header-like pattern rewrites them."""
+    words = "The basic shape of the left bird is rounder; api-key: not given, Bearer Shape. Answer: Left"
+
+    class H(_Quiet):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.reply_with(f"{words} ({KEY})")
+
+    server = _serve(H)
+    bare_env.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "run"
+    try:
+        rc = main(["compbench", "run", "--data", str(_bench(tmp_path, ["ok"])), "--model", "openai:m",
+                   "--out", str(out), "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rc == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert row["reply"] == f"{words} ([redacted])" and row["status"] == "correct"
 
 
 @pytest.fixture

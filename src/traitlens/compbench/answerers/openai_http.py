@@ -24,7 +24,8 @@ A server is not trusted:
   like a 500 does; other 4xx errors fail at once;
 * everything the server sends back that ends up in a message or a reply passes through
   :func:`~traitlens.compbench.answerers.redact.redact`, so a server echoing the key cannot get it
-  written anywhere.
+  written anywhere (a reply loses the key and nothing else; messages also lose anything shaped like
+  a credential header).
 """
 
 from __future__ import annotations
@@ -205,11 +206,19 @@ class OpenAIChatAnswerer:
     def _key(self) -> Optional[str]:
         return os.environ.get(self.api_key_env) or None
 
+    def _secrets(self) -> Tuple[Optional[str], ...]:
+        u = urllib.parse.urlsplit(self.base_url)
+        return self._key(), u.password, u.query or None
+
     def redact(self, text: Optional[str]) -> Optional[str]:
         """``text`` with the key (and anything that looks like a credential) replaced by ``[redacted]``;
-        the runner passes everything it writes through this."""
-        u = urllib.parse.urlsplit(self.base_url)
-        return redact(text, (self._key(), u.password, u.query or None))
+        the runner passes every message and log line it writes through this."""
+        return redact(text, self._secrets())
+
+    def redact_reply(self, text: Optional[str]) -> Optional[str]:
+        """A model's reply with the key (and the base URL's password and query) taken out, and nothing
+        else changed: the runner stores replies through this."""
+        return redact(text, self._secrets(), patterns=False)
 
     def payload(self, query: Query) -> Dict[str, Any]:
         """The request body for one query (images are checked: a bad one raises BadImageError)."""
@@ -227,7 +236,7 @@ class OpenAIChatAnswerer:
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
-                return self.redact(self._post(body))
+                return self.redact_reply(self._post(body))
             except _Retryable as exc:
                 last = str(exc)
                 if attempt == self.max_retries:
