@@ -46,3 +46,25 @@ def test_export_lmms_eval(tmp_path, monkeypatch):
     assert utils.compbench_process_results(docs[1], ["Right"]) == {"accuracy": 0.0, "not_understood": 0.0}
     assert utils.compbench_process_results(docs[1], ["Left and Right"]) == {"accuracy": 0.0, "not_understood": 1.0}
     assert utils.compbench_process_results(docs[2], [" Dog"]) == {"accuracy": 1.0, "not_understood": 0.0}
+
+
+def test_export_keeps_a_custom_tasks_wording(tmp_path):
+    """A custom task worded First/Second is rebuilt by utils.py with that wording, not Left/Right."""
+    data = tmp_path / "bench"
+    (data / "img").mkdir(parents=True)
+    for n in ("1.png", "2.png"):
+        Image.new("RGB", (12, 8), (0, 90, 0)).save(data / "img" / n)
+    (data / "beaks.json").write_text(json.dumps([
+        {"task": "beaks", "dimension": "attribute", "wording": "first_second", "same_allowed": True,
+         "image_1": "img/1.png", "image_2": "img/2.png", "question": "Which beak is longer?", "answer": "Left"}]))
+    out = tmp_path / "lmms"
+    assert main(["compbench", "export-lmms-eval", "--data", str(data), "--out", str(out)]) == 0
+
+    spec = importlib.util.spec_from_file_location("cb_lmms_utils_wording", out / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    doc = json.loads((out / "compbench_beaks.jsonl").read_text())
+    rebuilt = utils._spec(doc)
+    assert (rebuilt.wording, rebuilt.sides, rebuilt.same_allowed) == ("first_second", ("First", "Second"), True)
+    assert rebuilt.prompt(doc["question"]) == doc["prompt"]                # what lmms-eval asks is what it scores
+    assert utils.compbench_process_results(doc, ["First"]) == {"accuracy": 1.0, "not_understood": 0.0}

@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -29,6 +30,14 @@ class _Quiet(BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+    def reply_with(self, content):
+        """A 200 chat-completions reply whose message is ``content``."""
+        data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 def _serve(handler):
@@ -134,25 +143,27 @@ def _elsewhere(hits):
     class E(_Quiet):
         def do_POST(self):  # noqa: N802
             hits.append(self.headers.get("Authorization"))
-            data = json.dumps({"choices": [{"message": {"content": "Right"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_with("Right")
 
         do_GET = do_POST
 
     return E
 
 
-def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
+def _bench(tmp_path, modes):
+    """A benchmark folder of one celeba record per mode, its question ending ``mode=MODE.``."""
     data = tmp_path / "bench"
     (data / "img").mkdir(parents=True)
     Image.new("RGB", (16, 12), (200, 30, 30)).save(data / "img" / "a.png")
     Image.new("RGB", (16, 12), (30, 30, 200)).save(data / "img" / "b.png")
     (data / "celeba.json").write_text(json.dumps([
         {"image_1": "img/a.png", "image_2": "img/b.png", "question": f"Which one? mode={m}.", "answer": "Left"}
-        for m in MODES]))
+        for m in modes]))
+    return data
+
+
+def test_hostile_server_never_gets_the_key_out(tmp_path, monkeypatch, capfd):
+    data = _bench(tmp_path, MODES)
     hits, seen, stop = [], [], threading.Event()
     other = _serve(_elsewhere(hits))
     elsewhere = f"http://127.0.0.1:{other.server_address[1]}"   # same host, another port: another origin
@@ -218,45 +229,238 @@ def test_redact_forms():
     from traitlens.compbench.answerers.redact import redact
 
     text = (f'{{"error": "bad key {KEY}", "headers": {{"Authorization": "Bearer {KEY}"}}}} api-key: other-secret '
-            f"x-api-key=abc123 Bearer zzzzzzzz")
+            f"x-api-key=abc123 Bearer zzzz9zzzz, Basic dTpw; basic YTpi.")
     out = redact(text, [KEY])
-    assert KEY not in out and "other-secret" not in out and "abc123" not in out and "zzzzzzzz" not in out
-    assert out.count("[redacted]") >= 5
+    assert KEY not in out and "other-secret" not in out and "abc123" not in out and "zzzz9zzzz" not in out
+    assert "dTpw" not in out and "YTpi" not in out and out.endswith("basic [redacted].")
+    assert out.count("[redacted]") >= 7
     assert redact("Left", [KEY]) == "Left" and redact(None, [KEY]) is None
 
 
-def test_http_proxy_from_the_environment_is_used(tmp_path, monkeypatch):
-    """Like urllib, the client goes through $http_proxy (an absolute URI in the request line)."""
-    from traitlens.compbench.answerers import Query, make_answerer
+@pytest.mark.parametrize("text", ["The basic shape of the left bird is rounder. Answer: Left",
+                                  "Basic colours: the Bearer of the crest is on the right.",
+                                  "It needs basic auth. A bearer token, basic HTTP, Basic Shapes."])
+def test_redact_leaves_the_words_basic_and_bearer_alone(text):
+    from traitlens.compbench.answerers.redact import redact
+
+    assert redact(text, [KEY]) == text
+
+
+def test_a_reply_is_stored_as_the_model_wrote_it_but_for_the_key(tmp_path, bare_env):
+    """Replies get the literal key taken out, nothing else: no header-like pattern rewrites them."""
+    words = "The basic shape of the left bird is rounder; api-key: not given, Bearer Shape. Answer: Left"
+
+    class H(_Quiet):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.reply_with(f"{words} ({KEY})")
+
+    server = _serve(H)
+    bare_env.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "run"
+    try:
+        rc = main(["compbench", "run", "--data", str(_bench(tmp_path, ["ok"])), "--model", "openai:m",
+                   "--out", str(out), "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert rc == 0
+    row = json.loads((out / "results.jsonl").read_text())
+    assert row["reply"] == f"{words} ([redacted])" and row["status"] == "correct"
+
+
+@pytest.fixture
+def bare_env(monkeypatch):
+    """No proxy variables and no key in the environment; the test sets what it needs."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    return monkeypatch
+
+
+def _query(tmp_path):
+    from traitlens.compbench.answerers import Query
     from traitlens.compbench.records import PairRecord
     from traitlens.compbench.tasks import TASKS
 
-    lines = []
+    for n in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / n)
+    rec = PairRecord(id="x", task="celeba", dimension="emotion", question="Q", answer="Right",
+                     image_1="a.png", image_2="b.png")
+    return Query(rec, TASKS["celeba"], "Q", [tmp_path / "a.png", tmp_path / "b.png"])
 
-    class P(_Quiet):
+
+def _recording(seen, content):
+    """A server noting (request line, Authorization, Proxy-Authorization) of each POST, answering ``content``."""
+    class R(_Quiet):
         def do_POST(self):  # noqa: N802
-            lines.append((self.requestline, self.headers.get("Proxy-Authorization")))
+            seen.append((self.requestline, self.headers.get("Authorization"), self.headers.get("Proxy-Authorization")))
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            data = json.dumps({"choices": [{"message": {"content": "Right"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply_with(content)
 
-    proxy = _serve(P)
+    return R
+
+
+def test_http_proxy_from_the_environment_is_used(tmp_path, bare_env):
+    """Like urllib, the client goes through $http_proxy (an absolute URI in the request line) when no key
+    is set."""
+    from traitlens.compbench.answerers import make_answerer
+
+    lines = []
+    proxy = _serve(_recording(lines, "Right"))
     try:
-        for n in ("a.png", "b.png"):
-            Image.new("RGB", (8, 8)).save(tmp_path / n)
-        monkeypatch.setenv("http_proxy", f"http://u:p@127.0.0.1:{proxy.server_address[1]}")
-        monkeypatch.delenv("no_proxy", raising=False)
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        rec = PairRecord(id="x", task="celeba", dimension="emotion", question="Q", answer="Right",
-                         image_1="a.png", image_2="b.png")
-        q = Query(rec, TASKS["celeba"], "Q", [tmp_path / "a.png", tmp_path / "b.png"])
+        bare_env.setenv("http_proxy", f"http://u:p@127.0.0.1:{proxy.server_address[1]}")
         ans = make_answerer("openai:m", base_url="http://model.invalid:9/v1", max_retries=0, timeout=5)
-        assert ans.answer(q) == "Right"
+        assert ans.answer(_query(tmp_path)) == "Right"
     finally:
         proxy.shutdown()
         proxy.server_close()
     assert lines[0][0].startswith("POST http://model.invalid:9/v1/chat/completions ")
-    assert lines[0][1] == "Basic dTpw"                          # u:p
+    assert lines[0][2] == "Basic dTpw"                          # u:p
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_server_on_this_machine_is_never_reached_through_the_proxy(tmp_path, bare_env, host):
+    """The usual local vLLM / llama.cpp server: $http_proxy set, no $no_proxy; the key goes to the server
+    straight, and nothing (key, images) to the proxy."""
+    from traitlens.compbench.answerers import make_answerer
+
+    via_proxy, direct = [], []
+    proxy, server = _serve(_recording(via_proxy, "Proxied")), _serve(_recording(direct, "Left"))
+    try:
+        bare_env.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+        bare_env.setenv("OPENAI_API_KEY", KEY)
+        ans = make_answerer("openai:m", base_url=f"http://{host}:{server.server_address[1]}/v1", max_retries=0,
+                            timeout=5)
+        assert ans.answer(_query(tmp_path)) == "Left"
+    finally:
+        for s in (proxy, server):
+            s.shutdown()
+            s.server_close()
+    assert via_proxy == []
+    assert [auth for _, auth, _ in direct] == [f"Bearer {KEY}"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "[::1]", "localhost", "LocalHost", "0.0.0.0"])
+def test_loopback_hosts_have_no_proxy(bare_env, host):
+    from traitlens.compbench.answerers.openai_http import _proxy_for
+
+    bare_env.setenv("http_proxy", "http://proxy.invalid:3128")
+    assert _proxy_for(urllib.parse.urlsplit(f"http://{host}:8000/v1")) is None
+    assert _proxy_for(urllib.parse.urlsplit("http://10.1.2.3:8000/v1")).hostname == "proxy.invalid"
+
+
+def test_the_key_never_goes_in_cleartext_to_a_proxy(tmp_path, bare_env, capfd):
+    """A plain-http server elsewhere, a proxy and a key: refused with one line (a UserError up front; a
+    failed record when the key appears only later), and nothing reaches the proxy."""
+    from traitlens.compbench.answerers import AnswererError, make_answerer
+    from traitlens.errors import UserError
+
+    seen = []
+    proxy = _serve(_recording(seen, "Proxied"))
+    try:
+        bare_env.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+        bare_env.setenv("OPENAI_API_KEY", KEY)
+        with pytest.raises(UserError, match="cleartext") as exc:
+            make_answerer("openai:m", base_url="http://model.invalid:9/v1", max_retries=0, timeout=5)
+        assert "https" in str(exc.value) and "no_proxy" in str(exc.value) and KEY not in str(exc.value)
+        rc = main(["compbench", "run", "--data", str(_bench(tmp_path, ["ok"])), "--model", "openai:m",
+                   "--out", str(tmp_path / "run"), "--base-url", "http://model.invalid:9/v1"])
+        err = capfd.readouterr().err
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and "cleartext" in err, err
+        bare_env.delenv("OPENAI_API_KEY")
+        ans = make_answerer("openai:m", base_url="http://model.invalid:9/v1", max_retries=0, timeout=5)
+        bare_env.setenv("OPENAI_API_KEY", KEY)                 # read when the request is made
+        with pytest.raises(AnswererError, match="cleartext"):
+            ans.answer(_query(tmp_path))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert seen == []
+
+
+def test_https_through_a_proxy_is_a_tunnel_the_key_never_crosses(tmp_path, bare_env):
+    """The proxy sees a CONNECT (with its own credentials) and then TLS: neither the key nor the body."""
+    from traitlens.compbench.answerers import AnswererError, make_answerer
+
+    got = bytearray()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def proxy():
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            while b"\r\n\r\n" not in got:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                got.extend(chunk)
+            conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            got.extend(conn.recv(65536))                       # the TLS ClientHello; then the tunnel is cut
+
+    t = threading.Thread(target=proxy, daemon=True)
+    t.start()
+    try:
+        bare_env.setenv("https_proxy", f"http://u:p@127.0.0.1:{listener.getsockname()[1]}")
+        bare_env.setenv("OPENAI_API_KEY", KEY)
+        ans = make_answerer("openai:m", base_url="https://model.invalid/v1", max_retries=0, timeout=5)
+        with pytest.raises(AnswererError):
+            ans.answer(_query(tmp_path))
+        t.join(10)
+    finally:
+        listener.close()
+    assert bytes(got).startswith(b"CONNECT model.invalid:443 HTTP/"), bytes(got[:80])
+    assert b"Proxy-Authorization: Basic dTpw" in got
+    assert KEY.encode() not in got and b"Authorization: Bearer" not in got and b"chat/completions" not in got
+
+
+@pytest.mark.parametrize("location", ["http://127.0.0.1:99999/v1/chat/completions",
+                                      "http://127.0.0.1:abc/v1/chat/completions",
+                                      "http://[::1/v1/chat/completions"])
+def test_redirect_to_a_malformed_address_fails_that_record_only(tmp_path, monkeypatch, capfd, location):
+    """A Location whose port is out of range or not a number (or whose IPv6 host is unclosed) is a bad
+    redirect like any other: that record fails with a line, the run goes on and the key stays home."""
+    data = _bench(tmp_path, ["ok", "bad"])
+    seen = []
+
+    class H(_Quiet):
+        def do_POST(self):  # noqa: N802
+            text = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+            seen.append(self.path)
+            if "mode=bad." in text:
+                self.send_response(307)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.reply_with("Left")
+
+    server = _serve(H)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "run"
+    try:
+        rc = main(["compbench", "run", "--data", str(data), "--model", "openai:m", "--out", str(out),
+                   "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--concurrency", "1",
+                   "--timeout", "5", "--retries", "0"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    printed = capfd.readouterr()
+    assert rc == 1, printed.err                                  # one record failed; the run ended with a summary
+    assert "unexpected error" not in printed.err
+    assert json.loads((out / "summary.json").read_text())["tasks"]["celeba"]["n"] == 1
+    errors = [json.loads(l)["error"] for l in (out / "errors.jsonl").read_text().splitlines()]
+    assert len(errors) == 1 and "HTTP 307 redirect" in errors[0] and "not followed" in errors[0], errors
+    assert seen == ["/v1/chat/completions"] * 2                  # nothing was sent anywhere else
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:80000/v1", "http://127.0.0.1:abc/v1", "http://127.0.0.1:0/v1",
+                                 "http://[::1/v1"])
+def test_a_base_url_with_a_bad_port_is_one_line(tmp_path, capfd, url):
+    data = _bench(tmp_path, ["ok", "bad"])
+    rc = main(["compbench", "run", "--data", str(data), "--model", "openai:m", "--out", str(tmp_path / "run"),
+               "--base-url", url])
+    err = capfd.readouterr().err
+    assert rc == 2, err                                          # a UserError, not "unexpected error: ValueError"
+    assert len(err.strip().splitlines()) == 1 and "base URL" in err and "--base-url" in err, err

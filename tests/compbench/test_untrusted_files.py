@@ -161,3 +161,31 @@ def test_score_skips_and_names_bad_lines(tmp_path, capsys):
     assert main(["compbench", "score", "--results", str(binl), "--task", "cub", "--answer-key", "m"]) == 2
     err = capsys.readouterr().err
     assert "holds no records" in err and "unreadable line" in err and "unexpected" not in err
+
+
+@pytest.mark.parametrize("task, good, bad, named", [
+    ("magicbrush", {"path_input": "a.png", "path_output": "b.png", "Modified_option": "hat, dog", "Answeer": "dog"},
+     {"path_input": "a.png", "Modified_option": "hat, dog", "Answeer": "dog"}, "'path_output'"),
+    ("magicbrush", {"path_input": "a.png", "path_output": "b.png", "Modified_option": "hat, dog", "Answeer": "dog"},
+     {"path_input": "a.png", "path_output": "b.png", "Modified_option": 7, "Answeer": "dog"}, "'Modified_option'"),
+    ("spot_diff", {"image_1": "a.png", "image_2": "b.png", "options": "car, person", "answer": "car"},
+     {"image_1": "a.png", "image_2": "b.png", "options": {"car": 1}, "answer": "car"}, "'options'"),
+    ("soccernet", {"left": "a.png", "right": "b.png", "action": "Goal", "answer": "Left"},
+     {"left": "a.png", "action": "Goal", "answer": "Left"}, "'right'"),
+    ("cub", {"image_1": "a.png", "image_2": "b.png", "question": "Q", "answer": "Left"},
+     {"image_1": "a.png", "question": "Q", "answer": "Left"}, "'image_2'"),
+    ("cub", {"image_1": "a.png", "image_2": "b.png", "question": "Q", "answer": "Left"},
+     {"image_1": ["a.png"], "image_2": "b.png", "question": "Q", "answer": "Left"}, "'image_1'"),
+    ("cub", {"image_1": "a.png", "image_2": "b.png", "question": "Q", "answer": "Left"},
+     {"question": "Q", "answer": "Left"}, "no image"),
+])
+def test_a_malformed_record_is_named_and_skipped(tmp_path, task, good, bad, named):
+    """One record missing the second image of its pair, or with options that are a number, is listed in
+    the load report's invalid records; the records around it load."""
+    f = tmp_path / f"{task}.json"
+    f.write_text(json.dumps([good, bad, dict(good, id="last")]))
+    records, report = load_records(f)
+    assert len(records) == 2 and records[1].id == "last"
+    assert len(report.invalid) == 1 and report.invalid[0].startswith(f"{f} record 2: "), report.invalid
+    assert named in report.invalid[0], report.invalid
+    assert report.bad_answer == 0 and "1 invalid record(s) skipped" in report.summary()

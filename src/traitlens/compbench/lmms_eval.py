@@ -4,7 +4,7 @@ Written to OUT::
 
     compbench.yaml              the group (every exported task)
     compbench_<task>.yaml       one task each: local JSON lines, greedy decoding, 128 new tokens
-    compbench_<task>.jsonl      the records: prompt, answer, options, absolute image paths
+    compbench_<task>.jsonl      the records: prompt, answer, options, wording, absolute image paths
     utils.py                    doc_to_visual / doc_to_text / process_results
 
 ``utils.py`` scores with :mod:`traitlens.compbench.scoring`, so a reply is judged exactly as
@@ -35,7 +35,7 @@ def _spec(doc):
     if doc["task"] in TASKS:
         return TASKS[doc["task"]]
     return custom_task(doc["task"], dimension=doc["dimension"], same_allowed=bool(doc.get("same_allowed")),
-                       kind=doc["kind"])
+                       wording=doc.get("wording", "left_right"), kind=doc["kind"])
 
 
 def compbench_doc_to_visual(doc):
@@ -127,7 +127,7 @@ def export_lmms_eval(records: Sequence[PairRecord], out: Path, image_root: Path)
                     continue
                 fh.write(json.dumps({
                     "id": r.id, "task": r.task, "dimension": r.dimension, "kind": r.kind,
-                    "same_allowed": spec.same_allowed, "question": r.question,
+                    "same_allowed": spec.same_allowed, "wording": spec.wording, "question": r.question,
                     "prompt": spec.prompt(r.question, options=r.options, action=r.action),
                     "answer": r.answer, "options": r.options or [],
                     "images": [str(Path(p).resolve()) for p in images],

@@ -72,7 +72,8 @@ class PairRecord:
 class LoadReport:
     """What loading skipped: empty ``{}`` records, records whose answer could not be read, lines of a
     file that are not JSON (``bad_lines``: ``"file:line: why"``) and records that are not valid
-    (``invalid``: a task name that is not a plain name, a record that is not an object)."""
+    (``invalid``: a task name that is not a plain name, a record that is not an object, one whose image
+    paths or options do not fit its schema)."""
 
     files: List[str] = field(default_factory=list)
     records: int = 0
@@ -158,14 +159,44 @@ def _answer_of(raw: Dict[str, Any]) -> Any:
     return None
 
 
+class MalformedRecord(ValueError):
+    """A record whose fields do not fit its schema (a path without its pair, options that are a number):
+    the loader names it in :attr:`LoadReport.invalid` and goes on."""
+
+
 def _options_of(raw: Dict[str, Any]) -> Optional[List[str]]:
     for key in ("options", "option", "Modified_option", "GPT_option"):
         if key in raw and raw[key] is not None:
             value = raw[key]
             if isinstance(value, str):
                 return [o.strip() for o in value.split(",") if o.strip()]
+            if not isinstance(value, list):
+                raise MalformedRecord(f"{key!r} is a JSON {type(value).__name__}, not a list or a "
+                                      f"comma-separated string")
             return [str(o).strip() for o in value]
     return None
+
+
+def _image_paths(raw: Dict[str, Any]) -> Tuple[Optional[str], Optional[str], Optional[str]]:
+    """``(image, image_1, image_2)`` of whichever schema ``raw`` follows, separators normalised."""
+    if "image" in raw and "image_1" not in raw:
+        keys: Tuple[str, ...] = ("image",)
+    elif "path_input" in raw:
+        keys = ("path_input", "path_output")
+    elif "left" in raw and "image_1" not in raw:
+        keys = ("left", "right")
+    elif "image_1" in raw or "image_2" in raw:
+        keys = ("image_1", "image_2")
+    else:
+        raise MalformedRecord("no image path (image_1/image_2, left/right, path_input/path_output or image)")
+    paths = []
+    for key in keys:
+        if key not in raw:
+            raise MalformedRecord(f"{' and '.join(repr(k) for k in keys if k in raw)} without {key!r}")
+        if not isinstance(raw[key], str):
+            raise MalformedRecord(f"{key!r} is a JSON {type(raw[key]).__name__}, not an image path")
+        paths.append(normalize_path(raw[key]))
+    return (paths[0], None, None) if len(paths) == 1 else (None, paths[0], paths[1])
 
 
 def record_id(task: str, raw: Dict[str, Any]) -> str:
@@ -194,7 +225,8 @@ def task_for(name: str, raw: Optional[Dict[str, Any]] = None) -> Optional[str]:
 
 
 def parse_record(raw: Dict[str, Any], spec: TaskSpec) -> Optional[PairRecord]:
-    """Turn one raw record into a :class:`PairRecord` (None when its answer is unreadable)."""
+    """Turn one raw record into a :class:`PairRecord` (None when its answer is unreadable); a record
+    whose images or options do not fit its schema raises :class:`MalformedRecord`."""
     truth = _answer_of(raw)
     options = _options_of(raw) if spec.kind == "choice" else None
     if spec.kind == "binary":
@@ -206,17 +238,7 @@ def parse_record(raw: Dict[str, Any], spec: TaskSpec) -> Optional[PairRecord]:
         if truth is None or options is None:
             return None
         truth = str(truth)
-    image = image_1 = image_2 = None
-    if "image" in raw and "image_1" not in raw:
-        image = normalize_path(raw["image"])
-    elif "path_input" in raw:
-        image_1, image_2 = normalize_path(raw["path_input"]), normalize_path(raw["path_output"])
-    elif "left" in raw and "image_1" not in raw:
-        image_1, image_2 = normalize_path(raw["left"]), normalize_path(raw["right"])
-    else:
-        if "image_1" not in raw or "image_2" not in raw:
-            return None
-        image_1, image_2 = normalize_path(raw["image_1"]), normalize_path(raw["image_2"])
+    image, image_1, image_2 = _image_paths(raw)
     question = raw.get("question") or spec.fixed_question or ""
     if not question and spec.kind == "choice" and not spec.merged:
         question = "What is the most obvious difference between the two images? Choose from the following options."
@@ -269,7 +291,11 @@ def load_records(path: Path, task: Optional[str] = None) -> Tuple[List[PairRecor
                 raise
             report.invalid.append(f"{path} record {k + 1}: {exc}")  # one record naming a bad task
             continue
-        rec = parse_record(raw, spec)
+        try:
+            rec = parse_record(raw, spec)
+        except MalformedRecord as exc:
+            report.invalid.append(f"{path} record {k + 1}: {exc}")
+            continue
         if rec is None:
             report.bad_answer += 1
             continue

@@ -165,6 +165,7 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
     root = Path(image_root) if image_root is not None else Path(".")
     results_path = out_dir / RESULTS
     redact = getattr(answerer, "redact", None) or (lambda text: text)
+    redact_reply = getattr(answerer, "redact_reply", None) or redact  # replies: the key out, the words kept
     specs: Dict[str, TaskSpec] = {}
     for r in records:
         if r.task not in specs:
@@ -254,7 +255,7 @@ def run(records: Sequence[PairRecord], answerer: Answerer, out_dir: Path, resume
                         progress.update(1)
                         submit_next()
                         continue
-                    scored = score_record(q.record, redact(reply) if isinstance(reply, str) else reply, q.spec)
+                    scored = score_record(q.record, redact_reply(reply) if isinstance(reply, str) else reply, q.spec)
                     fh.write(json.dumps(_row(q, scored), ensure_ascii=False) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())

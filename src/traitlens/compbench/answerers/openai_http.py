@@ -5,12 +5,17 @@ and the pair's images as base64 ``data:`` URLs (after each image was decoded and
 MIME type is the format found in the file, not its name), the model name, temperature 0 and at most
 128 new tokens. The API key, read from an environment variable when a request is made, goes only
 into that request's ``Authorization`` header: never onto the object, into results, logs or errors.
+``$http_proxy``/``$https_proxy``/``$no_proxy`` are honoured as urllib honours them, except that a
+server on this machine is never reached through a proxy; https goes through a ``CONNECT`` tunnel
+(the proxy sees neither key nor images), and plain http through a proxy while a key is set is
+refused (the proxy would read the key).
 
 A server is not trusted:
 
-* redirects are not followed to another origin (``Authorization`` would go with them) and never for
-  301/302/303 (they turn the POST into a bodiless GET): the record fails with a line that says
-  where the server pointed; a 307/308 to the same origin is followed (at most 3 hops);
+* redirects are not followed to another origin (``Authorization`` would go with them), to an address
+  that is none (a port out of range or not a number) and never for 301/302/303 (they turn the POST
+  into a bodiless GET): the record fails with a line that says where the server pointed; a 307/308
+  to the same origin is followed (at most 3 hops);
 * ``timeout`` bounds the whole request (connect, send, wait, read): a server trickling one byte a
   second is cut off at the deadline, then retried;
 * replies larger than ``max_response_bytes`` are refused without being read whole;
@@ -19,7 +24,8 @@ A server is not trusted:
   like a 500 does; other 4xx errors fail at once;
 * everything the server sends back that ends up in a message or a reply passes through
   :func:`~traitlens.compbench.answerers.redact.redact`, so a server echoing the key cannot get it
-  written anywhere.
+  written anywhere (a reply loses the key and nothing else; messages also lose anything shaped like
+  a credential header).
 """
 
 from __future__ import annotations
@@ -76,29 +82,74 @@ def _pil_data_url(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _split(url: str, base: Optional[str] = None) -> Tuple[Optional[urllib.parse.SplitResult], Optional[str]]:
+    """``url`` (joined to ``base`` when given) split, or ``(None, why)`` when no request can go there:
+    a port that is not a number from 1 to 65535, an unclosed ``[`` around an IPv6 host. urllib raises
+    ValueError for these only when the port is read, so a server's ``Location`` is checked here first."""
+    try:
+        u = urllib.parse.urlsplit(urllib.parse.urljoin(base, url) if base else url)
+        port = u.port
+    except ValueError as exc:
+        return None, str(exc)
+    if port == 0:
+        return None, "port 0"
+    return u, None
+
+
 def _origin(url: urllib.parse.SplitResult) -> Tuple[str, str, int]:
+    """(scheme, host, port) of a URL that :func:`_split` accepted."""
     port = url.port or (443 if url.scheme == "https" else 80)
     return url.scheme, (url.hostname or "").lower(), port
 
 
 def _shown(url: str) -> str:
     """A URL fit to print: no user:password part, no query (either may hold a credential)."""
-    u = urllib.parse.urlsplit(url)
-    host = u.hostname or ""
-    if u.port:
-        host = f"{host}:{u.port}"
-    return urllib.parse.urlunsplit((u.scheme, host, u.path, "", ""))
+    try:
+        u = urllib.parse.urlsplit(url)
+    except ValueError:  # an unclosed "[": cut by hand, dropping as much as urlsplit would and more
+        scheme, sep, rest = url.partition("://")
+        return scheme + sep + rest.split("?")[0].split("#")[0].rsplit("@", 1)[-1]
+    return urllib.parse.urlunsplit((u.scheme, u.netloc.rsplit("@", 1)[-1], u.path, "", ""))
+
+
+def _on_this_machine(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8, ``::1`` (or 0.0.0.0 / ``::``, which reach this machine too)."""
+    import ipaddress
+
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback or ip.is_unspecified
 
 
 def _proxy_for(url: urllib.parse.SplitResult) -> Optional[urllib.parse.SplitResult]:
-    """The proxy the environment names for ``url`` (``$https_proxy``, ``$http_proxy``, ``$no_proxy``), or None."""
+    """The proxy the environment names for ``url`` (``$https_proxy``, ``$http_proxy``, ``$no_proxy``), or None.
+
+    A server on this machine (a local vLLM or llama.cpp) is never reached through a proxy, whatever
+    ``$no_proxy`` says: the proxy would get the key and the images, and could not reach it anyway."""
     import urllib.request
 
+    host = url.hostname or ""
     proxy = urllib.request.getproxies().get(url.scheme)
-    if not proxy or urllib.request.proxy_bypass(url.hostname or ""):
+    if not proxy or _on_this_machine(host) or urllib.request.proxy_bypass(host):
         return None
     p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
     return p if p.hostname else None
+
+
+def _cleartext_problem(url: urllib.parse.SplitResult, key: Optional[str]) -> Optional[str]:
+    """Why ``url`` may not be asked with ``key`` (a plain-http request through a proxy would hand the
+    proxy the key in clear), or None. Through https the proxy only tunnels, and sees no key."""
+    proxy = _proxy_for(url) if url.scheme == "http" and key else None
+    if proxy is None:
+        return None
+    return (f"the API key would go in cleartext to the proxy {proxy.hostname}:{proxy.port or 8080} ($http_proxy) "
+            f"on its way to {_shown(urllib.parse.urlunsplit(url))}: use https, or set no_proxy={url.hostname}")
 
 
 class OpenAIChatAnswerer:
@@ -115,12 +166,19 @@ class OpenAIChatAnswerer:
             raise UserError("no model name given: use openai:NAME (e.g. openai:gpt-4o)", option="model")
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")) or not urllib.parse.urlsplit(self.base_url).hostname:
+        split, bad = _split(self.base_url)
+        if bad is not None:
+            raise UserError(f"base URL {_shown(self.base_url)!r} cannot be reached ({bad}); give a host and a port "
+                            f"from 1 to 65535 (e.g. http://127.0.0.1:8000/v1)", option="base_url")
+        if not self.base_url.startswith(("http://", "https://")) or not split.hostname:
             raise UserError(f"base URL {_shown(self.base_url)!r} is not an http(s) URL "
                             f"(e.g. http://127.0.0.1:8000/v1)", option="base_url")
         self.api_key_env = api_key_env
         if self.base_url == DEFAULT_BASE_URL and not os.environ.get(api_key_env):
             raise UserError(f"the OpenAI API needs a key: set the environment variable {api_key_env}")
+        cleartext = _cleartext_problem(split, self._key())
+        if cleartext is not None:
+            raise UserError(cleartext, option="base_url")
         for label, value, low in (("timeout", timeout, 0.0), ("backoff", backoff, 0.0),
                                   ("max_backoff", max_backoff, 0.0)):
             if not (float(value) == float(value) and low <= float(value) < float("inf")):
@@ -148,11 +206,19 @@ class OpenAIChatAnswerer:
     def _key(self) -> Optional[str]:
         return os.environ.get(self.api_key_env) or None
 
+    def _secrets(self) -> Tuple[Optional[str], ...]:
+        u = urllib.parse.urlsplit(self.base_url)
+        return self._key(), u.password, u.query or None
+
     def redact(self, text: Optional[str]) -> Optional[str]:
         """``text`` with the key (and anything that looks like a credential) replaced by ``[redacted]``;
-        the runner passes everything it writes through this."""
-        u = urllib.parse.urlsplit(self.base_url)
-        return redact(text, (self._key(), u.password, u.query or None))
+        the runner passes every message and log line it writes through this."""
+        return redact(text, self._secrets())
+
+    def redact_reply(self, text: Optional[str]) -> Optional[str]:
+        """A model's reply with the key (and the base URL's password and query) taken out, and nothing
+        else changed: the runner stores replies through this."""
+        return redact(text, self._secrets(), patterns=False)
 
     def payload(self, query: Query) -> Dict[str, Any]:
         """The request body for one query (images are checked: a bad one raises BadImageError)."""
@@ -170,7 +236,7 @@ class OpenAIChatAnswerer:
         last = ""
         for attempt in range(self.max_retries + 1):
             try:
-                return self.redact(self._post(body))
+                return self.redact_reply(self._post(body))
             except _Retryable as exc:
                 last = str(exc)
                 if attempt == self.max_retries:
@@ -194,7 +260,11 @@ class OpenAIChatAnswerer:
             status, headers, raw = self._exchange(url, body, deadline)
             if 300 <= status < 400:
                 location = headers.get("location") or ""
-                target = urllib.parse.urlsplit(urllib.parse.urljoin(urllib.parse.urlunsplit(url), location))
+                target, bad = _split(location, base=urllib.parse.urlunsplit(url))
+                if target is None:
+                    raise AnswererError(f"{self.shown_url}: HTTP {status} redirect to {_shown(location[:200])!r} "
+                                        f"not followed (not an address: {bad}); give the server's final address "
+                                        f"as the base URL")
                 where = _shown(urllib.parse.urlunsplit(target)) if target.hostname else repr(location[:80])
                 if status in (307, 308) and target.hostname and _origin(target) == first:
                     url = target
@@ -242,6 +312,10 @@ class OpenAIChatAnswerer:
             raise _Retryable(f"no complete reply within {self.timeout:g} s")
         path = url.path + (f"?{url.query}" if url.query else "")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._key()
+        cleartext = _cleartext_problem(url, key)
+        if cleartext is not None:  # the key was set after this answerer was made
+            raise AnswererError(cleartext)
         proxy = _proxy_for(url)
         if proxy is None:
             cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
@@ -271,7 +345,6 @@ class OpenAIChatAnswerer:
 
         watchdog = threading.Timer(remaining, cut)
         watchdog.daemon = True
-        key = self._key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
         try:
