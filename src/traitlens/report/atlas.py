@@ -48,12 +48,12 @@ def outlined(picture: np.ndarray, mask: np.ndarray, colour=(255, 0, 255), scale:
 
 def pair_figure(pair, figures: Sequence[str] = ("finer", "drop"), top: int = 6):
     """Two bar panels for the pair's ``top`` ranked parts: energy shares and the intervention, with intervals."""
-    from matplotlib.figure import Figure
+    from traitlens.report.plots import literal_figure
 
     parts = pair.parts[:top]
     names = [p.name.replace("_", " ") for p in parts][::-1]
     y = np.arange(len(parts))
-    fig = Figure(figsize=(7.2, 0.42 * len(parts) + 1.1), layout="constrained")
+    fig = literal_figure(figsize=(7.2, 0.42 * len(parts) + 1.1), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
 
     def series(ax, key, offset, colour, label):

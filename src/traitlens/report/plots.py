@@ -10,10 +10,26 @@ import numpy as np
 from traitlens.errors import UserError
 
 
-def _figure(width: float, height: float):
+def literal_figure(**kwargs):
+    """A matplotlib Figure whose text is drawn as written: species, part and file names come from users' folders,
+    and a name with two ``$`` would otherwise be parsed as mathtext (and one that does not parse ends the figure).
+    Ticks made while drawing are made under the same setting."""
+    import matplotlib
     from matplotlib.figure import Figure
+    from matplotlib.text import Text
 
-    return Figure(figsize=(width, height), layout="constrained")
+    class LiteralFigure(Figure):
+        def draw(self, renderer):
+            for text in self.findobj(Text):
+                text.set_parse_math(False)
+            with matplotlib.rc_context({"text.parse_math": False}):
+                return super().draw(renderer)
+
+    return LiteralFigure(**kwargs)
+
+
+def _figure(width: float, height: float):
+    return literal_figure(figsize=(width, height), layout="constrained")
 
 
 def confusion_matrix_plot(confusion: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix",
