@@ -138,3 +138,24 @@ def test_atlas_help(capsys):
         main(["atlas", "--help"])
     text = capsys.readouterr().out
     assert "--parts-from" in text and "--support-mask" in text and "siblings|confused|all" in text
+
+
+
+def test_atlas_page_bounds_its_cards_and_draws_no_markup_from_atlas_json(collection, checkpoint, tmp_path):
+    """An atlas.json is a file (shared, edited): its numbers stay numbers on the page; the page draws a bounded
+    number of cards however many pairs there are, and says so."""
+    from traitlens.report.atlas import card_html, write_atlas_page
+
+    out = tmp_path / "atlas"
+    assert main(["atlas", "--checkpoint", str(checkpoint), "--data", str(collection), "--split", "train", "--pairs",
+                 "all", "--bootstrap", "20", "--out", str(out), "--device", "cpu"]) == 0
+    data = json.loads((out / "atlas.json").read_text())
+    assert len(data["pairs"]) >= 2
+    data["pairs"][0]["images"] = {"a": "<img src=x onerror=alert(1)>", "b": 2}
+    (out / "atlas.json").write_text(json.dumps(data))
+    atlas = load_atlas(out)
+    card = card_html(atlas.pairs[0])
+    assert "onerror" not in card and "? + 2 correctly classified images" in card
+    page = write_atlas_page(atlas, tmp_path / "page.html", max_cards=1).read_text()
+    assert page.count('class="card"') == 1 and f"Cards for the first 1 of {len(atlas.pairs)} pairs" in page
+    assert "onerror" not in page

@@ -78,8 +78,9 @@ def pair_figure(pair, figures: Sequence[str] = ("finer", "drop"), top: int = 6):
     return fig
 
 
-def card_html(pair, specimens: Optional[Mapping[str, Specimen]] = None, scale: int = 3) -> str:
-    """One pair's card as HTML."""
+def card_html(pair, specimens: Optional[Mapping[str, Specimen]] = None, scale: Optional[int] = None) -> str:
+    """One pair's card as HTML. ``scale``: how much the specimens' pixels are enlarged (default: up to 3×, so
+    that tiles are about 256 px at most; a 224 px input is shown as it is)."""
     from traitlens.report.overlay import overlay
 
     tiles = []
@@ -89,13 +90,14 @@ def card_html(pair, specimens: Optional[Mapping[str, Specimen]] = None, scale: i
         if spec is None:
             continue
         picture, mask, heat = spec
+        scale = scale or max(1, min(3, 256 // max(picture.shape[:2])))
         shown = f"{name}: top part outlined" if mask.any() else f"{name}: has no {part}"
         for img, cap in ((outlined(picture, mask, scale=scale), shown),
                          (np.kron(overlay(picture, heat), np.ones((scale, scale, 1), dtype=np.uint8)),
                           f"{name}: Finer-CAM vs the other")):
             tiles.append(f"<figure>{image_tag(img, cap)}<figcaption>{html.escape(cap)}</figcaption></figure>")
     status = "" if pair.localised else ' <span class="note">(no localised trait found)</span>'
-    counts = f"{pair.images.get('a', 0)} + {pair.images.get('b', 0)} correctly classified images"
+    counts = f"{_count(pair.images, 'a')} + {_count(pair.images, 'b')} correctly classified images"
     chart = (f"<figure>{image_tag(pair_figure(pair), 'ranked parts', width=620)}"
              f"<figcaption>Ranked parts (best at the top), means with 95% bootstrap intervals over {counts}."
              "</figcaption></figure>") if pair.parts else ""
@@ -104,6 +106,14 @@ def card_html(pair, specimens: Optional[Mapping[str, Specimen]] = None, scale: i
             f"<p>{emphasis(pair.sentence)}</p>{chart}"
             f'<div class="gallery" style="grid-template-columns:repeat(4,1fr);max-width:900px">{"".join(tiles)}</div>'
             "</div>")
+
+
+def _count(images: Mapping, side: str) -> str:
+    """A card's image count as a number (an atlas.json is a file anyone may have edited: never markup)."""
+    try:
+        return str(int(images.get(side, 0)))
+    except (TypeError, ValueError):
+        return "?"
 
 
 def precision_rows(table: Mapping[str, Mapping[str, float]], label: str = "") -> list:
@@ -149,6 +159,15 @@ def atlas_section(atlas, specimens: Optional[Mapping[str, Mapping[str, Specimen]
     return s
 
 
-def write_atlas_page(atlas, path, specimens=None, precision=None, subtitle: str = "") -> Path:
-    """``index.html`` of an atlas folder."""
-    return write_page("traitlens atlas", [atlas_section(atlas, specimens, precision)], Path(path), subtitle=subtitle)
+#: The pairs an atlas page draws a card for (the first ones; every pair is in atlas.json and atlas.csv): the
+#: page and the cards' pictures stay bounded when ``--pairs all`` asks for thousands of pairs.
+MAX_CARDS = 200
+
+
+def write_atlas_page(atlas, path, specimens=None, precision=None, subtitle: str = "",
+                     max_cards: int = MAX_CARDS) -> Path:
+    """``index.html`` of an atlas folder: every pair in the tables, cards for the first ``max_cards``."""
+    note = (f"Cards for the first {max_cards} of {len(atlas.pairs)} pairs; every pair is in atlas.csv and "
+            "atlas.json." if len(atlas.pairs) > max_cards else "")
+    return write_page("traitlens atlas", [atlas_section(atlas, specimens, precision, max_cards=max_cards, note=note)],
+                      Path(path), subtitle=subtitle)

@@ -135,10 +135,13 @@ class AtlasJob(Job):
                 "atlas": str(paths["json"]), "csv": str(paths["csv"]), "index": str(out / "index.html")}
 
     def _specimens(self, out: Path, atlas, recs: List[dict]) -> Dict[str, dict]:
-        """The cards' pictures: each pair's representative of A and B with its top part and Finer-CAM map."""
+        """The cards' pictures: each pair's representative of A and B with its top part and Finer-CAM map (for
+        the pairs the page draws a card for)."""
+        from traitlens.report.atlas import MAX_CARDS
+
         by_path = {r.get("path"): r for r in recs}
         shown: Dict[str, dict] = {}
-        for pair in progress(atlas.pairs, desc="atlas: cards", unit="pair"):
+        for pair in progress(atlas.pairs[:MAX_CARDS], desc="atlas: cards", unit="pair"):  # the page's cards
             if pair.top is None:
                 continue
             a, b = self.index[pair.a], self.index[pair.b]
