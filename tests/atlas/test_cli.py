@@ -159,3 +159,34 @@ def test_atlas_page_bounds_its_cards_and_draws_no_markup_from_atlas_json(collect
     page = write_atlas_page(atlas, tmp_path / "page.html", max_cards=1).read_text()
     assert page.count('class="card"') == 1 and f"Cards for the first 1 of {len(atlas.pairs)} pairs" in page
     assert "onerror" not in page
+
+
+def test_atlas_reads_an_unsplit_tree_like_train_does(collection, checkpoint, tmp_path, capsys):
+    """``--data`` an unsplit ``<class>/<image>`` tree: the seeded split's images (as train reads them); a listed
+    image that has gone is skipped and listed, not the end of the run."""
+    from traitlens.data.folders import write_split
+    from traitlens.data.traits import load_traits
+
+    root = tmp_path / "tree"
+    for img in (collection / "train").rglob("*.png"):
+        (root / img.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(img, root / img.parent.name / img.name)
+    shutil.copy(collection / "traits.json", root / "traits.json")  # species, parts and the pair table
+    definition = json.loads(write_split(root, val=0.0, test=0.5).read_text())
+    gone = root / definition["splits"]["train"][0][0]
+    gone.unlink()
+    names = load_traits(collection).class_names
+    img = sorted((collection / "train" / names[0]).glob("*.png"))[0]
+    out = tmp_path / "atlas"
+    assert main(["atlas", "--checkpoint", str(checkpoint), "--data", str(root), "--split", "train", "--pairs", "all",
+                 "--parts-from", "support", "--support", str(img), "--support-mask",
+                 str(collection / "masks" / "train" / names[0] / img.name), "--bootstrap", "20", "--out", str(out),
+                 "--device", "cpu", "--json", str(tmp_path / "s.json")]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["done"] == len(definition["splits"]["train"]) - 1 and summary["skipped"] == 1
+    assert "missing" in (out / "skipped.jsonl").read_text()
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["id"].split("/")[0] for r in rows} <= set(names)
+    assert main(["atlas", "--checkpoint", str(checkpoint), "--data", str(root), "--split", "val", "--out",
+                 str(tmp_path / "x"), "--device", "cpu"]) == 2
+    assert "has no such split" in capsys.readouterr().err

@@ -26,7 +26,8 @@ def register(sub) -> None:
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, metavar="RUN", help="a trained classifier run folder")
     p.add_argument("--data", required=True, type=Path, metavar="DIR",
-                   help="collection folder (<split>/<species>/<image>, optional masks/ and traits.json)")
+                   help="collection: split folders (<split>/<species>/<image>, optional masks/ and traits.json), a CUB root, "
+                        "an unsplit <species>/<image> tree or a folder with split.json, as train reads them")
     p.add_argument("--split", default="test", help="split whose images are read (default test)")
     p.add_argument("--pairs", default="siblings", metavar="siblings|confused|all|A:B,...",
                    help="species pairs: siblings (traits.json genera), confused (the validation confusion "
@@ -50,6 +51,37 @@ def register(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamplings for the intervals")
     add_common(p)
     p.set_defaults(func=run)
+
+
+def _split_items(root: Path, split: str, skipped):
+    """The images of split ``split`` of ``--data root`` as ``<species>/<image>`` items, whatever the layout: split
+    folders, a CUB root, an unsplit tree or a ``split.json`` (as ``train`` reads them); a listed image that is
+    missing is skipped and listed."""
+    from traitlens.data.folders import resolve_split
+    from traitlens.runs import discover
+    from traitlens.runs.inputs import unique_items
+
+    definition = resolve_split(root)
+    if definition is None:
+        if not (root / split).is_dir():
+            raise UserError(f"no split folder {root / split}; give --data a collection folder and --split one of "
+                            "its splits")
+        return discover([root / split], skipped)
+    rows = definition["splits"].get(split)
+    if not rows:
+        raise UserError(f"--split {split}: {root} has no such split (it has {', '.join(definition['splits'])})")
+    named = []
+    for rel, label in rows:
+        path, species = root / rel, str(definition["classes"][label])
+        if not path.is_file():
+            skipped.add(path, f"listed in split {split!r} but missing")
+            continue
+        parts = Path(rel).parts
+        below = parts[parts.index(species) + 1:] if species in parts[:-1] else parts[-1:]
+        named.append(("/".join((species, *below)), path))
+    if not named:
+        raise UserError(f"--split {split}: none of the {len(rows)} images listed for {root} is there")
+    return unique_items(named)
 
 
 def _supports(args, names, traits, part_names):
@@ -87,17 +119,13 @@ def run(args) -> int:
     from traitlens.engine.checkpoint import config_from_meta
     from traitlens.engine.train import eval_transform
     from traitlens.methods import evaluate_checkpoint, load_model
-    from traitlens.runs import discover
     from traitlens.runs.atlas_job import atlas_collection
 
     if args.bootstrap < 10:
         raise UserError("--bootstrap must be at least 10")
-    images = args.data / args.split
-    if not images.is_dir():
-        raise UserError(f"no split folder {images}; give --data a collection folder and --split one of its splits")
     traits = load_traits(args.data) if (args.data / "traits.json").is_file() else None
     skipped = SkippedFiles()
-    items = discover([images], skipped)
+    items = _split_items(args.data, args.split, skipped)
     with distributed.leaving():
         ctx = distributed.setup(args.device)
         torch.manual_seed(args.seed)
