@@ -119,14 +119,15 @@ def test_build_refuses_paths_outside_the_collection(tmp_path):
     rows = [{"path": f"{i}.png", "class": "../../escape", "attributes": {"spots": i}} for i in range(4)]
     rows += [{"path": "../outside.png", "class": "c", "attributes": {"spots": 9}},
              {"path": str(tmp_path / "outside.png"), "class": "c", "attributes": {"spots": 9}},
-             {"path": "broken.png", "class": "c", "attributes": {"spots": 1}}]
+             {"path": "broken.png", "class": "c", "attributes": {"spots": 1}},
+             {"class": "c", "attributes": {"spots": 2}}, {"path": "0.png", "class": "c", "attributes": 5}, 7]
     (tmp_path / "attrs.json").write_text(json.dumps({"images": rows}))
     out = tmp_path / "built"
     assert main(["compbench", "build", "--data", str(data), "--attributes", str(tmp_path / "attrs.json"),
                  "--out", str(out), "--task", "spots", "--seed", "1", "--device", "cpu",
                  "--json", str(tmp_path / "b.json")]) == 0
     info = json.loads((tmp_path / "b.json").read_text())
-    assert len(info["skipped_images"]) == 3                     # two outside paths, one broken image
+    assert len(info["skipped_images"]) == 6  # two outside paths, one broken image, three malformed entries
     assert info["seed"] == 1
     copied = [p for p in out.rglob("*.png")]
     assert copied and all(out.resolve() in p.resolve().parents for p in copied)   # nothing written outside OUT

@@ -160,7 +160,11 @@ def items_from_json(data: Path, path: Path) -> Tuple[List[Item], Callable, List[
         rows = spec["images"] if isinstance(spec, dict) else spec
         items, refused = [], []
         root_real = os.path.realpath(data)
-        for r in rows:
+        for n, r in enumerate(rows, start=1):
+            if not (isinstance(r, dict) and isinstance(r.get("path"), str) and "class" in r
+                    and isinstance(r.get("attributes"), dict)):
+                refused.append(f"entry {n} is not {{'path': str, 'class', 'attributes': {{...}}}}")
+                continue
             why = path_problem(r["path"])
             full = Path(data) / normalize_path(r["path"]) if why is None else None
             if full is not None and full.exists() and not inside_folder(full, root_real):
@@ -175,7 +179,8 @@ def items_from_json(data: Path, path: Path) -> Tuple[List[Item], Callable, List[
     if refused:
         from traitlens.progress import log
 
-        log(f"compbench build: {len(refused)} image path(s) in {path} refused (e.g. {refused[0]})")
+        log(f"compbench build: {len(refused)} entr{'y' if len(refused) == 1 else 'ies'} of {path} refused "
+            f"(e.g. {refused[0]})")
 
     def question(attribute, value, noun):
         if isinstance(value, bool):
