@@ -67,9 +67,10 @@ class LabelPropOptions:
     at 128 px, ``--size 64`` for 64 px): border keys 0.817 → 0.871 trait mIoU at 64 px, clean-up 0.902 → 0.923
     at 128 px (2 rounds), 0.930 (8 rounds, the default there); one registration round with 20 candidates scored
     at half resolution is as accurate as two with 40 at full, and 2.3× faster. Clean-up temperature 0.1 → 0.02
-    (birds, 128 px, seeds 0 / 1 / 2): 0.931 / 0.918 / 0.930 → 0.936 / 0.922 / 0.934; beetles' antennae
-    0.732 → 0.77 (seed 0, 128 queries), butterflies' marginal spots 0.77 → 0.84; 0.01 and below lose again
-    (the clean-up stops removing stray labels).
+    (128 px, seed 0 unless said): birds 0.931 / 0.918 / 0.930 → 0.936 / 0.922 / 0.934 (seeds 0 / 1 / 2), beetles
+    0.877 → 0.883 (antennae 0.732 → 0.768), butterflies 0.912 → 0.928 (marginal spots 0.769 → 0.846); on
+    24-query subsets 0.05 and 0.03 lie between, 0.01 and 0.005 lose again (the clean-up stops removing stray
+    labels once a location's own label outweighs its neighbours').
     """
 
     work_size: Tuple[int, int] = (64, 64)
