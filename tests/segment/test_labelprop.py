@@ -63,9 +63,10 @@ def test_topk_weights_follow_exp_affinity_over_tau():
 
 
 def test_cleanup_reuses_affinities_and_matches_repeated_window_passes(scene):
-    """The clean-up's rounds gather from one set of window affinities: the same as a full pass each round."""
+    """The clean-up's rounds gather from one set of window affinities: the same as a full pass each round
+    (at the clean-up's own temperature; here the propagation's, which ``propagate_local`` uses)."""
     img, lab = scene(seed=3)
-    prop = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(48, 48), refine=3))
+    prop = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(48, 48), refine=3, refine_tau=0.1))
     q = prop.encode(img[None])
     soft = torch.softmax(torch.randn(1, 4, 48, 48, generator=torch.Generator().manual_seed(0)), dim=1)
     expected = soft
@@ -81,3 +82,35 @@ def test_cleanup_rounds_scale_with_the_square_of_the_grid():
     # the smaller side sets the rounds
     assert LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(128, 96))).options.refine == 4
     assert LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(128, 128), refine=0)).options.refine == 0
+
+
+def test_sharp_cleanup_temperature_keeps_thin_parts():
+    """The clean-up on rendered beetles (legs and antennae 2-3 px wide at 128 px), started from their true part
+    maps blurred by a 3×3 box (every boundary a pixel uncertain): at its own temperature (0.02) the thin parts
+    keep more of their IoU than at the propagation's τ = 0.1, whose averaging reaches across edges."""
+    import numpy as np
+
+    from traitlens.data.synthetic import SynthConfig, generate_arrays
+    from traitlens.segment.propagator import one_hot
+
+    cfg = SynthConfig(species=2, per_species=2, size=128, seed=0, body_plan="beetle", rotation=35.0,
+                      split=(1.0, 0.0, 0.0))
+    images, labels, _ = generate_arrays(cfg, "train")
+    thin_ids = torch.tensor([5, 6])  # legs, antennae
+    scores = {}
+    for refine_tau in (0.1, LabelPropOptions().refine_tau):
+        prop = LabelPropagation(ColourPositionFeatures(), LabelPropOptions(work_size=(128, 128), refine_tau=refine_tau))
+        inter = union = 0
+        for img, lab in zip(images, labels):
+            frame = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+            truth = torch.from_numpy(lab.astype(np.int64))
+            soft = one_hot(truth, int(truth.max()) + 1)[None].float()
+            guess = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(soft, [1] * 4, mode="replicate"), 3, stride=1)
+            pred = prop.refine_own(prop.encode(frame[None]), guess)[0].argmax(0)
+            thin, pred_thin = torch.isin(truth, thin_ids), torch.isin(pred, thin_ids)
+            inter += int(((pred == truth) & thin).sum())
+            union += int((thin | pred_thin).sum())
+        scores[refine_tau] = inter / union
+    # measured 0.865 at τ = 0.1 and 0.887 at 0.02 (each of the 4 beetles gains 0.01-0.04; on seeds 1 and 2 all 8 gain, 0.002-0.06)
+    assert scores[0.02] >= scores[0.1] + 0.012, scores
+    assert scores[0.02] >= 0.87, scores
