@@ -251,3 +251,17 @@ def test_evidence_does_not_depend_on_the_batch():
             a, b = whole[name][..., i, :] if whole[name].dim() == 3 else whole[name][i], \
                 one[name][..., 0, :] if one[name].dim() == 3 else one[name][0]
             assert torch.allclose(a, b, atol=1e-5, equal_nan=True), name
+
+
+def test_a_cnn_is_explained_at_its_finest_stage_with_enough_cells():
+    from traitlens.atlas.evidence import fine_cnn_stage, resolved_settings
+    from traitlens.backbones import create
+
+    cnn = create("tiny-cnn", num_classes=3)  # stages: layer1 at stride 4, layer2-4 at stride 8
+    assert fine_cnn_stage(cnn, (64, 64)) == "layer1"  # 16 cells; layer4 has 8
+    assert fine_cnn_stage(cnn, (128, 128)) == "layer4"  # 16 cells at the last stage already
+    assert fine_cnn_stage(cnn, (32, 32)) is None  # no stage that fine: the layout's default
+    assert resolved_settings(cnn, (32, 32), EvidenceOptions())["target_layer"] is None
+    assert resolved_settings(cnn, (64, 64), EvidenceOptions(target_layer="layer3"))["target_layer"] == "layer3"
+    assert fine_cnn_stage(create("tiny-vit", num_classes=3), (64, 64)) is None
+    assert fine_cnn_stage(ColourModel(), (16, 16)) is None  # no layout at all

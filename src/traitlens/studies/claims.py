@@ -221,8 +221,8 @@ def atlas(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
             data, runs = ctx.data, {k: ctx.checkpoints[k] for k in ("vit", "cnn")}
         else:  # the Finer-CAM claim's tiny classifiers (the same memo entries)
             data = _collection(classifiers.collection)
-            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (classifiers, seed)), data, f"tiny-{kind}",
-                                 training, seed) for kind, training in classifiers.training.items()}
+            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (classifiers, seed), code=TRAINING), data,
+                                 f"tiny-{kind}", training, seed) for kind, training in classifiers.training.items()}
         traits = load_traits(data)
         options = EvidenceOptions(removal=recipe.removal, margin=recipe.margin)
         out, sst_parts = {}, None
