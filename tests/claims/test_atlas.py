@@ -7,7 +7,8 @@ area, p(A) − p(B) over the pair), and the combined ranking; parts from the tru
 segmentation by tracking from one labelled training specimen per species. ``pytest -s`` prints the tables.
 
 Broad scale (``make claims``): the demo's classifiers (tiny ViT and CNN fine-tuned from the embedded backbones,
-12 species, 12 sibling pairs, the 144 test images), seed 0, measured on the classifiers CI trained (its cache).
+12 species, 12 sibling pairs, the 144 test images; test top-1 ViT 0.764, CNN 0.722), seed 0, measured on the
+classifiers CI trained (its cache).
 Precision@1 (MRR):
 
     ViT, true masks:  Finer-CAM 0.667 (0.833), Grad-CAM 0.250 (0.388), intervention 0.833 (0.917),
