@@ -251,3 +251,57 @@ def test_evidence_does_not_depend_on_the_batch():
             a, b = whole[name][..., i, :] if whole[name].dim() == 3 else whole[name][i], \
                 one[name][..., 0, :] if one[name].dim() == 3 else one[name][0]
             assert torch.allclose(a, b, atol=1e-5, equal_nan=True), name
+
+
+def test_a_cnn_is_explained_at_its_finest_stage_with_enough_cells():
+    from traitlens.atlas.evidence import fine_cnn_stage, resolved_settings
+    from traitlens.backbones import create
+
+    cnn = create("tiny-cnn", num_classes=3)  # stages: layer1 at stride 4, layer2-4 at stride 8
+    assert fine_cnn_stage(cnn, (64, 64)) == "layer1"  # 16 cells; layer4 has 8
+    assert fine_cnn_stage(cnn, (128, 128)) == "layer4"  # 16 cells at the last stage already
+    assert fine_cnn_stage(cnn, (32, 32)) is None  # no stage that fine: the layout's default
+    assert resolved_settings(cnn, (32, 32), EvidenceOptions())["target_layer"] is None
+    assert resolved_settings(cnn, (64, 64), EvidenceOptions(target_layer="layer3"))["target_layer"] == "layer3"
+    assert fine_cnn_stage(create("tiny-vit", num_classes=3), (64, 64)) is None
+    assert fine_cnn_stage(ColourModel(), (16, 16)) is None  # no layout at all
+
+
+def test_control_regions_do_not_depend_on_where_the_collection_lives():
+    from traitlens.atlas.build import image_name
+
+    assert image_name("/a/c/test/03_X/0007.png") == image_name("elsewhere/03_X/0007.png") == "03_X/0007.png"
+
+    class Placed(Specimens):
+        def __init__(self, labels, root):
+            super().__init__(labels)
+            self.root = root
+
+        def __getitem__(self, i):
+            return dict(super().__getitem__(i), path=f"{self.root}/{NAMES[self.targets[i]]}/img{i}.png")
+
+    labels = [0] * 4 + [1] * 4
+    controls = []
+    for root in ("/data/one/test", "/mnt/copy/test"):
+        atlas = build_atlas(ColourModel(), Placed(labels, root), pairs="all", part_names=PARTS, options=OPTIONS,
+                            bootstrap=20, progress=False)
+        controls.append([p.figures["random"].mean for p in atlas.pairs[0].parts])
+    assert controls[0] == controls[1]
+
+
+def test_the_control_is_the_mean_of_its_draws():
+    from dataclasses import replace
+
+    from traitlens.atlas.evidence import control_seed
+
+    model = ColourModel()
+    labels = torch.tensor([0, 1, 0, 1])
+    x, parts = specimens(labels.tolist(), seed=5)
+    partners = torch.tensor([[1], [0], [1], [0]])
+    seeds = [11, 12, 13, 14]
+    four = image_evidence(model, x, labels, parts, partners, 3, replace(OPTIONS, controls=4), seeds=seeds)
+    draws = [image_evidence(model, x, labels, parts, partners, 3, replace(OPTIONS, controls=1),
+                            seeds=[control_seed(s, k) for s in seeds]) for k in range(4)]
+    assert torch.equal(draws[0]["random"].isnan(), four["random"].isnan())
+    assert torch.allclose(torch.stack([d["random"] for d in draws]).mean(0), four["random"], atol=1e-6, equal_nan=True)
+    assert torch.allclose(draws[0]["drop"], four["drop"], equal_nan=True)  # the part's own removal is one

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -69,6 +70,14 @@ def image_seed(seed: int, name: str) -> int:
     """The seed of one image's random control region: from the run's seed and the image's name, so the atlas
     does not depend on batch order, resumes or shards."""
     return zlib.crc32(f"{seed}:{name}".encode("utf-8"))
+
+
+def image_name(path) -> str:
+    """``<species folder>/<file>``: the name :func:`build_atlas` seeds an image's control region by, the id the
+    bulk job (``traitlens atlas``) gives it, so the two draw the same regions and neither depends on where the
+    collection lives."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}"
 
 
 def denormalise(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -134,7 +143,7 @@ def build_atlas(model: torch.nn.Module, dataset, pairs: Union[str, Sequence] = "
             part_maps = parts(frames, labels)
         settings = settings or resolved_settings(model, images.shape[-2:], options)
         refs = partner_matrix(labels, partners)
-        seeds = [image_seed(seed, p) for p in batch["path"]]
+        seeds = [image_seed(seed, image_name(p)) for p in batch["path"]]
         ev = image_evidence(model, images, labels, part_maps, refs, num_parts, options, settings=settings,
                             seeds=seeds)
         recs += records(ev, labels, refs, batch.get("path"))

@@ -6,7 +6,8 @@ reference A); each part's figures are taken over the images where the part is pr
 - ``area``: mean area share; ``finer`` / ``gradcam`` / ``heads``: mean share of the map's energy on the part;
   ``*_lift``: that share over the area share (ratio of the means: 1 = the map is flat over the part);
 - ``drop``: mean fall of p(own species) − p(other) when the part is removed; ``random``: the same for a random
-  region of the same area on the rest of the specimen; ``excess``: the mean of ``drop − random``.
+  region of the same area on the rest of the specimen (each image's mean over ``EvidenceOptions.controls``
+  draws); ``excess``: the mean of ``drop − random``.
 
 Each interval is the 2.5-97.5 percentile range of the figure over ``bootstrap`` resamplings of the pooled
 images (the same resamplings for every part and figure of a pair, so figures stay comparable).

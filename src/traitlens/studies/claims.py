@@ -196,16 +196,51 @@ def atlas_supports(data: Path, class_names, traits, per_species: int = 1):
     return PartPropagator(supports, {i: traits.genus_of(n) for i, n in enumerate(class_names)})
 
 
-def atlas(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
-    """The trait atlas against the pair table: ``{"vit": ..., "cnn": ...}``, each with the precision table
-    (precision@1 and MRR per evidence source) for parts from the true masks (``masks``) and propagated by SST
-    (``sst``), the CPU seconds of the evidence pass with masks, and the pairs without a localised trait."""
+def _atlas_tables(runs: Dict[str, Path], data: Path, recipe, seed: int) -> Dict[str, dict]:
+    """The atlas of each run of ``runs`` on ``data``'s test split (``recipe``: an
+    :class:`~traitlens.studies.recipes.AtlasStudy`): per model the precision tables with masks and SST parts,
+    its test top-1, CPU seconds and the pairs without a localised trait (:func:`atlas`)."""
     import time
 
     from traitlens.atlas import EvidenceOptions, build_atlas, precision_table, propagate_dataset
+    from traitlens.data.folders import collate
     from traitlens.data.traits import load_traits
     from traitlens.methods import load_model
     from traitlens.studies.demo import test_split
+
+    torch.manual_seed(seed)
+    traits = load_traits(data)
+    options = EvidenceOptions(removal=recipe.removal, margin=recipe.margin)
+    out, sst_parts = {}, None
+    for kind, run in runs.items():
+        model, meta = load_model(run)
+        model.eval()
+        test = test_split(data, model, meta)
+        batch = collate([test[i] for i in range(len(test))])
+        with torch.no_grad():
+            accuracy = float((model(batch["image"]).argmax(1) == batch["label"]).float().mean())
+        common = dict(pairs=recipe.pairs, traits=traits, options=options, bootstrap=recipe.bootstrap, seed=seed,
+                      progress=False)
+        start = time.process_time()
+        with_masks = build_atlas(model, test, parts="masks", **common)
+        seconds = time.process_time() - start
+        if sst_parts is None:  # the same images for both models: propagate once
+            start = time.process_time()
+            sst_parts = propagate_dataset(atlas_supports(data, meta["class_names"], traits,
+                                                         recipe.supports_per_species), test, progress=False)
+            sst_seconds = time.process_time() - start
+        with_sst = build_atlas(model, test, parts=sst_parts, **common)
+        out[kind] = {"masks": precision_table(with_masks, traits), "sst": precision_table(with_sst, traits),
+                     "test_top1": accuracy, "cpu_seconds": seconds, "sst_cpu_seconds": sst_seconds,
+                     "pairs": len(with_masks.pairs), "not_localised": [p.key for p in with_masks.pairs if not p.localised]}
+    return out
+
+
+def atlas(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
+    """The trait atlas against the pair table: ``{"vit": ..., "cnn": ...}``, each with the precision table
+    (precision@1 and MRR per evidence source) for parts from the true masks (``masks``) and propagated by SST
+    (``sst``), the classifier's test top-1, the CPU seconds of the evidence pass with masks, and the pairs
+    without a localised trait."""
     from traitlens.studies.memo import source_digest
     from traitlens.studies.recipes import atlas as atlas_recipe
 
@@ -213,7 +248,6 @@ def atlas(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
     classifiers = finer_cam_recipe(recipe.classifiers)
 
     def measure() -> dict:
-        torch.manual_seed(seed)
         if classifiers.training is None:  # the demo's classifiers
             from traitlens.studies.demo import prepare
 
@@ -221,31 +255,40 @@ def atlas(scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
             data, runs = ctx.data, {k: ctx.checkpoints[k] for k in ("vit", "cnn")}
         else:  # the Finer-CAM claim's tiny classifiers (the same memo entries)
             data = _collection(classifiers.collection)
-            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (classifiers, seed)), data, f"tiny-{kind}",
-                                 training, seed) for kind, training in classifiers.training.items()}
-        traits = load_traits(data)
-        options = EvidenceOptions(removal=recipe.removal, margin=recipe.margin)
-        out, sst_parts = {}, None
-        for kind, run in runs.items():
-            model, meta = load_model(run)
-            test = test_split(data, model, meta)
-            common = dict(pairs=recipe.pairs, traits=traits, options=options, bootstrap=recipe.bootstrap, seed=seed,
-                          progress=False)
-            start = time.process_time()
-            with_masks = build_atlas(model, test, parts="masks", **common)
-            seconds = time.process_time() - start
-            if sst_parts is None:  # the same images for both models: propagate once
-                start = time.process_time()
-                sst_parts = propagate_dataset(atlas_supports(data, meta["class_names"], traits,
-                                                             recipe.supports_per_species), test, progress=False)
-                sst_seconds = time.process_time() - start
-            with_sst = build_atlas(model, test, parts=sst_parts, **common)
-            out[kind] = {"masks": precision_table(with_masks, traits), "sst": precision_table(with_sst, traits),
-                         "cpu_seconds": seconds, "sst_cpu_seconds": sst_seconds, "pairs": len(with_masks.pairs),
-                         "not_localised": [p.key for p in with_masks.pairs if not p.localised]}
-        return out
+            runs = {kind: _train(memo_path(_root(), f"finer-cam-{kind}", (classifiers, seed), code=TRAINING), data,
+                                 f"tiny-{kind}", training, seed) for kind, training in classifiers.training.items()}
+        return _atlas_tables(runs, data, recipe, seed)
 
     # the atlas package is not among memo.COMPUTING (a change to it must not retrain anything): its digest joins
     # this entry's recipe instead
     return memo_json(_root(), f"atlas-{scale}-seed{seed}", (recipe, classifiers, seed, source_digest(("atlas",))),
                      measure)
+
+
+def atlas_plan(plan: str = "butterfly", scale: str = "broad", seed: int = 0) -> Dict[str, dict]:
+    """:func:`atlas` on a butterfly or beetle collection (:func:`traitlens.studies.recipes.atlas_plan`): the
+    collection rendered, the tiny ViT and CNN fine-tuned on it from the embedded backbones (memoized by the
+    training code), then the same tables."""
+    from traitlens.data.synthetic import SynthConfig, generate_collection
+    from traitlens.engine.config import TrainConfig
+    from traitlens.methods import train
+    from traitlens.studies.embedded import embedded_backbone
+    from traitlens.studies.memo import source_digest
+    from traitlens.studies.recipes import atlas_plan as plan_recipe
+
+    recipe = plan_recipe(plan, scale)
+
+    def measure() -> dict:
+        data = generate_collection(memo_path(cache_dir("datasets"), f"synth-{plan}", recipe.synth(), code=TRAINING),
+                                   SynthConfig(**recipe.synth()), progress=False)
+        runs = {}
+        for kind in ("vit", "cnn"):
+            backbone = embedded_backbone(kind, progress=False)
+            run = memo_path(_root(), f"atlas-{plan}-{kind}", (recipe.synth(), recipe.training, str(backbone), seed),
+                            code=TRAINING)
+            train(TrainConfig(data=str(data), out=str(run), backbone=f"tiny-{kind}", weights=str(backbone), seed=seed,
+                              device="cpu", amp="off", **recipe.training.config()), progress=False)
+            runs[kind] = run
+        return _atlas_tables(runs, data, recipe.study, seed)
+
+    return memo_json(_root(), f"atlas-{plan}-{scale}-seed{seed}", (recipe, seed, source_digest(("atlas",))), measure)

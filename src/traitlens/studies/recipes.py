@@ -391,4 +391,36 @@ _ATLAS = {"tiny": AtlasStudy(bootstrap=300, classifiers="tiny"), "standard": ATL
 
 def atlas(scale: str = "standard") -> AtlasStudy:
     return _ATLAS[check_scale(scale)]
-__all__ += ["AtlasStudy", "ATLAS", "atlas"]
+
+
+@dataclass(frozen=True)
+class AtlasPlanStudy:
+    """The trait atlas on another body plan (``butterfly`` or ``beetle``): a synthetic collection of that plan
+    (``species`` in genera of 3, ``per_species`` images split 60/20/20, ``size`` px, ``seed``), the tiny ViT and
+    CNN fine-tuned on it from the embedded backbones (as the demo's classifiers, ``training``), and ``study``'s
+    atlas of its test split."""
+
+    plan: str
+    species: int = 12
+    per_species: int = 100
+    size: int = 64
+    seed: int = 0
+    training: Training = DEMO_CLASSIFIER.with_(epochs=24)
+    study: AtlasStudy = AtlasStudy()
+
+    def synth(self) -> Dict[str, Any]:
+        """The collection's :class:`~traitlens.data.synthetic.SynthConfig` keywords."""
+        return dict(species=self.species, per_species=self.per_species, size=self.size, seed=self.seed,
+                    body_plan=self.plan)
+
+
+# Twice the demo's images and epochs: with the demo's 60 images a species and 12 epochs the butterfly CNN reached
+# 0.49 validation top-1 (ViT 0.68) and its atlas 0.25 precision@1; with these 0.75 (ViT 0.76) and 0.667 (measured
+# on a loaded 2-core machine: about 3 min to train the CNN, 4.5 min the ViT, 12 s to render the collection).
+def atlas_plan(plan: str = "butterfly", scale: str = "broad") -> AtlasPlanStudy:
+    if check_scale(scale) != "broad":
+        raise ValueError("the body plans' atlas is a broad-scale claim only")
+    return AtlasPlanStudy(plan=plan, study=_ATLAS["broad"])
+
+
+__all__ += ["AtlasStudy", "ATLAS", "atlas", "AtlasPlanStudy", "atlas_plan"]
