@@ -115,9 +115,8 @@ def _load(checkpoint: Path, device):
     from traitlens.engine.train import eval_transform
 
     model, meta = load_model(checkpoint, device=device)
-    if meta.get("method") in ("prompt-cam", "intr"):  # their explanation is their heads, not a CAM of a layer
-        kind = {"prompt-cam": "a Prompt-CAM", "intr": "an INTR"}[meta["method"]]
-        raise UserError(f"{checkpoint} is {kind} run: its traits are shown by its attention heads; "
+    if meta.get("method") == "prompt-cam":  # its blocks run outside their modules: no layer for a CAM to hook
+        raise UserError(f"{checkpoint} is a Prompt-CAM run: its traits are shown by its attention heads; "
                         f"use `traitlens traits --checkpoint {checkpoint} --images ...` (or the app's Heads tab)")
     names = list(meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))])
     return model, meta, names, eval_transform(model, config_from_meta(meta))
