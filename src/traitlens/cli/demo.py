@@ -20,11 +20,9 @@ def register(sub) -> None:
 
 
 def _demo(args) -> int:
-    from traitlens.studies.demo import run_demo
     from traitlens.engine.distributed import resolve_device
-
     from traitlens.errors import UserError
-    from traitlens.studies.demo import SECTIONS
+    from traitlens.studies.demo import SECTIONS, run_demo
 
     sections = None if args.sections == "all" else [s.strip() for s in args.sections.split(",") if s.strip()]
     known = [name for name, _ in SECTIONS]

@@ -250,15 +250,14 @@ def _work_side(args, supports):
     return max(work_side(labels, bounds=WORK_BOUNDS) for _, labels in supports)
 
 
-def _run_options(args, supports) -> dict:
+def _run_options(args, side=None) -> dict:
     """What segment / retrieve records depend on beyond the job's settings: the supports' files (by digest) and
-    the backend's options (``work_side``: the side ``--work-size auto`` chose, for the reader)."""
+    the backend's options (``side``: the side ``--work-size auto`` chose, :func:`_work_side`, for the reader)."""
     from traitlens.runs.store import file_digest
 
     options = {"supports": [[file_digest(i), file_digest(m)] for i, m in zip(args.support, args.support_mask)],
                "backend": args.backend, "features": args.features, "work_size": args.work_size, "local": args.local,
                "projection": file_digest(args.projection), "sam2": args.checkpoint}
-    side = _work_side(args, supports)
     if side is not None:
         options["work_side"] = side
     if getattr(args, "dataset", None):
@@ -305,7 +304,7 @@ def _segment(args) -> int:
                                      batch_size=args.batch_size, reinsert_every=args.reinsert_every,
                                      overlays=not args.no_overlays, gallery=args.gallery, support_info=info,
                                      extra=extra or None, trait_names=names,
-                                     run_options=_run_options(args, supports), restart=args.restart)
+                                     run_options=_run_options(args, side), restart=args.restart)
     if not ctx.main:
         return 0
     summary.pop("seconds")
@@ -399,8 +398,9 @@ def _retrieve(args) -> int:
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     prop = _propagator(args, device)
+    options = _run_options(args, _work_side(args, supports))
     result = retrieve_collection(prop, support, trait, items, args.out, top=args.top, skipped=skipped,
-                                 trait_name=names.get(trait), run_options=_run_options(args, supports),
+                                 trait_name=names.get(trait), run_options=options,
                                  restart=args.restart)
     shown = f"{names[trait]} ({trait})" if trait in names else str(trait)
     print(f"ranked {len(result['ranking'])} images by trait {shown} ({result['skipped']} unreadable) → {args.out}")

@@ -52,8 +52,11 @@ PIXELATED_MAX = 256
 
 def png_data_uri(image: ImageLike, scale: int = 1) -> str:
     """Encode a PNG path, an H×W×3 / H×W uint8 array, a PIL image or a matplotlib figure as a data URI."""
-    data = _png_bytes(image, scale)
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return _data_uri(_png_bytes(image, scale))
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def image_tag(image: ImageLike, alt: str = "", scale: int = 1, width: Optional[int] = None) -> str:
@@ -67,8 +70,7 @@ def image_tag(image: ImageLike, alt: str = "", scale: int = 1, width: Optional[i
     style = (f"width:{int(width)}px;" if width else "") + "max-width:100%;height:auto" + (
         ";image-rendering:pixelated" if crisp else "")
     cls = ' class="px"' if crisp else ""
-    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return f'<img src="{uri}" width="{w}" height="{h}"{cls} style="{style}" alt="{html.escape(alt)}">'
+    return f'<img src="{_data_uri(data)}" width="{w}" height="{h}"{cls} style="{style}" alt="{html.escape(alt)}">'
 
 
 def _png_bytes(image: ImageLike, scale: int = 1) -> bytes:
